@@ -1,0 +1,159 @@
+"""Jobs: create, list, read, cancel; their metrics, events and trainer logs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+from dataclasses import asdict
+from typing import Any, Callable
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from service.api.context import current_settings, current_store
+from service.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType, ValidationFailed
+from service.jobs import Job, MetricPoint
+from service.schemas import (EventListQuerySchema, EventListSchema, JobListQuerySchema,
+                             JobListSchema, JobSchema, MetricsSchema, TrainingSpecSchema)
+from service.store import InvalidTransition, JobNotFound
+
+blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Training jobs.")
+
+
+def require_json_body(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse bodies that are not JSON, or empty, before any field is validated."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not request.is_json:
+            raise UnsupportedMediaType(
+                f"Send the training spec as application/json, not {request.mimetype or 'no content type'}.")
+        if not request.get_data(cache=True):
+            raise BadRequest("The request body is empty; send a JSON training spec.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def load_job(job_id: str) -> Job:
+    """The job with this id, or a 404 problem."""
+    try:
+        return current_store().get_job(job_id)
+    except JobNotFound as exc:
+        raise NotFound(f"No job has the id {job_id!r}.") from exc
+
+
+def job_document(job: Job) -> dict[str, Any]:
+    """The API representation of a job, ready for JobSchema."""
+    document = asdict(job)
+    document["error"] = asdict(job.error) if job.error else None
+    return document
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque cursor for the page that continues below ``seq``."""
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The seq inside a cursor this API issued; a 422 problem for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "seq" or not number.isdigit():
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        errors = {"cursor": ["Not a cursor returned by this API as `next`."]}
+        raise ValidationFailed("cursor: Not a cursor returned by this API.", errors=errors) from exc
+
+
+def group_metrics(points: list[MetricPoint]) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch rows (one dict per epoch) and per-step rows from raw metric points."""
+    epochs: dict[int, dict[str, Any]] = {}
+    steps: dict[int, dict[str, Any]] = {}
+    for point in points:
+        if point.step is None:
+            epochs.setdefault(point.epoch, {"epoch": point.epoch})[point.name] = point.value
+        else:
+            steps.setdefault(point.step, {"step": point.step, "epoch": point.epoch})[point.name] = point.value
+    return {"epochs": [epochs[k] for k in sorted(epochs)], "steps": [steps[k] for k in sorted(steps)]}
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(JobListQuerySchema, location="query")
+    @blp.response(200, JobListSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List jobs, newest first, optionally of one state; follow `next` for more."""
+        before = decode_cursor(query["cursor"]) if "cursor" in query else None
+        page, next_seq = current_store().list_jobs(
+            state=query.get("state"), limit=query["limit"], before_seq=before)
+        return {"jobs": [job_document(job) for job in page],
+                "next": encode_cursor(next_seq) if next_seq is not None else None}
+
+    @require_json_body
+    @blp.arguments(TrainingSpecSchema)
+    @blp.response(201, JobSchema)
+    def post(self, spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Queue a training job; answers with the job and its URL in `Location`."""
+        job = current_store().create_job(spec)
+        return job_document(job), 201, {"Location": f"/v1/jobs/{job.id}"}
+
+
+@blp.route("/<job_id>")
+class JobResource(MethodView):
+    @blp.response(200, JobSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """A job's state, progress, timestamps, error or result."""
+        return job_document(load_job(job_id))
+
+
+@blp.route("/<job_id>/cancel")
+class JobCancel(MethodView):
+    @blp.response(200, JobSchema)
+    def post(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job: a queued one never starts, a running one is stopped. Idempotent."""
+        load_job(job_id)
+        try:
+            job = current_store().request_cancel(job_id)
+        except InvalidTransition as exc:
+            raise Conflict(f"Job {job_id} already {exc.job.state.value}; there is nothing to cancel.",
+                           extra={"state": exc.job.state.value}) from exc
+        return job_document(job)
+
+
+@blp.route("/<job_id>/metrics")
+class JobMetrics(MethodView):
+    @blp.response(200, MetricsSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """Per-epoch loss/accuracy/val_loss/val_accuracy and per-step loss, as recorded so far."""
+        load_job(job_id)
+        return group_metrics(current_store().list_metrics(job_id))
+
+
+@blp.route("/<job_id>/events")
+class JobEvents(MethodView):
+    @blp.arguments(EventListQuerySchema, location="query")
+    @blp.response(200, EventListSchema)
+    def get(self, query: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """The job's event log (state changes and milestones); pass `after` to continue."""
+        load_job(job_id)
+        events = current_store().list_events(job_id, after=query["after"])
+        return {"events": [asdict(event) for event in events]}
+
+
+@blp.route("/<job_id>/logs")
+class JobLogs(MethodView):
+    @blp.doc(responses={"200": {"description": "The trainer's output of the job's latest attempt.",
+                                "content": {"text/plain": {}}}})
+    def get(self, job_id: str) -> Response:
+        """The trainer's log of the latest attempt, as plain text."""
+        job = load_job(job_id)
+        if job.attempt == 0:
+            return Response("", mimetype="text/plain")
+        log_file = current_settings().attempt_dir(job.id, job.attempt) / "trainer.log"
+        text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+        return Response(text, mimetype="text/plain")

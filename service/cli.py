@@ -1,0 +1,295 @@
+"""The `fitjobs` command: run the service's processes, and talk to a running service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from service.config import ConfigError, Settings
+from service.logconfig import configure_logging
+
+log = logging.getLogger("service.cli")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the HTTP API with gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    from service.api import create_app
+    from service.store import open_store
+
+    open_store(settings.database_url, migrate=True).engine.dispose()
+
+    class FitjobsGunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.api_workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("timeout", 120)
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("proc_name", "fitjobs-api")
+
+        def load(self) -> Any:
+            return create_app(settings, migrate=False)
+
+    FitjobsGunicorn().run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run this node's supervisor until SIGTERM/SIGINT."""
+    from service.store import open_store
+    from service.supervisor.worker import Supervisor
+
+    settings.ensure_dirs()
+    Supervisor(settings, open_store(settings.database_url, migrate=True)).run()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """API and supervisor together on this machine; Ctrl-C or SIGTERM stops both."""
+    from service.store import open_store
+    from service.supervisor.child import die_with_parent
+
+    settings.ensure_dirs()
+    open_store(settings.database_url, migrate=True).engine.dispose()
+    env = settings.child_environ()
+    env.update(FITJOBS_HOST=settings.host, FITJOBS_PORT=str(settings.port))
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    children = [subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env,
+                                 preexec_fn=die_with_parent) for role in ("api", "worker")]
+    print(f"fitjobs serving on http://{settings.host}:{settings.port} "
+          f"(data in {settings.home}); Ctrl-C stops it", flush=True)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.kill_grace + 30
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0 if stopping else 1
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Upgrade the database schema to the newest revision."""
+    from service.store import open_store
+
+    open_store(settings.database_url, migrate=True)
+    print("database schema is current")
+    return 0
+
+
+def generate_openapi() -> str:
+    """The OpenAPI document, generated from the schemas (no running service needed)."""
+    from service.api import create_app
+
+    with tempfile.TemporaryDirectory() as home:
+        app = create_app(Settings.from_env({"FITJOBS_HOME": home}))
+        with app.app_context():
+            text: str = app.extensions["fitjobs.api"].spec.to_yaml()
+        app.extensions["fitjobs.store"].engine.dispose()
+    return text
+
+
+def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
+    """Print (or write) the OpenAPI document."""
+    text = generate_openapi()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# -- client commands -----------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace, settings: Settings) -> Any:
+    from service.client import FitjobsClient
+
+    return FitjobsClient(args.url or settings.url)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _describe(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    line = f"{job['id']} {job['state']}"
+    if job["state"] == "running" and progress.get("epochs"):
+        line += (f" epoch {progress['epoch']}/{progress['epochs']}"
+                 f" step {progress['step']}/{progress.get('steps_per_epoch') or '?'}")
+    if job.get("error"):
+        line += f" [{job['error']['code']}] {job['error']['message']}"
+    if job.get("result"):
+        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(job["result"].items()))
+    return line
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Submit a spec file; prints the new job's id (or waits for it with --wait)."""
+    spec = json.loads(Path(args.spec).read_text())
+    if args.model:
+        spec["model"] = args.model
+    job = _client(args, settings).submit(spec)
+    print(job["id"])
+    if args.wait:
+        return _wait(args, settings, job["id"])
+    return 0
+
+
+def _wait(args: argparse.Namespace, settings: Settings, job_id: str) -> int:
+    last = ""
+
+    def show(job: dict[str, Any]) -> None:
+        nonlocal last
+        line = _describe(job)
+        if line != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line
+
+    job = _client(args, settings).wait(job_id, timeout=args.timeout, on_update=show)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    """Follow a job until it ends; exit 0 only if it succeeded."""
+    return _wait(args, settings, args.job_id)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a job as JSON."""
+    _print_json(_client(args, settings).get(args.job_id))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per job, newest first."""
+    for job in _client(args, settings).list(state=args.state, limit=args.limit):
+        print(_describe(job))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Cancel a job."""
+    print(_describe(_client(args, settings).cancel(args.job_id)))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a job's metrics as JSON."""
+    _print_json(_client(args, settings).metrics(args.job_id))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the trainer log."""
+    sys.stdout.write(_client(args, settings).logs(args.job_id))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
+    """Download a job's model.tar.gz."""
+    target = Path(args.output or f"{args.job_id}.model.tar.gz")
+    _client(args, settings).download_model(args.job_id, target)
+    print(target)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="fitjobs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        return command
+
+    for name, func, text in (("serve", cmd_serve, "Run API + supervisor on this machine."),
+                             ("api", cmd_api, "Run the HTTP API (gunicorn).")):
+        command = add(name, func, text)
+        command.add_argument("--host", help="listen address (FITJOBS_HOST)")
+        command.add_argument("--port", type=int, help="listen port (FITJOBS_PORT)")
+    add("worker", cmd_worker, "Run this node's supervisor (claims and trains jobs).")
+    add("migrate", cmd_migrate, "Upgrade the database schema.")
+    add("openapi", cmd_openapi, "Print the OpenAPI document.").add_argument("--output", "-o")
+
+    def client_command(name: str, func: Any, text: str, job: bool = True) -> argparse.ArgumentParser:
+        command = add(name, func, text)
+        command.add_argument("--url", help="service URL (FITJOBS_URL, default http://127.0.0.1:8080)")
+        if job:
+            command.add_argument("job_id")
+        return command
+
+    submit = client_command("submit", cmd_submit, "Submit a training spec (JSON file).", job=False)
+    submit.add_argument("spec", help="path to a JSON training spec")
+    submit.add_argument("--model", help="override the spec's `model`")
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--timeout", type=float, default=None)
+    client_command("wait", cmd_wait, "Follow a job until it ends.").add_argument(
+        "--timeout", type=float, default=None)
+    client_command("status", cmd_status, "Show a job.")
+    listing = client_command("list", cmd_list, "List jobs.", job=False)
+    listing.add_argument("--state")
+    listing.add_argument("--limit", type=int, default=20)
+    client_command("cancel", cmd_cancel, "Cancel a job.")
+    client_command("metrics", cmd_metrics, "Show a job's metrics.")
+    client_command("logs", cmd_logs, "Show a job's trainer log.")
+    client_command("download", cmd_download, "Download a job's model.tar.gz.").add_argument(
+        "--output", "-o", help="file to write (default JOB_ID.model.tar.gz)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fitjobs` console script."""
+    args = build_parser().parse_args(argv)
+    overrides = {key: value for key in ("host", "port")
+                 if (value := getattr(args, key, None)) is not None}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ConfigError as exc:
+        print(f"fitjobs: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    from service.client import ApiError
+
+    try:
+        return int(args.func(args, settings) or 0)
+    except ApiError as exc:
+        print(f"fitjobs: {exc}", file=sys.stderr)
+        for path, texts in (exc.problem.get("errors") or {}).items():
+            print(f"  {path}: {' '.join(texts)}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, TimeoutError) as exc:
+        print(f"fitjobs: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

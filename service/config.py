@@ -1,0 +1,162 @@
+"""Every setting of the service, read from FITJOBS_* environment variables in one place.
+
+This module is the only reader of ``os.environ`` for configuration. Each setting is declared
+once in ``SETTINGS`` with its environment variable, default and meaning; the configuration
+reference in the documentation is checked against that table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One FITJOBS_* variable: its name, default (as text) and what it controls."""
+
+    env: str
+    attr: str
+    default: str
+    parse: Callable[[str], object]
+    help: str
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {number}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise ValueError(f"must be a TCP port number, got {number}")
+    return number
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("FITJOBS_HOME", "home", ".fitjobs", _path,
+                "Data folder of this node: SQLite database, job folders, artifacts."),
+    SettingSpec("FITJOBS_DATABASE_URL", "database_url", "", str,
+                "SQLAlchemy database URL; empty means SQLite at $FITJOBS_HOME/fitjobs.db."),
+    SettingSpec("FITJOBS_DATA_ROOT", "data_root", "", str,
+                "Folder that `data.*.path` in a spec is resolved under; empty means $FITJOBS_HOME/data."),
+    SettingSpec("FITJOBS_HOST", "host", "127.0.0.1", str, "Address the API listens on."),
+    SettingSpec("FITJOBS_PORT", "port", "8080", _port, "TCP port the API listens on."),
+    SettingSpec("FITJOBS_API_WORKERS", "api_workers", "2", _positive_int,
+                "Number of gunicorn worker processes serving the API."),
+    SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "1", _positive_int,
+                "Training jobs one supervisor runs at the same time."),
+    SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
+                "Seconds between two passes of the supervisor loop (claim, heartbeat, cancel)."),
+    SettingSpec("FITJOBS_KILL_GRACE", "kill_grace", "10", _non_negative_float,
+                "Seconds a trainer gets after SIGTERM before it is sent SIGKILL."),
+    SettingSpec("FITJOBS_TRAINER_THREADS", "trainer_threads", "0", int,
+                "TensorFlow intra-op threads per trainer; 0 lets TensorFlow decide."),
+    SettingSpec("FITJOBS_METRICS_FLUSH_SECONDS", "metrics_flush_seconds", "2", _non_negative_float,
+                "How often a running trainer writes buffered step metrics and progress."),
+    SettingSpec("FITJOBS_LEASE_SECONDS", "lease_seconds", "60", _non_negative_float,
+                "A running job whose heartbeat is older than this is requeued by any supervisor."),
+    SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
+                "Largest request body the API accepts (inline records included)."),
+    SettingSpec("FITJOBS_URL", "url", "http://127.0.0.1:8080", str,
+                "Base URL the CLI's client commands (submit, status, wait, ...) talk to."),
+    SettingSpec("FITJOBS_LOG_LEVEL", "log_level", "INFO", str.upper,
+                "Log level of the API and supervisor (DEBUG, INFO, WARNING, ERROR)."),
+)
+
+
+class ConfigError(ValueError):
+    """A FITJOBS_* variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one process."""
+
+    home: Path
+    database_url: str
+    data_root: Path
+    host: str
+    port: int
+    api_workers: int
+    max_concurrent_jobs: int
+    poll_interval: float
+    kill_grace: float
+    trainer_threads: int
+    metrics_flush_seconds: float
+    lease_seconds: float
+    max_request_bytes: int
+    url: str
+    log_level: str
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every setting from ``environ`` (default ``os.environ``); keyword overrides win."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, object] = {}
+        for spec in SETTINGS:
+            raw = env.get(spec.env, spec.default)
+            try:
+                values[spec.attr] = spec.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{spec.env}={raw!r}: {exc}") from exc
+        values.update(overrides)
+        home = Path(values["home"]).absolute()  # type: ignore[arg-type]
+        values["home"] = home
+        if not values["database_url"]:
+            values["database_url"] = f"sqlite:///{home / 'fitjobs.db'}"
+        data_root = values["data_root"]
+        values["data_root"] = (Path(data_root).expanduser().absolute()  # type: ignore[arg-type]
+                               if data_root else home / "data")
+        return cls(environ=env, **values)  # type: ignore[arg-type]
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Per-job working folders: trainer logs, scratch space, outcome files."""
+        return self.home / "jobs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Published artifacts, one folder per succeeded job."""
+        return self.home / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived files that can be rebuilt, such as model tarballs."""
+        return self.home / "cache"
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        """Working folder of one attempt of a job: trainer log, scratch space, outcome file."""
+        return self.jobs_dir / job_id / f"attempt-{attempt}"
+
+    def ensure_dirs(self) -> None:
+        """Create the folders this node writes to."""
+        for folder in (self.home, self.jobs_dir, self.artifacts_dir, self.cache_dir, self.data_root):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def child_environ(self) -> dict[str, str]:
+        """Environment handed to trainer child processes: this process's, plus resolved paths."""
+        env = dict(self.environ)
+        env.update({
+            "FITJOBS_HOME": str(self.home),
+            "FITJOBS_DATABASE_URL": self.database_url,
+            "FITJOBS_DATA_ROOT": str(self.data_root),
+        })
+        return env

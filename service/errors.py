@@ -1,0 +1,162 @@
+"""The ServiceError tree and the one handler that turns errors into RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://fitjobs.dev/problems/"
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error the API reports to the caller; subclasses fix the status and problem type."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, errors: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra or {}
+
+
+class BadRequest(ServiceError):
+    """The request cannot be read at all (malformed JSON, empty body)."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request body is not in a content type this endpoint accepts."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class ValidationFailed(ServiceError):
+    """The body was read but some fields are invalid; ``errors`` is keyed by field path."""
+
+    status = 422
+    slug = "validation-failed"
+    title = "The request has invalid fields"
+
+
+class NotFound(ServiceError):
+    """The named resource does not exist."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(ServiceError):
+    """The request is valid but conflicts with the resource's current state."""
+
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class ServiceUnavailable(ServiceError):
+    """A dependency (the database) cannot be reached right now."""
+
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turn marshmallow's nested message dict into {"data.train.path": ["..."]}."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "_schema":
+                path = prefix or "body"
+            for sub_path, texts in flatten_errors(value, path).items():
+                flat.setdefault(sub_path, []).extend(texts)
+    elif isinstance(messages, (list, tuple)):
+        if all(isinstance(item, str) for item in messages):
+            flat[prefix or "body"] = list(messages)
+        else:
+            for item in messages:
+                for sub_path, texts in flatten_errors(item, prefix).items():
+                    flat.setdefault(sub_path, []).extend(texts)
+    else:
+        flat[prefix or "body"] = [str(messages)]
+    return flat
+
+
+def summarize_errors(errors: dict[str, list[str]]) -> str:
+    """One readable sentence naming every invalid field."""
+    parts = [f"{path}: {' '.join(texts).rstrip('.')}" for path, texts in sorted(errors.items())]
+    return "; ".join(parts) + "."
+
+
+def problem_response(status: int, slug: str, title: str, detail: str,
+                     errors: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> Response:
+    """Build an application/problem+json response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    if extra:
+        body.update(extra)
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_CONTENT_TYPE)
+
+
+def _from_http_exception(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    data = getattr(exc, "data", None) or {}
+    messages = data.get("messages")
+    if status == 422 and messages is not None:
+        # webargs nests messages under the request location ("json", "query", ...);
+        # the location is noise for callers, the field path is what they need.
+        if isinstance(messages, dict) and len(messages) == 1:
+            messages = next(iter(messages.values()))
+        errors = flatten_errors(messages)
+        return problem_response(422, ValidationFailed.slug, ValidationFailed.title,
+                                summarize_errors(errors), errors)
+    if status == 400 and messages is not None:
+        errors = flatten_errors(messages)
+        detail = summarize_errors(errors)
+        if "Invalid JSON body" in detail:
+            detail = "The request body is not valid JSON."
+        return problem_response(400, BadRequest.slug, BadRequest.title, detail)
+    slug = (exc.name or "error").lower().replace(" ", "-")
+    return problem_response(status, slug, exc.name or "Error", exc.description or exc.name or "")
+
+
+def install_error_handlers(app: Flask) -> None:
+    """Route every error raised while serving a request through problem+json."""
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Response:
+        return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.errors, exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return _from_http_exception(exc)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error while serving a request")
+        return problem_response(500, ServiceError.slug, ServiceError.title,
+                                "The server failed to handle this request; the error was logged.")

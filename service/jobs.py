@@ -1,0 +1,116 @@
+"""The job domain: states, allowed transitions, failure codes and the frozen Job value."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for states a job never leaves."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# The only moves a job can make; running -> queued is an infrastructure interruption
+# (the supervisor stopped), after which the job is claimed again.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
+                                 JobState.QUEUED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: JobState) -> frozenset[JobState]:
+    """States from which a job may move to ``target``."""
+    return frozenset(state for state, targets in TRANSITIONS.items() if target in targets)
+
+
+class FailureCode(str, enum.Enum):
+    """Why a job failed; stable strings other services branch on."""
+
+    INVALID_DATA = "invalid_data"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    OUT_OF_MEMORY = "out_of_memory"
+    KILLED = "killed"
+    TIMEOUT = "timeout"
+    OWNER_LOST = "owner_lost"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class JobError:
+    """A failed job's reason."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a running job has come."""
+
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as read from the store; passed around instead of ORM rows."""
+
+    id: str
+    state: JobState
+    spec: dict[str, Any]
+    created_at: datetime
+    attempt: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    owner: str | None = None
+    cancel_requested: bool = False
+    progress: Progress = field(default_factory=Progress)
+    error: JobError | None = None
+    result: dict[str, Any] | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event log."""
+
+    id: int
+    job_id: str
+    kind: str
+    message: str
+    created_at: datetime
+    state: JobState | None = None
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One recorded metric value; ``step`` is set for per-step values, else per-epoch."""
+
+    name: str
+    value: float
+    epoch: int
+    step: int | None = None

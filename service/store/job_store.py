@@ -1,0 +1,289 @@
+"""JobStore: the only code that reads and writes job rows, events and metrics."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy.engine import Row
+
+from service.jobs import (Job, JobError, JobEvent, JobState, MetricPoint, Progress, sources_of)
+from service.store.tables import job_events, jobs, metrics
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class InvalidTransition(RuntimeError):
+    """The job is not in a state that allows the requested move."""
+
+    def __init__(self, job: Job, target: JobState) -> None:
+        super().__init__(f"job {job.id} is {job.state.value}; it cannot become {target.value}")
+        self.job = job
+        self.target = target
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def new_job_id() -> str:
+    """A fresh, unguessable job id."""
+    return f"job_{uuid.uuid4().hex}"
+
+
+def _job_from_row(row: Row[Any]) -> Job:
+    m = row._mapping
+    error = JobError(m["error_code"], m["error_message"] or "") if m["error_code"] else None
+    return Job(
+        id=m["id"], seq=m["seq"], state=JobState(m["state"]), spec=m["spec"],
+        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        updated_at=_aware(m["updated_at"]), started_at=_aware(m["started_at"]),
+        finished_at=_aware(m["finished_at"]), heartbeat_at=_aware(m["heartbeat_at"]),
+        attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
+        progress=Progress(**(m["progress"] or {})), error=error, result=m["result"],
+    )
+
+
+class JobStore:
+    """Creates, claims and moves jobs; records their events and metrics."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            # SQLite: take the write lock at BEGIN so two writers never deadlock on upgrade.
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def create_job(self, spec: dict[str, Any]) -> Job:
+        """Queue a new job for ``spec`` and log its creation."""
+        now = utcnow()
+        job_id = new_job_id()
+        with self._write() as conn:
+            conn.execute(insert(jobs).values(
+                id=job_id, state=JobState.QUEUED.value, spec=spec, created_at=now, updated_at=now,
+                attempt=0, cancel_requested=False, progress={}))
+            self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
+            return self._get(conn, job_id)
+
+    def get_job(self, job_id: str) -> Job:
+        """The job with this id; raises JobNotFound."""
+        with self._read() as conn:
+            return self._get(conn, job_id)
+
+    def list_jobs(self, *, state: JobState | None = None, limit: int = 20,
+                  before_seq: int | None = None) -> tuple[list[Job], int | None]:
+        """Newest first; returns a page and the seq to continue before, or None at the end."""
+        query = select(jobs).order_by(jobs.c.seq.desc()).limit(limit + 1)
+        if state is not None:
+            query = query.where(jobs.c.state == state.value)
+        if before_seq is not None:
+            query = query.where(jobs.c.seq < before_seq)
+        with self._read() as conn:
+            page = [_job_from_row(row) for row in conn.execute(query)]
+        if len(page) > limit:
+            return page[:limit], page[limit - 1].seq
+        return page, None
+
+    def claim_next_job(self, owner: str) -> Job | None:
+        """Move the oldest queued job to running for ``owner``; None when the queue is empty."""
+        with self._write() as conn:
+            candidate = conn.execute(
+                select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
+                .order_by(jobs.c.seq).limit(1).with_for_update(skip_locked=True)).first()
+            if candidate is None:
+                return None
+            now = utcnow()
+            claimed = conn.execute(
+                update(jobs).where(jobs.c.id == candidate.id, jobs.c.state == JobState.QUEUED.value)
+                .values(state=JobState.RUNNING.value, attempt=jobs.c.attempt + 1, owner=owner,
+                        started_at=now, heartbeat_at=now, updated_at=now, progress={}))
+            if claimed.rowcount != 1:
+                return None
+            job = self._get(conn, candidate.id)
+            self._append_event(conn, job.id, "state", f"Attempt {job.attempt} started on {owner}.",
+                               state=JobState.RUNNING, data={"attempt": job.attempt, "owner": owner})
+            return job
+
+    def transition(self, job_id: str, target: JobState, message: str, *,
+                   attempt: int | None = None, error: JobError | None = None,
+                   result: dict[str, Any] | None = None,
+                   data: dict[str, Any] | None = None) -> Job:
+        """Move a job and log the move in one transaction.
+
+        With ``attempt`` the move only happens while that attempt is the current one, so a
+        stale owner cannot overwrite a newer attempt. Raises InvalidTransition when refused.
+        """
+        now = utcnow()
+        values: dict[str, Any] = {"state": target.value, "updated_at": now}
+        if target.is_terminal:
+            values["finished_at"] = now
+        if target is JobState.QUEUED:
+            values.update(owner=None, heartbeat_at=None, cancel_requested=False)
+        if error is not None:
+            values.update(error_code=error.code, error_message=error.message)
+        if result is not None:
+            values["result"] = result
+        with self._write() as conn:
+            condition = [jobs.c.id == job_id,
+                         jobs.c.state.in_([s.value for s in sources_of(target)])]
+            if attempt is not None:
+                condition.append(jobs.c.attempt == attempt)
+            moved = conn.execute(update(jobs).where(*condition).values(**values))
+            job = self._get(conn, job_id)
+            if moved.rowcount != 1:
+                raise InvalidTransition(job, target)
+            event_data = dict(data or {})
+            if error is not None:
+                event_data.update(code=error.code)
+            self._append_event(conn, job_id, "state", message, state=target,
+                               data=event_data or None)
+            return job
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or flag a running one for its supervisor to stop.
+
+        Idempotent for jobs already cancelled or flagged; raises InvalidTransition for jobs
+        that already succeeded or failed.
+        """
+        with self._write() as conn:
+            job = self._get(conn, job_id)
+            if job.state is JobState.CANCELLED or (job.state is JobState.RUNNING and job.cancel_requested):
+                return job
+            if job.state is JobState.QUEUED:
+                now = utcnow()
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+                    state=JobState.CANCELLED.value, finished_at=now, updated_at=now))
+                self._append_event(conn, job_id, "state", "Cancelled before it started.",
+                                   state=JobState.CANCELLED)
+                return self._get(conn, job_id)
+            if job.state is JobState.RUNNING:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+                    cancel_requested=True, updated_at=utcnow()))
+                self._append_event(conn, job_id, "cancel_requested",
+                                   "Cancellation requested; stopping the trainer.")
+                return self._get(conn, job_id)
+            raise InvalidTransition(job, JobState.CANCELLED)
+
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Mark the attempt alive; False when the attempt is no longer current."""
+        with self._write() as conn:
+            beat = conn.execute(update(jobs).where(
+                jobs.c.id == job_id, jobs.c.attempt == attempt,
+                jobs.c.state == JobState.RUNNING.value).values(heartbeat_at=utcnow()))
+            return beat.rowcount == 1
+
+    def jobs_owned_by(self, owner: str) -> list[Job]:
+        """Running jobs whose current attempt belongs to ``owner``."""
+        with self._read() as conn:
+            rows = conn.execute(select(jobs).where(jobs.c.owner == owner,
+                                                   jobs.c.state == JobState.RUNNING.value))
+            return [_job_from_row(row) for row in rows]
+
+    def stale_jobs(self, cutoff: datetime) -> list[Job]:
+        """Running jobs whose last heartbeat is older than ``cutoff`` (their owner is gone)."""
+        with self._read() as conn:
+            rows = conn.execute(select(jobs).where(jobs.c.state == JobState.RUNNING.value,
+                                                   jobs.c.heartbeat_at < cutoff))
+            return [_job_from_row(row) for row in rows]
+
+    # -- progress, metrics, events -----------------------------------------------------------
+
+    def record_progress(self, job_id: str, attempt: int, progress: Progress,
+                        points: Sequence[MetricPoint] = ()) -> bool:
+        """Store progress and new metric points of a running attempt; False if it is stale."""
+        now = utcnow()
+        with self._write() as conn:
+            updated = conn.execute(update(jobs).where(
+                jobs.c.id == job_id, jobs.c.attempt == attempt,
+                jobs.c.state == JobState.RUNNING.value).values(
+                progress=progress.__dict__, updated_at=now, heartbeat_at=now))
+            if updated.rowcount != 1:
+                return False
+            if points:
+                conn.execute(insert(metrics), [
+                    {"job_id": job_id, "attempt": attempt, "name": p.name, "value": p.value,
+                     "epoch": p.epoch, "step": p.step, "recorded_at": now} for p in points])
+            return True
+
+    def list_metrics(self, job_id: str) -> list[MetricPoint]:
+        """Metric points of the job's current attempt, in recording order."""
+        with self._read() as conn:
+            job = self._get(conn, job_id)
+            rows = conn.execute(select(metrics).where(
+                metrics.c.job_id == job_id, metrics.c.attempt == job.attempt).order_by(metrics.c.id))
+            return [MetricPoint(name=r.name, value=r.value, epoch=r.epoch, step=r.step) for r in rows]
+
+    def append_event(self, job_id: str, kind: str, message: str, *,
+                     attempt: int | None = None, data: dict[str, Any] | None = None) -> bool:
+        """Log an event; with ``attempt`` only while that attempt is current."""
+        with self._write() as conn:
+            if attempt is not None:
+                current = conn.execute(select(jobs.c.attempt).where(jobs.c.id == job_id)).scalar()
+                if current != attempt:
+                    return False
+            self._append_event(conn, job_id, kind, message, data=data)
+            return True
+
+    def list_events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """Events of a job with an id above ``after``, oldest first."""
+        with self._read() as conn:
+            self._get(conn, job_id)
+            rows = conn.execute(select(job_events).where(
+                job_events.c.job_id == job_id, job_events.c.id > after)
+                .order_by(job_events.c.id).limit(limit))
+            return [JobEvent(id=r.id, job_id=r.job_id, kind=r.kind, message=r.message,
+                             created_at=_aware(r.created_at),  # type: ignore[arg-type]
+                             state=JobState(r.state) if r.state else None, data=r.data)
+                    for r in rows]
+
+    def count_jobs(self) -> dict[str, int]:
+        """Number of jobs per state."""
+        with self._read() as conn:
+            rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
+            return {state: count for state, count in rows}
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(conn: Connection, job_id: str) -> Job:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    @staticmethod
+    def _append_event(conn: Connection, job_id: str, kind: str, message: str, *,
+                      state: JobState | None = None, data: dict[str, Any] | None = None) -> None:
+        conn.execute(insert(job_events).values(
+            job_id=job_id, created_at=utcnow(), kind=kind, message=message,
+            state=state.value if state else None, data=data))

@@ -1,0 +1,54 @@
+"""Table definitions (SQLAlchemy Core); Alembic migrations create and upgrade them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer,
+                        MetaData, String, Table, Text)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("owner", String(255)),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("progress", JSON),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("result", JSON),
+    Index("ix_jobs_state_seq", "state", "seq"),
+)
+
+job_events = Table(
+    "job_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("state", String(16)),
+    Column("message", Text, nullable=False),
+    Column("data", JSON),
+    Index("ix_job_events_job_id_id", "job_id", "id"),
+)
+
+metrics = Table(
+    "metrics", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("step", Integer),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index("ix_metrics_job_id_id", "job_id", "id"),
+)

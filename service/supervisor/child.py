@@ -1,0 +1,97 @@
+"""One trainer child process: spawning it in its own session, stopping it, reading its end."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.config import Settings
+from service.jobs import Job
+
+PR_SET_PDEATHSIG = 1
+LOG_FILE = "trainer.log"
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl)."""
+    # Runs in the child between fork and exec: if the supervisor dies, even by SIGKILL,
+    # the kernel kills the trainer too, so no orphan keeps a GPU busy.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class TrainerProcess:
+    """A running trainer child and what the supervisor did to it."""
+
+    job_id: str
+    attempt: int
+    popen: subprocess.Popen[bytes]
+    attempt_dir: Path
+    started: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None
+    term_sent_at: float | None = None
+    kill_sent: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        """The file the child's stdout and stderr go to."""
+        return self.attempt_dir / LOG_FILE
+
+    def poll(self) -> int | None:
+        """The exit status (negative for a signal) or None while it runs."""
+        return self.popen.poll()
+
+    def stop(self, reason: str) -> None:
+        """Ask the child's whole process group to end (SIGTERM); remembers why."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.term_sent_at is None and self.poll() is None:
+            self.term_sent_at = time.monotonic()
+            self._signal_group(signal.SIGTERM)
+
+    def kill_if_overdue(self, grace: float) -> None:
+        """SIGKILL the process group once ``grace`` seconds passed since SIGTERM."""
+        if (self.term_sent_at is not None and not self.kill_sent and self.poll() is None
+                and time.monotonic() - self.term_sent_at >= grace):
+            self.kill_sent = True
+            self._signal_group(signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of the process group (also after the leader exited)."""
+        self._signal_group(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the child's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def spawn_trainer(settings: Settings, job: Job) -> TrainerProcess:
+    """Start ``python -m service.trainer`` for the job's current attempt in a new session."""
+    attempt_dir = settings.attempt_dir(job.id, job.attempt)
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    with open(attempt_dir / LOG_FILE, "ab") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "service.trainer", job.id, str(job.attempt)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=attempt_dir, env=settings.child_environ(),
+            start_new_session=True, preexec_fn=die_with_parent)
+    return TrainerProcess(job_id=job.id, attempt=job.attempt, popen=popen, attempt_dir=attempt_dir)

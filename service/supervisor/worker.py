@@ -1,0 +1,210 @@
+"""The supervisor loop: claim -> spawn child -> monitor -> finalise, plus the stale-job reaper."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import timedelta
+from types import FrameType
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.config import Settings
+from service.jobs import FailureCode, Job, JobError, JobState
+from service.store import InvalidTransition, JobStore
+from service.store.job_store import utcnow
+from service.supervisor.child import TrainerProcess, spawn_trainer
+from service.trainer.outcome import read_outcome
+
+log = logging.getLogger(__name__)
+
+# Until the spec carries max_attempts, a job whose owner vanished this often is failed
+# instead of requeued, so a job that brings its node down cannot loop forever.
+MAX_ATTEMPTS = 3
+
+
+class Supervisor:
+    """Runs up to ``max_concurrent_jobs`` trainer children for one node."""
+
+    def __init__(self, settings: Settings, store: JobStore, owner: str | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.children: dict[str, TrainerProcess] = {}
+        self._stop = threading.Event()
+        self._last_heartbeat = 0.0
+        self._last_reap = 0.0
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats: a few per lease, so one missed beat is harmless."""
+        return max(0.5, min(5.0, self.settings.lease_seconds / 4))
+
+    def request_stop(self, *_: object) -> None:
+        """Stop claiming and wind down (signal-handler compatible)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT, then stop every child and requeue its job."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        log.info("supervisor %s started: %d slot(s)", self.owner, self.settings.max_concurrent_jobs)
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.settings.poll_interval)
+        self.shutdown()
+        log.info("supervisor %s stopped", self.owner)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("supervisor received %s; stopping", signal.Signals(signum).name)
+        self.request_stop()
+
+    def tick(self) -> None:
+        """One pass: finalise exited children, enforce cancels, heartbeat, reap, claim."""
+        try:
+            self._finish_exited()
+            self._enforce_cancellations()
+            self._heartbeat()
+            self._reap_stale_jobs()
+            if not self._stop.is_set():
+                self._claim()
+        except SQLAlchemyError as exc:
+            # The children keep running; the next pass retries once the database is back.
+            log.warning("database unavailable, retrying next pass: %s", exc)
+        for child in self.children.values():
+            child.kill_if_overdue(self.settings.kill_grace)
+
+    def shutdown(self) -> None:
+        """SIGTERM every child, SIGKILL those still alive after the grace period, finalise all."""
+        for child in self.children.values():
+            child.stop("shutdown")
+        while self.children:
+            for child in self.children.values():
+                child.kill_if_overdue(self.settings.kill_grace)
+            try:
+                self._finish_exited()
+            except SQLAlchemyError as exc:
+                log.warning("database unavailable while stopping: %s", exc)
+                for child in list(self.children.values()):
+                    if child.poll() is not None:
+                        child.kill_group()
+                        del self.children[child.job_id]
+            time.sleep(0.1)
+
+    # -- steps of a pass -------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        while len(self.children) < self.settings.max_concurrent_jobs:
+            job = self.store.claim_next_job(self.owner)
+            if job is None:
+                return
+            try:
+                child = spawn_trainer(self.settings, job)
+            except OSError as exc:
+                log.exception("could not start a trainer for %s", job.id)
+                self._move(job.id, JobState.FAILED, f"The trainer could not be started: {exc}",
+                           attempt=job.attempt,
+                           error=JobError(FailureCode.INTERNAL.value, f"Trainer start failed: {exc}"))
+                continue
+            self.children[job.id] = child
+            log.info("job %s attempt %d started as pid %d", job.id, job.attempt, child.popen.pid)
+
+    def _enforce_cancellations(self) -> None:
+        if not self.children:
+            return
+        owned = {job.id: job for job in self.store.jobs_owned_by(self.owner)}
+        for job_id, child in self.children.items():
+            job = owned.get(job_id)
+            if job is None or job.attempt != child.attempt:
+                child.stop("lost")
+            elif job.cancel_requested:
+                child.stop("cancel")
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.heartbeat_interval:
+            return
+        self._last_heartbeat = now
+        for child in self.children.values():
+            if child.poll() is None and not self.store.heartbeat(child.job_id, child.attempt):
+                child.stop("lost")
+
+    def _reap_stale_jobs(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap < self.heartbeat_interval:
+            return
+        self._last_reap = now
+        cutoff = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+        for job in self.store.stale_jobs(cutoff):
+            if job.id in self.children:
+                continue
+            self._requeue_or_fail_lost(job)
+
+    def _requeue_or_fail_lost(self, job: Job) -> None:
+        who = job.owner or "an unknown supervisor"
+        if job.attempt >= MAX_ATTEMPTS:
+            self._move(job.id, JobState.FAILED,
+                       f"{who} stopped heartbeating; attempt {job.attempt} was the last allowed.",
+                       attempt=job.attempt,
+                       error=JobError(FailureCode.OWNER_LOST.value,
+                                      f"The node running this job stopped responding {job.attempt} times."))
+        else:
+            self._move(job.id, JobState.QUEUED,
+                       f"{who} stopped heartbeating; the job is queued again.", attempt=job.attempt)
+
+    def _finish_exited(self) -> None:
+        for job_id, child in list(self.children.items()):
+            status = child.poll()
+            if status is None:
+                continue
+            child.kill_group()
+            self._finalise(child, status)
+            del self.children[job_id]
+
+    def _finalise(self, child: TrainerProcess, status: int) -> None:
+        outcome = read_outcome(child.attempt_dir)
+        seconds = round(time.monotonic() - child.started, 1)
+        attempt = child.attempt
+        if child.stop_reason == "lost":
+            log.warning("job %s attempt %d is no longer ours; not recording its end", child.job_id, attempt)
+            return
+        if outcome is not None and outcome.status == "succeeded":
+            self._move(child.job_id, JobState.SUCCEEDED, f"Training finished in {seconds} s.",
+                       attempt=attempt, result=outcome.result)
+            return
+        job = self.store.get_job(child.job_id)
+        if child.stop_reason == "cancel" or job.cancel_requested:
+            self._move(child.job_id, JobState.CANCELLED, "Cancelled while running; the trainer was stopped.",
+                       attempt=attempt)
+        elif child.stop_reason == "shutdown":
+            self._move(child.job_id, JobState.QUEUED,
+                       f"Interrupted: supervisor {self.owner} stopped; the job is queued again.",
+                       attempt=attempt)
+        elif outcome is not None:
+            self._move(child.job_id, JobState.FAILED, outcome.message or "Training failed.",
+                       attempt=attempt,
+                       error=JobError(outcome.code or FailureCode.INTERNAL.value, outcome.message or ""))
+        elif status < 0:
+            name = signal.Signals(-status).name
+            self._move(child.job_id, JobState.FAILED, f"The trainer was killed by {name}.", attempt=attempt,
+                       error=JobError(FailureCode.KILLED.value,
+                                      f"The training process was killed by {name} after {seconds} s."))
+        else:
+            tail = child.log_tail()
+            self._move(child.job_id, JobState.FAILED, f"The trainer exited with status {status}.",
+                       attempt=attempt,
+                       error=JobError(FailureCode.INTERNAL.value,
+                                      f"The training process exited with status {status} without "
+                                      f"reporting a result. Last log lines:\n{tail}"))
+
+    def _move(self, job_id: str, target: JobState, message: str, *, attempt: int,
+              error: JobError | None = None, result: dict[str, float] | None = None) -> None:
+        try:
+            self.store.transition(job_id, target, message, attempt=attempt, error=error, result=result)
+            log.info("job %s -> %s: %s", job_id, target.value, message)
+        except InvalidTransition as exc:
+            log.warning("not recording %s for job %s: %s", target.value, job_id, exc)

@@ -1,0 +1,62 @@
+"""Entry point of a trainer child: ``python -m service.trainer JOB_ID ATTEMPT``.
+
+Runs one attempt of one job and leaves an outcome file for the supervisor; the supervisor,
+not this process, moves the job to its final state.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from service.config import Settings
+from service.jobs import FailureCode
+from service.logconfig import configure_logging
+from service.store import open_store
+from service.trainer.failures import TrainingFailure
+from service.trainer.outcome import Outcome, write_outcome
+from service.trainer.store_reporter import StoreReporter
+
+log = logging.getLogger("service.trainer")
+
+
+def main(argv: list[str]) -> int:
+    """Train the job named in argv; exit 0 on success, 1 on a recorded failure."""
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m service.trainer JOB_ID ATTEMPT", file=sys.stderr)
+        return 2
+    job_id, attempt = argv[0], int(argv[1])
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    attempt_dir = settings.attempt_dir(job_id, attempt)
+    store = open_store(settings.database_url, migrate=False)
+    job = store.get_job(job_id)
+    if job.attempt != attempt:
+        log.error("job %s is at attempt %d, not %d; exiting", job_id, job.attempt, attempt)
+        return 2
+    (attempt_dir / "work").mkdir(parents=True, exist_ok=True)
+    reporter = StoreReporter(store, job_id, attempt, settings.metrics_flush_seconds)
+    try:
+        from service.trainer.run import run_training
+
+        result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
+                              publish_dir=settings.artifacts_dir / job_id, reporter=reporter,
+                              threads=settings.trainer_threads)
+        reporter.flush()
+    except TrainingFailure as failure:
+        log.error("training failed: %s", failure)
+        write_outcome(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any other error is recorded as internal
+        traceback.print_exc(file=sys.stdout)
+        write_outcome(attempt_dir, Outcome("failed", code=FailureCode.INTERNAL.value,
+                                           message=f"{type(exc).__name__}: {exc}"))
+        return 1
+    write_outcome(attempt_dir, Outcome("succeeded", result=result))
+    log.info("training succeeded: %s", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

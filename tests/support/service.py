@@ -1,0 +1,114 @@
+"""A real `fitjobs serve` process on a free port, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def trainer_pids(job_id: str | None = None) -> list[int]:
+    """Pids of live `python -m service.trainer` processes (of one job, when given)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z" or b"service.trainer" not in argv:
+            continue
+        if job_id is None or job_id.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class RunningService:
+    """A started `fitjobs serve` and where it keeps its data."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    home: Path
+    data_root: Path
+    log_path: Path
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def post(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.post(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def wait_for_state(self, job_id: str, states: set[str], timeout: float) -> dict:
+        """Poll the job until it reaches one of ``states``; fail with its log otherwise."""
+        deadline = time.monotonic() + timeout
+        job: dict = {}
+        while time.monotonic() < deadline:
+            job = self.get(f"/v1/jobs/{job_id}").json()
+            if job["state"] in states:
+                return job
+            time.sleep(0.3)
+        logs = self.get(f"/v1/jobs/{job_id}/logs").text[-3000:]
+        raise AssertionError(f"job {job_id} is {job.get('state')} after {timeout} s; log:\n{logs}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM the service and wait for it; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_service(home: Path, *, extra_env: dict[str, str] | None = None,
+                  ready_timeout: float = 60) -> RunningService:
+    """Start `fitjobs serve` with its data under ``home`` and wait until /readyz answers."""
+    port = free_port()
+    data_root = home / "data"
+    data_root.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({
+        "FITJOBS_HOME": str(home), "FITJOBS_DATA_ROOT": str(data_root),
+        "FITJOBS_HOST": "127.0.0.1", "FITJOBS_PORT": str(port),
+        "FITJOBS_POLL_INTERVAL": "0.2", "FITJOBS_METRICS_FLUSH_SECONDS": "0.5",
+        "FITJOBS_KILL_GRACE": "3", "FITJOBS_TRAINER_THREADS": "2",
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(home / "hf-cache"),
+    })
+    env.update(extra_env or {})
+    log_path = home / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    service = RunningService(process, f"http://127.0.0.1:{port}", home, data_root, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fitjobs serve exited with {process.returncode}:\n{service.output()}")
+        try:
+            if requests.get(service.url + "/readyz", timeout=2).status_code == 200:
+                return service
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    service.stop()
+    raise RuntimeError(f"fitjobs serve not ready after {ready_timeout} s:\n{service.output()}")

@@ -1,0 +1,41 @@
+"""Settings come from FITJOBS_* variables with documented defaults; bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import SETTINGS, ConfigError, Settings
+
+
+def test_defaults_put_everything_under_home(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'fitjobs.db'}"
+    assert settings.data_root == tmp_path / "data"
+    assert (settings.host, settings.port, settings.max_concurrent_jobs) == ("127.0.0.1", 8080, 1)
+    assert settings.attempt_dir("job_x", 2) == tmp_path / "jobs" / "job_x" / "attempt-2"
+
+
+def test_every_setting_is_read_from_its_variable(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "FITJOBS_HOME": str(tmp_path), "FITJOBS_DATABASE_URL": "postgresql+psycopg://db/fitjobs",
+        "FITJOBS_DATA_ROOT": str(tmp_path / "d"), "FITJOBS_PORT": "9000",
+        "FITJOBS_MAX_CONCURRENT_JOBS": "4", "FITJOBS_KILL_GRACE": "1.5", "FITJOBS_LOG_LEVEL": "debug"})
+    assert settings.database_url == "postgresql+psycopg://db/fitjobs"
+    assert settings.data_root == tmp_path / "d"
+    assert (settings.port, settings.max_concurrent_jobs, settings.kill_grace) == (9000, 4, 1.5)
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("name,value", [("FITJOBS_PORT", "99999"), ("FITJOBS_PORT", "http"),
+                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "0"), ("FITJOBS_KILL_GRACE", "-1")])
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_settings_table_matches_the_dataclass() -> None:
+    fields = set(Settings.__dataclass_fields__) - {"environ"}
+    assert {spec.attr for spec in SETTINGS} == fields
+    assert all(spec.env.startswith("FITJOBS_") and spec.help for spec in SETTINGS)

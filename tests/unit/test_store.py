@@ -1,0 +1,154 @@
+"""JobStore on a real SQLite file: transitions, fencing, claims, cancellation, paging, migrations."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect
+
+from service.config import Settings
+from service.jobs import TRANSITIONS, JobError, JobState, MetricPoint, Progress
+from service.store import InvalidTransition, JobNotFound, JobStore, open_store
+from service.store.job_store import utcnow
+
+SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
+
+
+def test_new_job_is_queued_with_an_event(store: JobStore) -> None:
+    job = store.create_job(SPEC)
+    assert job.state is JobState.QUEUED and job.attempt == 0 and job.spec == SPEC
+    assert job.created_at.tzinfo is not None
+    events = store.list_events(job.id)
+    assert [(e.kind, e.state) for e in events] == [("state", JobState.QUEUED)]
+
+
+def test_claim_takes_oldest_first_and_counts_attempts(store: JobStore) -> None:
+    first, second = store.create_job(SPEC), store.create_job(SPEC)
+    claimed = store.claim_next_job("node-a")
+    assert claimed is not None and claimed.id == first.id
+    assert claimed.state is JobState.RUNNING and claimed.attempt == 1 and claimed.owner == "node-a"
+    assert claimed.started_at is not None and claimed.heartbeat_at is not None
+    assert store.claim_next_job("node-a").id == second.id  # type: ignore[union-attr]
+    assert store.claim_next_job("node-a") is None
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(settings: Settings, store: JobStore) -> None:
+    for _ in range(20):
+        store.create_job(SPEC)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim_all(owner: str) -> None:
+        other = open_store(settings.database_url, migrate=False)
+        while (job := other.claim_next_job(owner)) is not None:
+            with lock:
+                claimed.append(job.id)
+        other.engine.dispose()
+
+    threads = [threading.Thread(target=claim_all, args=(f"n{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 20 and len(set(claimed)) == 20
+
+
+def test_transition_table_is_enforced(store: JobStore) -> None:
+    job = store.create_job(SPEC)
+    with pytest.raises(InvalidTransition):
+        store.transition(job.id, JobState.SUCCEEDED, "too early")
+    running = store.claim_next_job("n")
+    assert running is not None
+    done = store.transition(job.id, JobState.SUCCEEDED, "ok", attempt=1, result={"val_accuracy": 0.9})
+    assert done.state is JobState.SUCCEEDED and done.finished_at is not None
+    assert done.result == {"val_accuracy": 0.9}
+    for target in JobState:
+        with pytest.raises(InvalidTransition):
+            store.transition(job.id, target, "terminal states never change")
+    assert all(not TRANSITIONS[state] for state in JobState if state.is_terminal)
+
+
+def test_stale_attempt_writes_are_refused(store: JobStore) -> None:
+    job = store.create_job(SPEC)
+    store.claim_next_job("old")
+    store.transition(job.id, JobState.QUEUED, "owner lost", attempt=1)
+    store.claim_next_job("new")
+    assert not store.record_progress(job.id, 1, Progress(epoch=1, epochs=2, step=3), [MetricPoint("loss", 1.0, 1, 3)])
+    assert not store.heartbeat(job.id, 1)
+    assert not store.append_event(job.id, "note", "from the past", attempt=1)
+    with pytest.raises(InvalidTransition):
+        store.transition(job.id, JobState.FAILED, "stale", attempt=1, error=JobError("internal", "x"))
+    assert store.record_progress(job.id, 2, Progress(epoch=1, epochs=2, step=3), [MetricPoint("loss", 0.5, 1, 3)])
+    current = store.get_job(job.id)
+    assert current.state is JobState.RUNNING and current.attempt == 2
+    assert current.progress == Progress(epoch=1, epochs=2, step=3)
+    assert store.list_metrics(job.id) == [MetricPoint("loss", 0.5, 1, 3)]
+
+
+def test_failure_is_recorded_with_code_and_event(store: JobStore) -> None:
+    job = store.create_job(SPEC)
+    store.claim_next_job("n")
+    failed = store.transition(job.id, JobState.FAILED, "bad column", attempt=1,
+                              error=JobError("invalid_data", "column 'txt' is missing"))
+    assert failed.error == JobError("invalid_data", "column 'txt' is missing")
+    last = store.list_events(job.id)[-1]
+    assert last.state is JobState.FAILED and last.data == {"code": "invalid_data"}
+
+
+def test_cancel_queued_running_and_finished(store: JobStore) -> None:
+    queued = store.create_job(SPEC)
+    assert store.request_cancel(queued.id).state is JobState.CANCELLED
+    assert store.request_cancel(queued.id).state is JobState.CANCELLED  # idempotent
+    assert store.claim_next_job("n") is None, "a cancelled job never starts"
+
+    running = store.create_job(SPEC)
+    store.claim_next_job("n")
+    flagged = store.request_cancel(running.id)
+    assert flagged.state is JobState.RUNNING and flagged.cancel_requested
+    assert store.request_cancel(running.id).cancel_requested
+    assert [e.kind for e in store.list_events(running.id)].count("cancel_requested") == 1
+
+    store.transition(running.id, JobState.CANCELLED, "stopped", attempt=1)
+    done = store.create_job(SPEC)
+    store.claim_next_job("n")
+    store.transition(done.id, JobState.SUCCEEDED, "ok", attempt=1, result={})
+    with pytest.raises(InvalidTransition):
+        store.request_cancel(done.id)
+
+
+def test_list_is_newest_first_with_cursor_and_state_filter(store: JobStore) -> None:
+    ids = [store.create_job(SPEC).id for _ in range(5)]
+    store.request_cancel(ids[1])
+    page, cursor = store.list_jobs(limit=2)
+    assert [j.id for j in page] == [ids[4], ids[3]] and cursor is not None
+    page2, cursor2 = store.list_jobs(limit=2, before_seq=cursor)
+    assert [j.id for j in page2] == [ids[2], ids[1]]
+    page3, cursor3 = store.list_jobs(limit=2, before_seq=cursor2)
+    assert [j.id for j in page3] == [ids[0]] and cursor3 is None
+    cancelled, _ = store.list_jobs(state=JobState.CANCELLED)
+    assert [j.id for j in cancelled] == [ids[1]]
+
+
+def test_stale_jobs_are_found_by_heartbeat_age(store: JobStore) -> None:
+    job = store.create_job(SPEC)
+    store.claim_next_job("n")
+    assert store.stale_jobs(utcnow() - timedelta(seconds=60)) == []
+    stale = store.stale_jobs(utcnow() + timedelta(seconds=1))
+    assert [j.id for j in stale] == [job.id]
+
+
+def test_unknown_job_raises(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        store.get_job("job_missing")
+
+
+def test_migrations_create_tables_and_are_idempotent(settings: Settings) -> None:
+    settings.ensure_dirs()
+    first = open_store(settings.database_url)
+    second = open_store(settings.database_url)  # already current: a no-op, not an error
+    tables = set(inspect(second.engine).get_table_names())
+    assert {"jobs", "job_events", "metrics", "alembic_version"} <= tables
+    first.engine.dispose()
+    second.engine.dispose()
