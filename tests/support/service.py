@@ -41,6 +41,34 @@ def trainer_pids(job_id: str | None = None) -> list[int]:
     return found
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of every live process below ``root`` in the process tree."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[0] != "Z":
+            parents[int(entry.name)] = stat[1]
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids of the list that still run (zombies count as gone)."""
+    return [pid for pid in pids if (stat := _stat(pid)) is not None and stat[0] != "Z"]
+
+
 @dataclass
 class RunningService:
     """A started `fitjobs serve` and where it keeps its data."""

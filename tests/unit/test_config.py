@@ -39,3 +39,12 @@ def test_settings_table_matches_the_dataclass() -> None:
     fields = set(Settings.__dataclass_fields__) - {"environ"}
     assert {spec.attr for spec in SETTINGS} == fields
     assert all(spec.env.startswith("FITJOBS_") and spec.help for spec in SETTINGS)
+
+
+def test_readme_settings_table_lists_exactly_the_settings() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table_rows = [line for line in readme.splitlines() if line.startswith("| `FITJOBS_")]
+    documented = {name for line in table_rows for name in re.findall(r"`(FITJOBS_\w+)`", line.split("|")[1])}
+    assert documented == {spec.env for spec in SETTINGS}

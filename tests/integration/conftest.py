@@ -1,0 +1,32 @@
+"""Fixtures for tests that run the real service: a tiny local model and a started `fitjobs serve`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.service import REPO_ROOT, RunningService, start_service, trainer_pids
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT with a locally written tokenizer, built in a subprocess (no Hub access)."""
+    dest = tmp_path_factory.mktemp("models") / "tiny-bert"
+    subprocess.run([sys.executable, "-m", "tests.support.tiny_model", str(dest)], check=True,
+                   cwd=REPO_ROOT, capture_output=True, timeout=300)
+    assert (dest / "config.json").is_file()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """`fitjobs serve` on a free port with its own data folder, stopped after the module."""
+    running = start_service(tmp_path_factory.mktemp("service"))
+    yield running
+    status = running.stop()
+    assert status == 0, running.output()[-3000:]
+    assert trainer_pids() == [], "stopping the service must leave no trainer behind"
