@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from service.api import create_app
 from service.config import Settings
 from service.store import JobStore, open_store
+from tests.support.postgres import temporary_database
 
 
 @pytest.fixture
@@ -20,19 +21,31 @@ def settings(tmp_path: Path) -> Settings:
     return Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home")})
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, settings: Settings) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        settings.ensure_dirs()
+        yield settings.database_url
+    else:
+        with temporary_database() as url:
+            yield url
+
+
 @pytest.fixture
-def store(settings: Settings) -> Iterator[JobStore]:
-    """A JobStore on a real, migrated SQLite file."""
-    settings.ensure_dirs()
-    job_store = open_store(settings.database_url)
+def store(database_url: str) -> Iterator[JobStore]:
+    """A JobStore on a real, migrated database of each supported kind."""
+    job_store = open_store(database_url)
     yield job_store
     job_store.engine.dispose()
 
 
 @pytest.fixture
-def app(settings: Settings, store: JobStore) -> Flask:
-    """The Flask app on the temporary store."""
-    return create_app(settings, store=store, test_config={"TESTING": True})
+def app(settings: Settings) -> Iterator[Flask]:
+    """The Flask app on a SQLite file in the temporary home."""
+    application = create_app(settings, test_config={"TESTING": True})
+    yield application
+    application.extensions["fitjobs.store"].engine.dispose()
 
 
 @pytest.fixture

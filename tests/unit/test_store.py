@@ -34,14 +34,14 @@ def test_claim_takes_oldest_first_and_counts_attempts(store: JobStore) -> None:
     assert store.claim_next_job("node-a") is None
 
 
-def test_concurrent_claims_never_hand_out_a_job_twice(settings: Settings, store: JobStore) -> None:
+def test_concurrent_claims_never_hand_out_a_job_twice(database_url: str, store: JobStore) -> None:
     for _ in range(20):
         store.create_job(SPEC)
     claimed: list[str] = []
     lock = threading.Lock()
 
     def claim_all(owner: str) -> None:
-        other = open_store(settings.database_url, migrate=False)
+        other = open_store(database_url, migrate=False)
         while (job := other.claim_next_job(owner)) is not None:
             with lock:
                 claimed.append(job.id)
@@ -144,10 +144,9 @@ def test_unknown_job_raises(store: JobStore) -> None:
         store.get_job("job_missing")
 
 
-def test_migrations_create_tables_and_are_idempotent(settings: Settings) -> None:
-    settings.ensure_dirs()
-    first = open_store(settings.database_url)
-    second = open_store(settings.database_url)  # already current: a no-op, not an error
+def test_migrations_create_tables_and_are_idempotent(database_url: str) -> None:
+    first = open_store(database_url)
+    second = open_store(database_url)  # already current: a no-op, not an error
     tables = set(inspect(second.engine).get_table_names())
     assert {"jobs", "job_events", "metrics", "alembic_version"} <= tables
     first.engine.dispose()
