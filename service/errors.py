@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -154,6 +155,13 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         return _from_http_exception(exc)
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        log.warning("database unavailable: %s", str(exc).splitlines()[0])
+        return problem_response(503, ServiceUnavailable.slug, ServiceUnavailable.title,
+                                "The job database cannot be reached right now; retry shortly.",
+                                extra={"retryable": True})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

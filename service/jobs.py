@@ -60,6 +60,7 @@ class JobError:
 
     code: str
     message: str
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ class Job:
     progress: Progress = field(default_factory=Progress)
     error: JobError | None = None
     result: dict[str, Any] | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    lease_expires_at: datetime | None = None
     seq: int = 0
 
 

@@ -99,6 +99,10 @@ class TrainingSpecSchema(StrictSchema):
     data = fields.Nested(DataSchema, required=True)
     hyperparameters = fields.Nested(HyperparametersSchema,
                                     load_default=lambda: HyperparametersSchema().load({}))
+    priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=-100, max=100),
+                              metadata={"description": "Higher runs first; equal priorities run in order."})
+    max_attempts = fields.Integer(strict=True, load_default=3, validate=validate.Range(min=1, max=10),
+                                  metadata={"description": "Attempts allowed after infrastructure failures."})
 
     @validates("model")
     def _model_is_name_or_path(self, value: str, **_: Any) -> None:
@@ -120,6 +124,7 @@ class ProgressSchema(Schema):
 class JobErrorSchema(Schema):
     code = fields.String(metadata={"description": "invalid_data, model_load_failed, killed, internal, ..."})
     message = fields.String()
+    retryable = fields.Boolean(metadata={"description": "Whether submitting the same spec again may succeed."})
 
 
 class JobSchema(Schema):
@@ -132,12 +137,22 @@ class JobSchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime(allow_none=True)
     attempt = fields.Integer()
+    max_attempts = fields.Integer()
+    priority = fields.Integer()
     cancel_requested = fields.Boolean()
     progress = fields.Nested(ProgressSchema)
     error = fields.Nested(JobErrorSchema, allow_none=True)
     result = fields.Dict(keys=fields.String(), values=fields.Float(), allow_none=True,
                          metadata={"description": "Final metrics by name once succeeded."})
     spec = fields.Nested(TrainingSpecSchema)
+
+
+class IdempotencyHeaderSchema(Schema):
+    """Headers of POST /v1/jobs (other headers are ignored)."""
+
+    idempotency_key = fields.String(data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
+                                    metadata={"description": "Repeat a submission safely: the same key and "
+                                                             "spec return the first job (200)."})
 
 
 class JobListQuerySchema(StrictSchema):

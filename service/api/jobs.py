@@ -11,13 +11,16 @@ from typing import Any, Callable
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import EXCLUDE
 
 from service.api.context import current_settings, current_store
 from service.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType, ValidationFailed
 from service.jobs import Job, MetricPoint
-from service.schemas import (EventListQuerySchema, EventListSchema, JobListQuerySchema,
-                             JobListSchema, JobSchema, MetricsSchema, TrainingSpecSchema)
+from service.schemas import (EventListQuerySchema, EventListSchema, IdempotencyHeaderSchema,
+                             JobListQuerySchema, JobListSchema, JobSchema, MetricsSchema,
+                             ProblemSchema, TrainingSpecSchema)
 from service.store import InvalidTransition, JobNotFound
+from service.store.job_store import IdempotencyConflict
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Training jobs.")
 
@@ -95,12 +98,21 @@ class Jobs(MethodView):
                 "next": encode_cursor(next_seq) if next_seq is not None else None}
 
     @require_json_body
+    @blp.arguments(IdempotencyHeaderSchema, location="headers", unknown=EXCLUDE)
     @blp.arguments(TrainingSpecSchema)
     @blp.response(201, JobSchema)
-    def post(self, spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+    @blp.alt_response(200, schema=JobSchema, description="An earlier submission with the same Idempotency-Key.")
+    @blp.alt_response(409, schema=ProblemSchema, description="Idempotency-Key reused with another spec.")
+    def post(self, headers: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Queue a training job; answers with the job and its URL in `Location`."""
-        job = current_store().create_job(spec)
-        return job_document(job), 201, {"Location": f"/v1/jobs/{job.id}"}
+        key = headers.get("idempotency_key")
+        try:
+            job, created = current_store().create_job(
+                spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"])
+        except IdempotencyConflict as exc:
+            raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
+                           "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc
+        return job_document(job), 201 if created else 200, {"Location": f"/v1/jobs/{job.id}"}
 
 
 @blp.route("/<job_id>")

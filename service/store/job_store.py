@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 
 from service.jobs import (Job, JobError, JobEvent, JobState, MetricPoint, Progress, sources_of)
 from service.store.tables import job_events, jobs, metrics
@@ -17,6 +20,15 @@ from service.store.tables import job_events, jobs, metrics
 
 class JobNotFound(LookupError):
     """No job has this id."""
+
+
+class IdempotencyConflict(RuntimeError):
+    """An Idempotency-Key was reused with a different spec."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(f"idempotency key {key!r} belongs to job {job_id} with a different spec")
+        self.key = key
+        self.job_id = job_id
 
 
 class InvalidTransition(RuntimeError):
@@ -40,6 +52,12 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def spec_digest(spec: dict[str, Any]) -> str:
+    """A stable hash of a spec, to tell whether two submissions asked for the same job."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def new_job_id() -> str:
     """A fresh, unguessable job id."""
     return f"job_{uuid.uuid4().hex}"
@@ -47,7 +65,8 @@ def new_job_id() -> str:
 
 def _job_from_row(row: Row[Any]) -> Job:
     m = row._mapping
-    error = JobError(m["error_code"], m["error_message"] or "") if m["error_code"] else None
+    error = (JobError(m["error_code"], m["error_message"] or "", bool(m["error_retryable"]))
+             if m["error_code"] else None)
     return Job(
         id=m["id"], seq=m["seq"], state=JobState(m["state"]), spec=m["spec"],
         created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
@@ -55,6 +74,8 @@ def _job_from_row(row: Row[Any]) -> Job:
         finished_at=_aware(m["finished_at"]), heartbeat_at=_aware(m["heartbeat_at"]),
         attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
         progress=Progress(**(m["progress"] or {})), error=error, result=m["result"],
+        priority=m["priority"], max_attempts=m["max_attempts"],
+        lease_expires_at=_aware(m["lease_expires_at"]),
     )
 
 
@@ -84,16 +105,45 @@ class JobStore:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def create_job(self, spec: dict[str, Any]) -> Job:
-        """Queue a new job for ``spec`` and log its creation."""
+    def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
+                   priority: int = 0, max_attempts: int = 3) -> tuple[Job, bool]:
+        """Queue a new job for ``spec``; returns (job, created).
+
+        With an ``idempotency_key`` already used for the same spec, the existing job comes
+        back with created=False; used for a different spec, IdempotencyConflict is raised.
+        """
+        digest = spec_digest(spec)
+        if idempotency_key is not None:
+            existing = self._find_by_key(idempotency_key, digest)
+            if existing is not None:
+                return existing, False
         now = utcnow()
         job_id = new_job_id()
-        with self._write() as conn:
-            conn.execute(insert(jobs).values(
-                id=job_id, state=JobState.QUEUED.value, spec=spec, created_at=now, updated_at=now,
-                attempt=0, cancel_requested=False, progress={}))
-            self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
-            return self._get(conn, job_id)
+        try:
+            with self._write() as conn:
+                conn.execute(insert(jobs).values(
+                    id=job_id, state=JobState.QUEUED.value, spec=spec, created_at=now, updated_at=now,
+                    attempt=0, cancel_requested=False, progress={}, priority=priority,
+                    max_attempts=max_attempts, idempotency_key=idempotency_key, spec_hash=digest))
+                self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
+                return self._get(conn, job_id), True
+        except IntegrityError:
+            # Another request with the same key won the race; answer with its job.
+            if idempotency_key is None:
+                raise
+            existing = self._find_by_key(idempotency_key, digest)
+            if existing is None:
+                raise
+            return existing, False
+
+    def _find_by_key(self, key: str, digest: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).first()
+        if row is None:
+            return None
+        if row._mapping["spec_hash"] != digest:
+            raise IdempotencyConflict(key, row._mapping["id"])
+        return _job_from_row(row)
 
     def get_job(self, job_id: str) -> Job:
         """The job with this id; raises JobNotFound."""
@@ -114,19 +164,25 @@ class JobStore:
             return page[:limit], page[limit - 1].seq
         return page, None
 
-    def claim_next_job(self, owner: str) -> Job | None:
-        """Move the oldest queued job to running for ``owner``; None when the queue is empty."""
+    def claim_next_job(self, owner: str, lease_seconds: float = 60.0) -> Job | None:
+        """Move the next queued job (highest priority, then oldest) to running for ``owner``.
+
+        Counts an attempt and gives the owner a lease it must renew by heartbeating.
+        Returns None when the queue is empty.
+        """
         with self._write() as conn:
             candidate = conn.execute(
                 select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
-                .order_by(jobs.c.seq).limit(1).with_for_update(skip_locked=True)).first()
+                .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
+                .with_for_update(skip_locked=True)).first()
             if candidate is None:
                 return None
             now = utcnow()
             claimed = conn.execute(
                 update(jobs).where(jobs.c.id == candidate.id, jobs.c.state == JobState.QUEUED.value)
                 .values(state=JobState.RUNNING.value, attempt=jobs.c.attempt + 1, owner=owner,
-                        started_at=now, heartbeat_at=now, updated_at=now, progress={}))
+                        started_at=now, heartbeat_at=now, updated_at=now, progress={},
+                        lease_expires_at=now + timedelta(seconds=lease_seconds)))
             if claimed.rowcount != 1:
                 return None
             job = self._get(conn, candidate.id)
@@ -148,9 +204,10 @@ class JobStore:
         if target.is_terminal:
             values["finished_at"] = now
         if target is JobState.QUEUED:
-            values.update(owner=None, heartbeat_at=None, cancel_requested=False)
+            values.update(owner=None, heartbeat_at=None, lease_expires_at=None, cancel_requested=False)
         if error is not None:
-            values.update(error_code=error.code, error_message=error.message)
+            values.update(error_code=error.code, error_message=error.message,
+                          error_retryable=error.retryable)
         if result is not None:
             values["result"] = result
         with self._write() as conn:
@@ -194,12 +251,14 @@ class JobStore:
                 return self._get(conn, job_id)
             raise InvalidTransition(job, JobState.CANCELLED)
 
-    def heartbeat(self, job_id: str, attempt: int) -> bool:
-        """Mark the attempt alive; False when the attempt is no longer current."""
+    def heartbeat(self, job_id: str, attempt: int, lease_seconds: float = 60.0) -> bool:
+        """Mark the attempt alive and renew its lease; False when it is no longer current."""
+        now = utcnow()
         with self._write() as conn:
             beat = conn.execute(update(jobs).where(
                 jobs.c.id == job_id, jobs.c.attempt == attempt,
-                jobs.c.state == JobState.RUNNING.value).values(heartbeat_at=utcnow()))
+                jobs.c.state == JobState.RUNNING.value).values(
+                heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds)))
             return beat.rowcount == 1
 
     def jobs_owned_by(self, owner: str) -> list[Job]:
@@ -209,11 +268,11 @@ class JobStore:
                                                    jobs.c.state == JobState.RUNNING.value))
             return [_job_from_row(row) for row in rows]
 
-    def stale_jobs(self, cutoff: datetime) -> list[Job]:
-        """Running jobs whose last heartbeat is older than ``cutoff`` (their owner is gone)."""
+    def expired_jobs(self, now: datetime | None = None) -> list[Job]:
+        """Running jobs whose lease ran out: their owner stopped heartbeating."""
         with self._read() as conn:
             rows = conn.execute(select(jobs).where(jobs.c.state == JobState.RUNNING.value,
-                                                   jobs.c.heartbeat_at < cutoff))
+                                                   jobs.c.lease_expires_at < (now or utcnow())))
             return [_job_from_row(row) for row in rows]
 
     # -- progress, metrics, events -----------------------------------------------------------
@@ -226,7 +285,7 @@ class JobStore:
             updated = conn.execute(update(jobs).where(
                 jobs.c.id == job_id, jobs.c.attempt == attempt,
                 jobs.c.state == JobState.RUNNING.value).values(
-                progress=progress.__dict__, updated_at=now, heartbeat_at=now))
+                progress=progress.__dict__, updated_at=now))
             if updated.rowcount != 1:
                 return False
             if points:

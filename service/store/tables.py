@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer,
-                        MetaData, String, Table, Text)
+                        MetaData, String, Table, Text, UniqueConstraint)
 
 metadata = MetaData()
 
@@ -25,7 +25,15 @@ jobs = Table(
     Column("error_code", String(64)),
     Column("error_message", Text),
     Column("result", JSON),
+    Column("error_retryable", Boolean),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("idempotency_key", String(255)),
+    Column("spec_hash", String(64)),
     Index("ix_jobs_state_seq", "state", "seq"),
+    Index("ix_jobs_state_priority_seq", "state", "priority", "seq"),
+    UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
 )
 
 job_events = Table(

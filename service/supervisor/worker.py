@@ -8,7 +8,6 @@ import signal
 import socket
 import threading
 import time
-from datetime import timedelta
 from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,16 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
-from service.store.job_store import utcnow
 from service.supervisor.child import TrainerProcess, spawn_trainer
 from service.trainer.outcome import read_outcome
 
 log = logging.getLogger(__name__)
-
-# Until the spec carries max_attempts, a job whose owner vanished this often is failed
-# instead of requeued, so a job that brings its node down cannot loop forever.
-MAX_ATTEMPTS = 3
-
 
 class Supervisor:
     """Runs up to ``max_concurrent_jobs`` trainer children for one node."""
@@ -99,7 +92,7 @@ class Supervisor:
 
     def _claim(self) -> None:
         while len(self.children) < self.settings.max_concurrent_jobs:
-            job = self.store.claim_next_job(self.owner)
+            job = self.store.claim_next_job(self.owner, self.settings.lease_seconds)
             if job is None:
                 return
             try:
@@ -130,7 +123,8 @@ class Supervisor:
             return
         self._last_heartbeat = now
         for child in self.children.values():
-            if child.poll() is None and not self.store.heartbeat(child.job_id, child.attempt):
+            if child.poll() is None and not self.store.heartbeat(child.job_id, child.attempt,
+                                                                 self.settings.lease_seconds):
                 child.stop("lost")
 
     def _reap_stale_jobs(self) -> None:
@@ -138,15 +132,15 @@ class Supervisor:
         if now - self._last_reap < self.heartbeat_interval:
             return
         self._last_reap = now
-        cutoff = utcnow() - timedelta(seconds=self.settings.lease_seconds)
-        for job in self.store.stale_jobs(cutoff):
+        for job in self.store.expired_jobs():
             if job.id in self.children:
                 continue
             self._requeue_or_fail_lost(job)
 
     def _requeue_or_fail_lost(self, job: Job) -> None:
         who = job.owner or "an unknown supervisor"
-        if job.attempt >= MAX_ATTEMPTS:
+        # Bounded: a job that keeps bringing its node down must not loop forever.
+        if job.attempt >= job.max_attempts:
             self._move(job.id, JobState.FAILED,
                        f"{who} stopped heartbeating; attempt {job.attempt} was the last allowed.",
                        attempt=job.attempt,

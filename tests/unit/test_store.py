@@ -6,18 +6,19 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from service.config import Settings
 from service.jobs import TRANSITIONS, JobError, JobState, MetricPoint, Progress
 from service.store import InvalidTransition, JobNotFound, JobStore, open_store
+from service.store.job_store import IdempotencyConflict
 from service.store.job_store import utcnow
 
 SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
 
 
 def test_new_job_is_queued_with_an_event(store: JobStore) -> None:
-    job = store.create_job(SPEC)
+    job = store.create_job(SPEC)[0]
     assert job.state is JobState.QUEUED and job.attempt == 0 and job.spec == SPEC
     assert job.created_at.tzinfo is not None
     events = store.list_events(job.id)
@@ -25,7 +26,7 @@ def test_new_job_is_queued_with_an_event(store: JobStore) -> None:
 
 
 def test_claim_takes_oldest_first_and_counts_attempts(store: JobStore) -> None:
-    first, second = store.create_job(SPEC), store.create_job(SPEC)
+    first, second = store.create_job(SPEC)[0], store.create_job(SPEC)[0]
     claimed = store.claim_next_job("node-a")
     assert claimed is not None and claimed.id == first.id
     assert claimed.state is JobState.RUNNING and claimed.attempt == 1 and claimed.owner == "node-a"
@@ -36,7 +37,7 @@ def test_claim_takes_oldest_first_and_counts_attempts(store: JobStore) -> None:
 
 def test_concurrent_claims_never_hand_out_a_job_twice(database_url: str, store: JobStore) -> None:
     for _ in range(20):
-        store.create_job(SPEC)
+        store.create_job(SPEC)[0]
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -56,7 +57,7 @@ def test_concurrent_claims_never_hand_out_a_job_twice(database_url: str, store: 
 
 
 def test_transition_table_is_enforced(store: JobStore) -> None:
-    job = store.create_job(SPEC)
+    job = store.create_job(SPEC)[0]
     with pytest.raises(InvalidTransition):
         store.transition(job.id, JobState.SUCCEEDED, "too early")
     running = store.claim_next_job("n")
@@ -71,7 +72,7 @@ def test_transition_table_is_enforced(store: JobStore) -> None:
 
 
 def test_stale_attempt_writes_are_refused(store: JobStore) -> None:
-    job = store.create_job(SPEC)
+    job = store.create_job(SPEC)[0]
     store.claim_next_job("old")
     store.transition(job.id, JobState.QUEUED, "owner lost", attempt=1)
     store.claim_next_job("new")
@@ -88,7 +89,7 @@ def test_stale_attempt_writes_are_refused(store: JobStore) -> None:
 
 
 def test_failure_is_recorded_with_code_and_event(store: JobStore) -> None:
-    job = store.create_job(SPEC)
+    job = store.create_job(SPEC)[0]
     store.claim_next_job("n")
     failed = store.transition(job.id, JobState.FAILED, "bad column", attempt=1,
                               error=JobError("invalid_data", "column 'txt' is missing"))
@@ -98,12 +99,12 @@ def test_failure_is_recorded_with_code_and_event(store: JobStore) -> None:
 
 
 def test_cancel_queued_running_and_finished(store: JobStore) -> None:
-    queued = store.create_job(SPEC)
+    queued = store.create_job(SPEC)[0]
     assert store.request_cancel(queued.id).state is JobState.CANCELLED
     assert store.request_cancel(queued.id).state is JobState.CANCELLED  # idempotent
     assert store.claim_next_job("n") is None, "a cancelled job never starts"
 
-    running = store.create_job(SPEC)
+    running = store.create_job(SPEC)[0]
     store.claim_next_job("n")
     flagged = store.request_cancel(running.id)
     assert flagged.state is JobState.RUNNING and flagged.cancel_requested
@@ -111,7 +112,7 @@ def test_cancel_queued_running_and_finished(store: JobStore) -> None:
     assert [e.kind for e in store.list_events(running.id)].count("cancel_requested") == 1
 
     store.transition(running.id, JobState.CANCELLED, "stopped", attempt=1)
-    done = store.create_job(SPEC)
+    done = store.create_job(SPEC)[0]
     store.claim_next_job("n")
     store.transition(done.id, JobState.SUCCEEDED, "ok", attempt=1, result={})
     with pytest.raises(InvalidTransition):
@@ -119,7 +120,7 @@ def test_cancel_queued_running_and_finished(store: JobStore) -> None:
 
 
 def test_list_is_newest_first_with_cursor_and_state_filter(store: JobStore) -> None:
-    ids = [store.create_job(SPEC).id for _ in range(5)]
+    ids = [store.create_job(SPEC)[0].id for _ in range(5)]
     store.request_cancel(ids[1])
     page, cursor = store.list_jobs(limit=2)
     assert [j.id for j in page] == [ids[4], ids[3]] and cursor is not None
@@ -131,12 +132,85 @@ def test_list_is_newest_first_with_cursor_and_state_filter(store: JobStore) -> N
     assert [j.id for j in cancelled] == [ids[1]]
 
 
-def test_stale_jobs_are_found_by_heartbeat_age(store: JobStore) -> None:
-    job = store.create_job(SPEC)
-    store.claim_next_job("n")
-    assert store.stale_jobs(utcnow() - timedelta(seconds=60)) == []
-    stale = store.stale_jobs(utcnow() + timedelta(seconds=1))
-    assert [j.id for j in stale] == [job.id]
+def test_expired_leases_are_found_and_heartbeats_renew_them(store: JobStore) -> None:
+    job, _ = store.create_job(SPEC)
+    claimed = store.claim_next_job("n", lease_seconds=30)
+    assert claimed is not None and claimed.lease_expires_at is not None
+    assert store.expired_jobs() == []
+    assert [j.id for j in store.expired_jobs(utcnow() + timedelta(seconds=31))] == [job.id]
+    assert store.heartbeat(job.id, 1, lease_seconds=120)
+    assert store.expired_jobs(utcnow() + timedelta(seconds=31)) == []
+
+
+def test_higher_priority_is_claimed_first_then_oldest(store: JobStore) -> None:
+    low, _ = store.create_job(SPEC)
+    high, _ = store.create_job(SPEC, priority=5)
+    low2, _ = store.create_job(SPEC)
+    order = [store.claim_next_job("n").id for _ in range(3)]  # type: ignore[union-attr]
+    assert order == [high.id, low.id, low2.id]
+
+
+def test_idempotency_key_returns_the_same_job_or_conflicts(store: JobStore) -> None:
+    first, created = store.create_job(SPEC, idempotency_key="k1")
+    again, created_again = store.create_job(dict(SPEC), idempotency_key="k1")
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        store.create_job({**SPEC, "model": "other"}, idempotency_key="k1")
+    other, created_other = store.create_job(SPEC, idempotency_key="k2")
+    assert created_other and other.id != first.id
+
+
+def test_concurrent_submissions_with_one_key_make_one_job(database_url: str, store: JobStore) -> None:
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        other = open_store(database_url, migrate=False)
+        job, _ = other.create_job(SPEC, idempotency_key="same")
+        with lock:
+            ids.append(job.id)
+        other.engine.dispose()
+
+    threads = [threading.Thread(target=submit) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 10 and len(set(ids)) == 1
+    assert len(store.list_jobs(limit=50)[0]) == 1
+
+
+def test_migrated_schema_matches_the_table_definitions(store: JobStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from service.store.tables import metadata
+
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_upgrade_keeps_jobs_of_an_older_schema(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from service.store.engine import MIGRATIONS_DIR, make_engine
+
+    engine = make_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, state, spec, created_at, updated_at, attempt, "
+                          "cancel_requested, progress) VALUES ('job_old', 'queued', '{}', "
+                          "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0, false, '{}')"))
+    engine.dispose()
+    upgraded = open_store(database_url)
+    old = upgraded.get_job("job_old")
+    assert old.state is JobState.QUEUED and old.priority == 0 and old.max_attempts == 3
+    upgraded.engine.dispose()
 
 
 def test_unknown_job_raises(store: JobStore) -> None:

@@ -1,0 +1,109 @@
+"""The jobs API over a real SQLite store: listing, paging, idempotency, cancel, metrics, outages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.api import create_app
+from service.config import Settings
+from service.jobs import MetricPoint, Progress
+from service.store import JobStore
+from tests.support.service import free_port
+
+SPEC = {"model": "bert-base-uncased", "data": {"train": {"records": [{"text": "a", "label": "x"}]}}}
+
+
+def store_of(app: Flask) -> JobStore:
+    return app.extensions["fitjobs.store"]
+
+
+def test_list_pages_newest_first_and_filters_by_state(client: FlaskClient) -> None:
+    ids = [client.post("/v1/jobs", json=SPEC).get_json()["id"] for _ in range(5)]
+    client.post(f"/v1/jobs/{ids[0]}/cancel")
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/jobs", query_string={"limit": 2, **({"cursor": cursor} if cursor else {})}).get_json()
+        seen += [job["id"] for job in page["jobs"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    cancelled = client.get("/v1/jobs?state=cancelled").get_json()["jobs"]
+    assert [job["id"] for job in cancelled] == [ids[0]]
+    assert client.get("/v1/jobs?limit=0").status_code == 422
+    assert client.get("/v1/jobs?limit=500").status_code == 422
+
+
+def test_idempotency_key(client: FlaskClient) -> None:
+    first = client.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "order-17"})
+    again = client.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "order-17"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    other = client.post("/v1/jobs", json={**SPEC, "model": "roberta-base"}, headers={"Idempotency-Key": "order-17"})
+    assert other.status_code == 409 and other.mimetype == "application/problem+json"
+    assert other.get_json()["job_id"] == first.get_json()["id"]
+    assert len(client.get("/v1/jobs").get_json()["jobs"]) == 1
+    too_long = client.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "k" * 300})
+    assert too_long.status_code == 422 and "Idempotency-Key" in too_long.get_json()["errors"]
+
+
+def test_priority_and_max_attempts_are_validated_and_shown(client: FlaskClient) -> None:
+    job = client.post("/v1/jobs", json={**SPEC, "priority": 7, "max_attempts": 2}).get_json()
+    assert (job["priority"], job["max_attempts"]) == (7, 2)
+    assert client.post("/v1/jobs", json={**SPEC, "priority": 1000}).status_code == 422
+    assert client.post("/v1/jobs", json={**SPEC, "max_attempts": 0}).status_code == 422
+
+
+def test_cancel_of_running_job_flags_it_and_finished_job_conflicts(app: Flask, client: FlaskClient) -> None:
+    job_id = client.post("/v1/jobs", json=SPEC).get_json()["id"]
+    store_of(app).claim_next_job("node")
+    flagged = client.post(f"/v1/jobs/{job_id}/cancel").get_json()
+    assert flagged["state"] == "running" and flagged["cancel_requested"] is True
+    assert client.post("/v1/jobs/job_nope/cancel").status_code == 404
+
+
+def test_metrics_are_grouped_per_epoch_and_step(app: Flask, client: FlaskClient) -> None:
+    job_id = client.post("/v1/jobs", json=SPEC).get_json()["id"]
+    store = store_of(app)
+    store.claim_next_job("node")
+    store.record_progress(job_id, 1, Progress(epoch=1, epochs=2, step=2, steps_per_epoch=2), [
+        MetricPoint("loss", 0.9, 1, 1), MetricPoint("loss", 0.7, 1, 2),
+        MetricPoint("loss", 0.8, 1), MetricPoint("accuracy", 0.5, 1),
+        MetricPoint("val_loss", 0.75, 1), MetricPoint("val_accuracy", 0.6, 1)])
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics").get_json()
+    assert metrics["epochs"] == [{"epoch": 1, "loss": 0.8, "accuracy": 0.5, "val_loss": 0.75, "val_accuracy": 0.6}]
+    assert metrics["steps"] == [{"step": 1, "epoch": 1, "loss": 0.9}, {"step": 2, "epoch": 1, "loss": 0.7}]
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["progress"] == {"epoch": 1, "epochs": 2, "step": 2, "steps_per_epoch": 2}
+
+
+def test_unknown_job_is_404_everywhere(client: FlaskClient) -> None:
+    for path in ("", "/metrics", "/events", "/logs", "/artifacts", "/artifacts/model/config.json",
+                 "/model.tar.gz"):
+        response = client.get(f"/v1/jobs/job_missing{path}")
+        assert response.status_code == 404, path
+        assert response.mimetype == "application/problem+json"
+
+
+def test_queued_job_has_no_model_yet(client: FlaskClient) -> None:
+    job_id = client.post("/v1/jobs", json=SPEC).get_json()["id"]
+    response = client.get(f"/v1/jobs/{job_id}/model.tar.gz")
+    assert response.status_code == 404 and "queued" in response.get_json()["detail"]
+    assert client.get(f"/v1/jobs/{job_id}/artifacts").get_json() == {"artifacts": []}
+    assert client.get(f"/v1/jobs/{job_id}/logs").get_data(as_text=True) == ""
+
+
+def test_database_outage_is_503_problem_and_not_ready(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there: the database is "down"
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path),
+                                  "FITJOBS_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/x"})
+    client = create_app(settings, migrate=False).test_client()
+    for response in (client.get("/v1/jobs"), client.post("/v1/jobs", json=SPEC), client.get("/readyz")):
+        assert response.status_code == 503, response.get_data(as_text=True)
+        assert response.mimetype == "application/problem+json"
+        assert "Traceback" not in response.get_data(as_text=True)
+    assert client.get("/healthz").status_code == 200
