@@ -51,7 +51,17 @@ class FailureCode(str, enum.Enum):
     KILLED = "killed"
     TIMEOUT = "timeout"
     OWNER_LOST = "owner_lost"
+    DISK_FULL = "disk_full"
     INTERNAL = "internal"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt of the same spec may succeed (infrastructure, not the spec)."""
+        return self in RETRYABLE_CODES
+
+
+RETRYABLE_CODES = frozenset({FailureCode.OUT_OF_MEMORY, FailureCode.KILLED, FailureCode.OWNER_LOST,
+                             FailureCode.DISK_FULL})
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,15 @@ class Job:
     result: dict[str, Any] | None = None
     priority: int = 0
     max_attempts: int = 3
+    free_attempts: int = 0
+    max_runtime_seconds: int | None = None
     lease_expires_at: datetime | None = None
     seq: int = 0
+
+    @property
+    def attempts_spent(self) -> int:
+        """Attempts that count against max_attempts (drained ones are free)."""
+        return self.attempt - self.free_attempts
 
 
 @dataclass(frozen=True)

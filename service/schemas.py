@@ -103,6 +103,9 @@ class TrainingSpecSchema(StrictSchema):
                               metadata={"description": "Higher runs first; equal priorities run in order."})
     max_attempts = fields.Integer(strict=True, load_default=3, validate=validate.Range(min=1, max=10),
                                   metadata={"description": "Attempts allowed after infrastructure failures."})
+    max_runtime_seconds = fields.Integer(strict=True, load_default=86_400,
+                                         validate=validate.Range(min=1, max=30 * 86_400),
+                                         metadata={"description": "An attempt running longer fails as `timeout`."})
 
     @validates("model")
     def _model_is_name_or_path(self, value: str, **_: Any) -> None:

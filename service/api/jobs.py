@@ -108,7 +108,8 @@ class Jobs(MethodView):
         key = headers.get("idempotency_key")
         try:
             job, created = current_store().create_job(
-                spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"])
+                spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
+                max_runtime_seconds=spec["max_runtime_seconds"])
         except IdempotencyConflict as exc:
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc

@@ -74,7 +74,8 @@ def _job_from_row(row: Row[Any]) -> Job:
         finished_at=_aware(m["finished_at"]), heartbeat_at=_aware(m["heartbeat_at"]),
         attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
         progress=Progress(**(m["progress"] or {})), error=error, result=m["result"],
-        priority=m["priority"], max_attempts=m["max_attempts"],
+        priority=m["priority"], max_attempts=m["max_attempts"], free_attempts=m["free_attempts"],
+        max_runtime_seconds=m["max_runtime_seconds"],
         lease_expires_at=_aware(m["lease_expires_at"]),
     )
 
@@ -106,7 +107,8 @@ class JobStore:
     # -- jobs -----------------------------------------------------------------------------
 
     def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
-                   priority: int = 0, max_attempts: int = 3) -> tuple[Job, bool]:
+                   priority: int = 0, max_attempts: int = 3,
+                   max_runtime_seconds: int | None = None) -> tuple[Job, bool]:
         """Queue a new job for ``spec``; returns (job, created).
 
         With an ``idempotency_key`` already used for the same spec, the existing job comes
@@ -124,7 +126,8 @@ class JobStore:
                 conn.execute(insert(jobs).values(
                     id=job_id, state=JobState.QUEUED.value, spec=spec, created_at=now, updated_at=now,
                     attempt=0, cancel_requested=False, progress={}, priority=priority,
-                    max_attempts=max_attempts, idempotency_key=idempotency_key, spec_hash=digest))
+                    max_attempts=max_attempts, max_runtime_seconds=max_runtime_seconds,
+                    idempotency_key=idempotency_key, spec_hash=digest))
                 self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
                 return self._get(conn, job_id), True
         except IntegrityError:
@@ -193,11 +196,12 @@ class JobStore:
     def transition(self, job_id: str, target: JobState, message: str, *,
                    attempt: int | None = None, error: JobError | None = None,
                    result: dict[str, Any] | None = None,
-                   data: dict[str, Any] | None = None) -> Job:
+                   data: dict[str, Any] | None = None, free_attempt: bool = False) -> Job:
         """Move a job and log the move in one transaction.
 
         With ``attempt`` the move only happens while that attempt is the current one, so a
-        stale owner cannot overwrite a newer attempt. Raises InvalidTransition when refused.
+        stale owner cannot overwrite a newer attempt. ``free_attempt`` stops the ending attempt
+        from counting against max_attempts. Raises InvalidTransition when refused.
         """
         now = utcnow()
         values: dict[str, Any] = {"state": target.value, "updated_at": now}
@@ -210,6 +214,8 @@ class JobStore:
                           error_retryable=error.retryable)
         if result is not None:
             values["result"] = result
+        if free_attempt:
+            values["free_attempts"] = jobs.c.free_attempts + 1
         with self._write() as conn:
             condition = [jobs.c.id == job_id,
                          jobs.c.state.in_([s.value for s in sources_of(target)])]
@@ -221,7 +227,7 @@ class JobStore:
                 raise InvalidTransition(job, target)
             event_data = dict(data or {})
             if error is not None:
-                event_data.update(code=error.code)
+                event_data.update(code=error.code, retryable=error.retryable)
             self._append_event(conn, job_id, "state", message, state=target,
                                data=event_data or None)
             return job

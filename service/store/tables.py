@@ -28,6 +28,10 @@ jobs = Table(
     Column("error_retryable", Boolean),
     Column("priority", Integer, nullable=False, server_default="0"),
     Column("max_attempts", Integer, nullable=False, server_default="3"),
+    # Attempts that ended through no fault of the job (a drain) and do not count against
+    # max_attempts; `attempt` itself only grows, because it fences stale owners.
+    Column("free_attempts", Integer, nullable=False, server_default="0"),
+    Column("max_runtime_seconds", Integer),
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("idempotency_key", String(255)),
     Column("spec_hash", String(64)),

@@ -37,6 +37,7 @@ class TrainerProcess:
     popen: subprocess.Popen[bytes]
     attempt_dir: Path
     started: float = field(default_factory=time.monotonic)
+    oom_kills_at_start: int = 0
     stop_reason: str | None = None
     term_sent_at: float | None = None
     kill_sent: bool = False
@@ -69,6 +70,10 @@ class TrainerProcess:
         """SIGKILL whatever is left of the process group (also after the leader exited)."""
         self._signal_group(signal.SIGKILL)
 
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer struck in this cgroup since the child started."""
+        return oom_kill_count() > self.oom_kills_at_start
+
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the child's log, for error messages."""
         try:
@@ -84,6 +89,34 @@ class TrainerProcess:
             pass
 
 
+def oom_counter_file() -> Path:
+    """The file holding this process's cgroup `oom_kill` counter (cgroup v2, or v1 memory)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"
+    for line in lines:
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup") / line[3:].lstrip("/") / "memory.events"
+    return Path("/sys/fs/cgroup/memory.events")
+
+
+def oom_kill_count(counter_file: Path | None = None) -> int:
+    """How many processes the OOM killer ended in this cgroup and below (0 where unknown)."""
+    try:
+        for line in (counter_file or oom_counter_file()).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def spawn_trainer(settings: Settings, job: Job) -> TrainerProcess:
     """Start ``python -m service.trainer`` for the job's current attempt in a new session."""
     attempt_dir = settings.attempt_dir(job.id, job.attempt)
@@ -94,4 +127,5 @@ def spawn_trainer(settings: Settings, job: Job) -> TrainerProcess:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=attempt_dir, env=settings.child_environ(),
             start_new_session=True, preexec_fn=die_with_parent)
-    return TrainerProcess(job_id=job.id, attempt=job.attempt, popen=popen, attempt_dir=attempt_dir)
+    return TrainerProcess(job_id=job.id, attempt=job.attempt, popen=popen, attempt_dir=attempt_dir,
+                          oom_kills_at_start=oom_kill_count())

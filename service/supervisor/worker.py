@@ -16,7 +16,7 @@ from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import TrainerProcess, spawn_trainer
-from service.trainer.outcome import read_outcome
+from service.trainer.outcome import Outcome, read_outcome
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,9 @@ class Supervisor:
                 child.stop("lost")
             elif job.cancel_requested:
                 child.stop("cancel")
+            elif (job.max_runtime_seconds is not None
+                  and time.monotonic() - child.started > job.max_runtime_seconds):
+                child.stop("timeout")
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -140,7 +143,7 @@ class Supervisor:
     def _requeue_or_fail_lost(self, job: Job) -> None:
         who = job.owner or "an unknown supervisor"
         # Bounded: a job that keeps bringing its node down must not loop forever.
-        if job.attempt >= job.max_attempts:
+        if job.attempts_spent >= job.max_attempts:
             self._move(job.id, JobState.FAILED,
                        f"{who} stopped heartbeating; attempt {job.attempt} was the last allowed.",
                        attempt=job.attempt,
@@ -160,45 +163,68 @@ class Supervisor:
             del self.children[job_id]
 
     def _finalise(self, child: TrainerProcess, status: int) -> None:
+        if child.stop_reason == "lost":
+            log.warning("job %s attempt %d is no longer ours; not recording its end",
+                        child.job_id, child.attempt)
+            return
         outcome = read_outcome(child.attempt_dir)
         seconds = round(time.monotonic() - child.started, 1)
-        attempt = child.attempt
-        if child.stop_reason == "lost":
-            log.warning("job %s attempt %d is no longer ours; not recording its end", child.job_id, attempt)
-            return
         if outcome is not None and outcome.status == "succeeded":
             self._move(child.job_id, JobState.SUCCEEDED, f"Training finished in {seconds} s.",
-                       attempt=attempt, result=outcome.result)
+                       attempt=child.attempt, result=outcome.result)
             return
         job = self.store.get_job(child.job_id)
         if child.stop_reason == "cancel" or job.cancel_requested:
-            self._move(child.job_id, JobState.CANCELLED, "Cancelled while running; the trainer was stopped.",
-                       attempt=attempt)
+            self._move(job.id, JobState.CANCELLED, "Cancelled while running; the trainer was stopped.",
+                       attempt=child.attempt)
         elif child.stop_reason == "shutdown":
-            self._move(child.job_id, JobState.QUEUED,
-                       f"Interrupted: supervisor {self.owner} stopped; the job is queued again.",
-                       attempt=attempt)
-        elif outcome is not None:
-            self._move(child.job_id, JobState.FAILED, outcome.message or "Training failed.",
-                       attempt=attempt,
-                       error=JobError(outcome.code or FailureCode.INTERNAL.value, outcome.message or ""))
-        elif status < 0:
-            name = signal.Signals(-status).name
-            self._move(child.job_id, JobState.FAILED, f"The trainer was killed by {name}.", attempt=attempt,
-                       error=JobError(FailureCode.KILLED.value,
-                                      f"The training process was killed by {name} after {seconds} s."))
+            self._move(job.id, JobState.QUEUED,
+                       f"Interrupted: supervisor {self.owner} stopped; the job is queued again "
+                       "without spending an attempt.", attempt=child.attempt, free_attempt=True)
         else:
-            tail = child.log_tail()
-            self._move(child.job_id, JobState.FAILED, f"The trainer exited with status {status}.",
-                       attempt=attempt,
-                       error=JobError(FailureCode.INTERNAL.value,
-                                      f"The training process exited with status {status} without "
-                                      f"reporting a result. Last log lines:\n{tail}"))
+            self._fail_or_retry(job, child.attempt, describe_failure(child, status, outcome, seconds))
+
+    def _fail_or_retry(self, job: Job, attempt: int, error: JobError) -> None:
+        """Requeue a retryable failure while attempts remain; otherwise fail the job."""
+        if error.retryable and job.attempts_spent < job.max_attempts:
+            self._move(job.id, JobState.QUEUED,
+                       f"Attempt {attempt} failed ({error.code}: {error.message}); queued again "
+                       f"({job.attempts_spent} of {job.max_attempts} attempts used).",
+                       attempt=attempt, data={"code": error.code})
+        else:
+            self._move(job.id, JobState.FAILED, error.message, attempt=attempt, error=error)
 
     def _move(self, job_id: str, target: JobState, message: str, *, attempt: int,
-              error: JobError | None = None, result: dict[str, float] | None = None) -> None:
+              error: JobError | None = None, result: dict[str, float] | None = None,
+              data: dict[str, object] | None = None, free_attempt: bool = False) -> None:
         try:
-            self.store.transition(job_id, target, message, attempt=attempt, error=error, result=result)
+            self.store.transition(job_id, target, message, attempt=attempt, error=error, result=result,
+                                  data=data, free_attempt=free_attempt)
             log.info("job %s -> %s: %s", job_id, target.value, message)
         except InvalidTransition as exc:
             log.warning("not recording %s for job %s: %s", target.value, job_id, exc)
+
+
+def describe_failure(child: TrainerProcess, status: int, outcome: Outcome | None, seconds: float) -> JobError:
+    """Turn how a trainer ended (timeout, its own report, a signal, an exit status) into a typed error."""
+    if child.stop_reason == "timeout":
+        return error_of(FailureCode.TIMEOUT,
+                        f"The attempt ran longer than max_runtime_seconds and was stopped after {seconds} s.")
+    if outcome is not None:
+        code = FailureCode(outcome.code) if outcome.code in FailureCode._value2member_map_ else FailureCode.INTERNAL
+        return error_of(code, outcome.message or "Training failed.")
+    if child.oom_killed() or status == 137:
+        return error_of(FailureCode.OUT_OF_MEMORY,
+                        f"The training process ran out of memory and was killed after {seconds} s; "
+                        "lower batch_size or max_length, or give the worker more memory.")
+    if status < 0:
+        name = signal.Signals(-status).name
+        return error_of(FailureCode.KILLED, f"The training process was killed by {name} after {seconds} s.")
+    return error_of(FailureCode.INTERNAL,
+                    f"The training process exited with status {status} without reporting a result. "
+                    f"Last log lines:\n{child.log_tail()}")
+
+
+def error_of(code: FailureCode, message: str) -> JobError:
+    """A JobError whose retryable flag follows from its code."""
+    return JobError(code.value, message, code.retryable)

@@ -156,12 +156,14 @@ def test_cancel_queued_and_running_jobs(service: RunningService, tiny_model_dir:
 
 def test_a_killed_trainer_is_recorded_as_killed(service: RunningService, tiny_model_dir: Path,
                                                 data_files: Path) -> None:
-    job = submit(service, tiny_spec(tiny_model_dir, epochs=100, batch_size=2))
+    spec = {**tiny_spec(tiny_model_dir, epochs=100, batch_size=2), "max_attempts": 1}
+    job = submit(service, spec)
     wait_until_fitting(service, job["id"])
     for pid in trainer_pids(job["id"]):
         os.kill(pid, signal.SIGKILL)
     done = service.wait_for_state(job["id"], {"cancelled", "failed", "succeeded"}, timeout=30)
     assert done["state"] == "failed" and done["error"]["code"] == "killed"
+    assert done["error"]["retryable"] is True and done["attempt"] == 1
     assert "SIGKILL" in done["error"]["message"]
 
 
@@ -196,7 +198,7 @@ def test_sigterm_stops_api_and_supervisor_and_requeues_the_running_job(
 
     store = open_store(f"sqlite:///{own.home / 'fitjobs.db'}", migrate=False)
     requeued = store.get_job(job["id"])
-    assert requeued.state.value == "queued" and requeued.attempt == 1
+    assert requeued.state.value == "queued" and requeued.attempt == 1 and requeued.attempts_spent == 0
     assert "queued again" in store.list_events(job["id"])[-1].message
     store.engine.dispose()
 

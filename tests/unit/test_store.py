@@ -95,7 +95,7 @@ def test_failure_is_recorded_with_code_and_event(store: JobStore) -> None:
                               error=JobError("invalid_data", "column 'txt' is missing"))
     assert failed.error == JobError("invalid_data", "column 'txt' is missing")
     last = store.list_events(job.id)[-1]
-    assert last.state is JobState.FAILED and last.data == {"code": "invalid_data"}
+    assert last.state is JobState.FAILED and last.data == {"code": "invalid_data", "retryable": False}
 
 
 def test_cancel_queued_running_and_finished(store: JobStore) -> None:
@@ -140,6 +140,16 @@ def test_expired_leases_are_found_and_heartbeats_renew_them(store: JobStore) -> 
     assert [j.id for j in store.expired_jobs(utcnow() + timedelta(seconds=31))] == [job.id]
     assert store.heartbeat(job.id, 1, lease_seconds=120)
     assert store.expired_jobs(utcnow() + timedelta(seconds=31)) == []
+
+
+def test_a_drained_attempt_is_free(store: JobStore) -> None:
+    job, _ = store.create_job(SPEC, max_attempts=2)
+    store.claim_next_job("n")
+    store.transition(job.id, JobState.QUEUED, "drained", attempt=1, free_attempt=True)
+    store.claim_next_job("n")
+    store.transition(job.id, JobState.QUEUED, "owner lost", attempt=2)
+    again = store.claim_next_job("n")
+    assert again is not None and again.attempt == 3 and again.attempts_spent == 2
 
 
 def test_higher_priority_is_claimed_first_then_oldest(store: JobStore) -> None:
