@@ -42,6 +42,26 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {number}")
+    return number
+
+
+def _gpu_list(value: str) -> str | tuple[str, ...]:
+    # "auto" is resolved by the supervisor (service.supervisor.gpus); an explicit list is kept.
+    text = value.strip().lower()
+    if text in ("auto", ""):
+        return "auto"
+    if text == "none":
+        return ()
+    ids = tuple(part.strip() for part in text.split(","))
+    if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+        raise ValueError("must be `auto`, `none` or distinct GPU ids like `0,1`")
+    return ids
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -60,8 +80,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_PORT", "port", "8080", _port, "TCP port the API listens on."),
     SettingSpec("FITJOBS_API_WORKERS", "api_workers", "2", _positive_int,
                 "Number of gunicorn worker processes serving the API."),
-    SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "1", _positive_int,
-                "Training jobs one supervisor runs at the same time."),
+    SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "0", _non_negative_int,
+                "Training jobs one supervisor runs at once; 0 means one per GPU, or 1 without GPUs."),
+    SettingSpec("FITJOBS_GPUS", "gpus", "auto", _gpu_list,
+                "GPUs this supervisor hands out: `auto` (ask nvidia-smi), `none`, or ids like `0,1`."),
     SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
                 "Seconds between two passes of the supervisor loop (claim, heartbeat, cancel)."),
     SettingSpec("FITJOBS_KILL_GRACE", "kill_grace", "10", _non_negative_float,
@@ -96,6 +118,7 @@ class Settings:
     port: int
     api_workers: int
     max_concurrent_jobs: int
+    gpus: str | tuple[str, ...]
     poll_interval: float
     kill_grace: float
     trainer_threads: int

@@ -105,6 +105,7 @@ class Job:
     max_attempts: int = 3
     free_attempts: int = 0
     max_runtime_seconds: int | None = None
+    gpus: int | None = None
     lease_expires_at: datetime | None = None
     seq: int = 0
 
@@ -112,6 +113,12 @@ class Job:
     def attempts_spent(self) -> int:
         """Attempts that count against max_attempts (drained ones are free)."""
         return self.attempt - self.free_attempts
+
+    def gpus_needed(self, node_has_gpus: bool) -> int:
+        """GPUs this job takes on a node: its request, or one by default where GPUs exist."""
+        if self.gpus is not None:
+            return self.gpus
+        return 1 if node_has_gpus else 0
 
 
 @dataclass(frozen=True)
@@ -135,3 +142,15 @@ class MetricPoint:
     value: float
     epoch: int
     step: int | None = None
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A registered supervisor and what it offers."""
+
+    id: str
+    hostname: str
+    gpus: int
+    slots: int
+    started_at: datetime
+    heartbeat_at: datetime

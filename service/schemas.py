@@ -88,6 +88,14 @@ class HyperparametersSchema(StrictSchema):
     seed = fields.Integer(strict=True, load_default=42, validate=validate.Range(min=0, max=2**32 - 1))
 
 
+class ResourcesSchema(StrictSchema):
+    """What a job needs from the node that runs it."""
+
+    gpus = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(min=0, max=16),
+                          metadata={"description": "GPUs the job needs; omitted: one on a GPU node, "
+                                                   "none elsewhere; 0 runs it on the CPU."})
+
+
 class TrainingSpecSchema(StrictSchema):
     """What to fine-tune, on which data, how."""
 
@@ -99,6 +107,7 @@ class TrainingSpecSchema(StrictSchema):
     data = fields.Nested(DataSchema, required=True)
     hyperparameters = fields.Nested(HyperparametersSchema,
                                     load_default=lambda: HyperparametersSchema().load({}))
+    resources = fields.Nested(ResourcesSchema, load_default=lambda: {"gpus": None})
     priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=-100, max=100),
                               metadata={"description": "Higher runs first; equal priorities run in order."})
     max_attempts = fields.Integer(strict=True, load_default=3, validate=validate.Range(min=1, max=10),

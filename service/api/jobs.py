@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+from datetime import timedelta
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from service.schemas import (EventListQuerySchema, EventListSchema, IdempotencyH
                              JobListQuerySchema, JobListSchema, JobSchema, MetricsSchema,
                              ProblemSchema, TrainingSpecSchema)
 from service.store import InvalidTransition, JobNotFound
-from service.store.job_store import IdempotencyConflict
+from service.store.job_store import IdempotencyConflict, utcnow
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Training jobs.")
 
@@ -53,6 +54,19 @@ def job_document(job: Job) -> dict[str, Any]:
     document = asdict(job)
     document["error"] = asdict(job.error) if job.error else None
     return document
+
+
+def check_gpus_available(gpus: int | None) -> None:
+    """Refuse a GPU request that no registered worker could ever serve."""
+    if not gpus:
+        return
+    window = max(300.0, 3 * current_settings().lease_seconds)
+    live = current_store().live_workers(since=utcnow() - timedelta(seconds=window))
+    largest = max((worker.gpus for worker in live), default=0)
+    if gpus > largest:
+        message = (f"No registered worker has {gpus} GPU(s); the largest has {largest}."
+                   if live else f"No worker is registered, so no worker has {gpus} GPU(s).")
+        raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
 
 
 def encode_cursor(seq: int) -> str:
@@ -106,10 +120,11 @@ class Jobs(MethodView):
     def post(self, headers: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Queue a training job; answers with the job and its URL in `Location`."""
         key = headers.get("idempotency_key")
+        check_gpus_available(spec["resources"]["gpus"])
         try:
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
-                max_runtime_seconds=spec["max_runtime_seconds"])
+                max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"])
         except IdempotencyConflict as exc:
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc

@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from service.jobs import (Job, JobError, JobEvent, JobState, MetricPoint, Progress, sources_of)
-from service.store.tables import job_events, jobs, metrics
+from service.jobs import (Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker,
+                          sources_of)
+from service.store.tables import job_events, jobs, metrics, workers
 
 
 class JobNotFound(LookupError):
@@ -75,7 +76,7 @@ def _job_from_row(row: Row[Any]) -> Job:
         attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
         progress=Progress(**(m["progress"] or {})), error=error, result=m["result"],
         priority=m["priority"], max_attempts=m["max_attempts"], free_attempts=m["free_attempts"],
-        max_runtime_seconds=m["max_runtime_seconds"],
+        max_runtime_seconds=m["max_runtime_seconds"], gpus=m["gpus"],
         lease_expires_at=_aware(m["lease_expires_at"]),
     )
 
@@ -108,7 +109,8 @@ class JobStore:
 
     def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
                    priority: int = 0, max_attempts: int = 3,
-                   max_runtime_seconds: int | None = None) -> tuple[Job, bool]:
+                   max_runtime_seconds: int | None = None,
+                   gpus: int | None = None) -> tuple[Job, bool]:
         """Queue a new job for ``spec``; returns (job, created).
 
         With an ``idempotency_key`` already used for the same spec, the existing job comes
@@ -126,7 +128,7 @@ class JobStore:
                 conn.execute(insert(jobs).values(
                     id=job_id, state=JobState.QUEUED.value, spec=spec, created_at=now, updated_at=now,
                     attempt=0, cancel_requested=False, progress={}, priority=priority,
-                    max_attempts=max_attempts, max_runtime_seconds=max_runtime_seconds,
+                    max_attempts=max_attempts, max_runtime_seconds=max_runtime_seconds, gpus=gpus,
                     idempotency_key=idempotency_key, spec_hash=digest))
                 self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
                 return self._get(conn, job_id), True
@@ -167,15 +169,18 @@ class JobStore:
             return page[:limit], page[limit - 1].seq
         return page, None
 
-    def claim_next_job(self, owner: str, lease_seconds: float = 60.0) -> Job | None:
-        """Move the next queued job (highest priority, then oldest) to running for ``owner``.
+    def claim_next_job(self, owner: str, lease_seconds: float = 60.0, *,
+                       free_gpus: int = 0, node_has_gpus: bool = False) -> Job | None:
+        """Move the next queued job (highest priority, then oldest) that fits to running.
 
-        Counts an attempt and gives the owner a lease it must renew by heartbeating.
-        Returns None when the queue is empty.
+        A job fits when its GPUs are free (a job without a request takes one GPU on a GPU
+        node and none elsewhere). Counts an attempt and gives ``owner`` a lease it must
+        renew by heartbeating. Returns None when no queued job fits.
         """
+        needed = func.coalesce(jobs.c.gpus, 1 if node_has_gpus else 0)
         with self._write() as conn:
             candidate = conn.execute(
-                select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
+                select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value, needed <= free_gpus)
                 .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
                 .with_for_update(skip_locked=True)).first()
             if candidate is None:
@@ -336,6 +341,35 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             return {state: count for state, count in rows}
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, hostname: str, gpus: int, slots: int) -> None:
+        """Record a supervisor and what it offers (replacing an earlier record of it)."""
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(delete(workers).where(workers.c.id == worker_id))
+            conn.execute(insert(workers).values(id=worker_id, hostname=hostname, gpus=gpus, slots=slots,
+                                                started_at=now, heartbeat_at=now))
+
+    def worker_heartbeat(self, worker_id: str) -> None:
+        """Mark a supervisor alive."""
+        with self._write() as conn:
+            conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=utcnow()))
+
+    def deregister_worker(self, worker_id: str) -> None:
+        """Forget a supervisor that stopped cleanly."""
+        with self._write() as conn:
+            conn.execute(delete(workers).where(workers.c.id == worker_id))
+
+    def live_workers(self, since: datetime) -> list[Worker]:
+        """Supervisors that heartbeated after ``since``."""
+        with self._read() as conn:
+            rows = conn.execute(select(workers).where(workers.c.heartbeat_at >= since).order_by(workers.c.id))
+            return [Worker(id=r.id, hostname=r.hostname, gpus=r.gpus, slots=r.slots,
+                           started_at=_aware(r.started_at),  # type: ignore[arg-type]
+                           heartbeat_at=_aware(r.heartbeat_at))  # type: ignore[arg-type]
+                    for r in rows]
 
     # -- internals ----------------------------------------------------------------------------
 

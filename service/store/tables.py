@@ -32,6 +32,8 @@ jobs = Table(
     # max_attempts; `attempt` itself only grows, because it fences stale owners.
     Column("free_attempts", Integer, nullable=False, server_default="0"),
     Column("max_runtime_seconds", Integer),
+    # GPUs the job needs; NULL means "one if the worker has GPUs, else none".
+    Column("gpus", Integer),
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("idempotency_key", String(255)),
     Column("spec_hash", String(64)),
@@ -63,4 +65,14 @@ metrics = Table(
     Column("step", Integer),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     Index("ix_metrics_job_id_id", "job_id", "id"),
+)
+
+workers = Table(
+    "workers", metadata,
+    Column("id", String(255), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )

@@ -37,6 +37,7 @@ class TrainerProcess:
     popen: subprocess.Popen[bytes]
     attempt_dir: Path
     started: float = field(default_factory=time.monotonic)
+    gpu_ids: tuple[str, ...] = ()
     oom_kills_at_start: int = 0
     stop_reason: str | None = None
     term_sent_at: float | None = None
@@ -117,15 +118,20 @@ def oom_kill_count(counter_file: Path | None = None) -> int:
     return 0
 
 
-def spawn_trainer(settings: Settings, job: Job) -> TrainerProcess:
-    """Start ``python -m service.trainer`` for the job's current attempt in a new session."""
+def spawn_trainer(settings: Settings, job: Job, gpu_ids: tuple[str, ...] = ()) -> TrainerProcess:
+    """Start ``python -m service.trainer`` for the job's current attempt in a new session.
+
+    The child sees only ``gpu_ids`` (an empty CUDA_VISIBLE_DEVICES hides every GPU).
+    """
     attempt_dir = settings.attempt_dir(job.id, job.attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
+    env = settings.child_environ()
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     with open(attempt_dir / LOG_FILE, "ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", "service.trainer", job.id, str(job.attempt)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=attempt_dir, env=settings.child_environ(),
+            cwd=attempt_dir, env=env,
             start_new_session=True, preexec_fn=die_with_parent)
     return TrainerProcess(job_id=job.id, attempt=job.attempt, popen=popen, attempt_dir=attempt_dir,
-                          oom_kills_at_start=oom_kill_count())
+                          gpu_ids=gpu_ids, oom_kills_at_start=oom_kill_count())

@@ -16,6 +16,7 @@ from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import TrainerProcess, spawn_trainer
+from service.supervisor.gpus import GpuPool, detect_gpus
 from service.trainer.outcome import Outcome, read_outcome
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class Supervisor:
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.children: dict[str, TrainerProcess] = {}
+        self.gpus = GpuPool(detect_gpus(settings.gpus))
+        self.slots = settings.max_concurrent_jobs or max(1, len(self.gpus.ids))
         self._stop = threading.Event()
         self._last_heartbeat = 0.0
         self._last_reap = 0.0
@@ -45,12 +48,27 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT, then stop every child and requeue its job."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        log.info("supervisor %s started: %d slot(s)", self.owner, self.settings.max_concurrent_jobs)
+        log.info("supervisor %s started: %d slot(s), GPUs %s", self.owner, self.slots,
+                 ",".join(self.gpus.ids) or "none")
+        self._register()
         while not self._stop.is_set():
             self.tick()
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
+        try:
+            self.store.deregister_worker(self.owner)
+        except SQLAlchemyError as exc:
+            log.warning("could not deregister: %s", exc)
         log.info("supervisor %s stopped", self.owner)
+
+    def _register(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.register_worker(self.owner, socket.gethostname(), len(self.gpus.ids), self.slots)
+                return
+            except SQLAlchemyError as exc:
+                log.warning("database unavailable, retrying registration: %s", exc)
+                self._stop.wait(min(5.0, self.heartbeat_interval))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("supervisor received %s; stopping", signal.Signals(signum).name)
@@ -86,25 +104,31 @@ class Supervisor:
                     if child.poll() is not None:
                         child.kill_group()
                         del self.children[child.job_id]
+                        self.gpus.give_back(child.job_id)
             time.sleep(0.1)
 
     # -- steps of a pass -------------------------------------------------------------------------
 
     def _claim(self) -> None:
-        while len(self.children) < self.settings.max_concurrent_jobs:
-            job = self.store.claim_next_job(self.owner, self.settings.lease_seconds)
+        has_gpus = bool(self.gpus.ids)
+        while len(self.children) < self.slots:
+            job = self.store.claim_next_job(self.owner, self.settings.lease_seconds,
+                                            free_gpus=len(self.gpus.free), node_has_gpus=has_gpus)
             if job is None:
                 return
+            gpu_ids = self.gpus.lend(job.id, job.gpus_needed(has_gpus))
             try:
-                child = spawn_trainer(self.settings, job)
+                child = spawn_trainer(self.settings, job, gpu_ids)
             except OSError as exc:
+                self.gpus.give_back(job.id)
                 log.exception("could not start a trainer for %s", job.id)
                 self._move(job.id, JobState.FAILED, f"The trainer could not be started: {exc}",
                            attempt=job.attempt,
                            error=JobError(FailureCode.INTERNAL.value, f"Trainer start failed: {exc}"))
                 continue
             self.children[job.id] = child
-            log.info("job %s attempt %d started as pid %d", job.id, job.attempt, child.popen.pid)
+            log.info("job %s attempt %d started as pid %d on GPUs [%s]", job.id, job.attempt,
+                     child.popen.pid, ",".join(gpu_ids))
 
     def _enforce_cancellations(self) -> None:
         if not self.children:
@@ -125,6 +149,7 @@ class Supervisor:
         if now - self._last_heartbeat < self.heartbeat_interval:
             return
         self._last_heartbeat = now
+        self.store.worker_heartbeat(self.owner)
         for child in self.children.values():
             if child.poll() is None and not self.store.heartbeat(child.job_id, child.attempt,
                                                                  self.settings.lease_seconds):
@@ -161,6 +186,7 @@ class Supervisor:
             child.kill_group()
             self._finalise(child, status)
             del self.children[job_id]
+            self.gpus.give_back(job_id)
 
     def _finalise(self, child: TrainerProcess, status: int) -> None:
         if child.stop_reason == "lost":

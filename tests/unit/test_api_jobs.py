@@ -107,3 +107,16 @@ def test_database_outage_is_503_problem_and_not_ready(tmp_path: Path) -> None:
         assert response.mimetype == "application/problem+json"
         assert "Traceback" not in response.get_data(as_text=True)
     assert client.get("/healthz").status_code == 200
+
+
+def test_gpu_requests_beyond_every_registered_worker_are_refused(app: Flask, client: FlaskClient) -> None:
+    refused = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 1}})
+    assert refused.status_code == 422 and "resources.gpus" in refused.get_json()["errors"]
+    store_of(app).register_worker("node-a", "host-a", gpus=4, slots=4)
+    assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 4}}).status_code == 201
+    too_many = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 8}})
+    assert too_many.status_code == 422
+    assert "largest has 4" in too_many.get_json()["errors"]["resources.gpus"][0]
+    assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 0}}).status_code == 201
+    assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 99}}).status_code == 422
+    assert client.post("/v1/jobs", json={**SPEC, "resources": {"cpus": 2}}).status_code == 422

@@ -13,7 +13,8 @@ def test_defaults_put_everything_under_home(tmp_path: Path) -> None:
     settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path / 'fitjobs.db'}"
     assert settings.data_root == tmp_path / "data"
-    assert (settings.host, settings.port, settings.max_concurrent_jobs) == ("127.0.0.1", 8080, 1)
+    assert (settings.host, settings.port, settings.max_concurrent_jobs) == ("127.0.0.1", 8080, 0)
+    assert settings.gpus == "auto"
     assert settings.attempt_dir("job_x", 2) == tmp_path / "jobs" / "job_x" / "attempt-2"
 
 
@@ -29,7 +30,7 @@ def test_every_setting_is_read_from_its_variable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name,value", [("FITJOBS_PORT", "99999"), ("FITJOBS_PORT", "http"),
-                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "0"), ("FITJOBS_KILL_GRACE", "-1")])
+                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "-1"), ("FITJOBS_KILL_GRACE", "-1")])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
@@ -48,3 +49,14 @@ def test_readme_settings_table_lists_exactly_the_settings() -> None:
     table_rows = [line for line in readme.splitlines() if line.startswith("| `FITJOBS_")]
     documented = {name for line in table_rows for name in re.findall(r"`(FITJOBS_\w+)`", line.split("|")[1])}
     assert documented == {spec.env for spec in SETTINGS}
+
+
+@pytest.mark.parametrize("value,parsed", [("auto", "auto"), ("none", ()), ("0,2", ("0", "2")), (" 1 ", ("1",))])
+def test_gpu_setting(value: str, parsed: object) -> None:
+    assert Settings.from_env({"FITJOBS_GPUS": value}).gpus == parsed
+
+
+@pytest.mark.parametrize("value", ["0,0", "gpu0", "1,-1"])
+def test_bad_gpu_setting_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="FITJOBS_GPUS"):
+        Settings.from_env({"FITJOBS_GPUS": value})
