@@ -48,7 +48,13 @@ class StoreReporter:
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         """Append an event to the job's log right away."""
         log.info("%s: %s", kind, message)
-        if not self.store.append_event(self.job_id, kind, message, attempt=self.attempt, data=data):
+        try:
+            current = self.store.append_event(self.job_id, kind, message, attempt=self.attempt, data=data)
+        except SQLAlchemyError as exc:
+            # Events are informative; training goes on while the database is away.
+            log.warning("could not record event %s: %s", kind, exc)
+            return
+        if not current:
             raise StaleAttempt(f"attempt {self.attempt} of {self.job_id} is no longer current")
 
     def flush(self) -> None:
