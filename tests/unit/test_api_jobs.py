@@ -120,3 +120,17 @@ def test_gpu_requests_beyond_every_registered_worker_are_refused(app: Flask, cli
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 0}}).status_code == 201
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 99}}).status_code == 422
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"cpus": 2}}).status_code == 422
+
+
+def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: FlaskClient) -> None:
+    for _ in range(3):
+        client.post("/v1/jobs", json=SPEC)
+    store_of(app).claim_next_job("n")
+    store_of(app).register_worker("n", "host", gpus=2, slots=2)
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    assert 'fitjobs_jobs{state="queued"} 2.0' in text
+    assert 'fitjobs_jobs{state="running"} 1.0' in text
+    assert 'fitjobs_jobs{state="failed"} 0.0' in text
+    assert "fitjobs_workers 1.0" in text and "fitjobs_worker_gpus 2.0" in text
