@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from dataclasses import asdict
 from typing import Any, Callable
@@ -17,10 +19,10 @@ from marshmallow import EXCLUDE
 from service.api.context import current_settings, current_store
 from service.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType, ValidationFailed
 from service.jobs import Job, MetricPoint
-from service.schemas import (EventListQuerySchema, EventListSchema, IdempotencyHeaderSchema,
+from service.schemas import (EventListQuerySchema, EventListSchema, EventSchema, IdempotencyHeaderSchema,
                              JobListQuerySchema, JobListSchema, JobSchema, MetricsSchema,
                              ProblemSchema, TrainingSpecSchema)
-from service.store import InvalidTransition, JobNotFound
+from service.store import InvalidTransition, JobNotFound, JobStore
 from service.store.job_store import IdempotencyConflict, utcnow
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Training jobs.")
@@ -166,11 +168,45 @@ class JobMetrics(MethodView):
 class JobEvents(MethodView):
     @blp.arguments(EventListQuerySchema, location="query")
     @blp.response(200, EventListSchema)
-    def get(self, query: dict[str, Any], job_id: str) -> dict[str, Any]:
-        """The job's event log (state changes and milestones); pass `after` to continue."""
+    def get(self, query: dict[str, Any], job_id: str) -> Any:
+        """The job's event log (state changes and milestones); pass `after` to continue.
+
+        With `Accept: text/event-stream` the events come as Server-Sent Events and the stream
+        follows the job live until it ends; reconnecting with `Last-Event-ID` resumes.
+        """
         load_job(job_id)
+        if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
+            last_seen = request.headers.get("Last-Event-ID", "")
+            after = int(last_seen) if last_seen.isdigit() else query["after"]
+            return Response(stream_events(current_store(), job_id, after),
+                            mimetype="text/event-stream", headers={"Cache-Control": "no-cache",
+                                                                    "X-Accel-Buffering": "no"})
         events = current_store().list_events(job_id, after=query["after"])
         return {"events": [asdict(event) for event in events]}
+
+
+SSE_POLL_SECONDS = 0.5
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+def stream_events(store: JobStore, job_id: str, after: int) -> Iterator[str]:
+    """Server-Sent Events of a job from ``after`` on, until it reaches a terminal state."""
+    quiet_since = time.monotonic()
+    while True:
+        for event in store.list_events(job_id, after=after):
+            after = event.id
+            quiet_since = time.monotonic()
+            payload = EventSchema().dumps(asdict(event))
+            yield f"id: {event.id}\nevent: {event.kind}\ndata: {payload}\n\n"
+        if store.get_job(job_id).state.is_terminal:
+            # The terminal transition is the job's last event and was sent above.
+            if not store.list_events(job_id, after=after):
+                return
+            continue
+        if time.monotonic() - quiet_since >= SSE_KEEPALIVE_SECONDS:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        time.sleep(SSE_POLL_SECONDS)
 
 
 @blp.route("/<job_id>/logs")

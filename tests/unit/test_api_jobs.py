@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flask import Flask
@@ -9,7 +10,7 @@ from flask.testing import FlaskClient
 
 from service.api import create_app
 from service.config import Settings
-from service.jobs import MetricPoint, Progress
+from service.jobs import JobError, JobState, MetricPoint, Progress
 from service.store import JobStore
 from tests.support.service import free_port
 
@@ -134,3 +135,22 @@ def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: 
     assert 'fitjobs_jobs{state="running"} 1.0' in text
     assert 'fitjobs_jobs{state="failed"} 0.0' in text
     assert "fitjobs_workers 1.0" in text and "fitjobs_worker_gpus 2.0" in text
+
+
+def test_events_stream_as_server_sent_events_until_the_job_ends(app: Flask, client: FlaskClient) -> None:
+    job_id = client.post("/v1/jobs", json=SPEC).get_json()["id"]
+    store = store_of(app)
+    store.claim_next_job("n")
+    store.transition(job_id, JobState.FAILED, "boom", attempt=1, error=JobError("internal", "boom"))
+    response = client.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    frames = [frame for frame in response.get_data(as_text=True).split("\n\n") if frame]
+    kinds = [line.split(": ", 1)[1] for frame in frames for line in frame.splitlines() if line.startswith("event:")]
+    assert kinds == ["state", "state", "state"]
+    last = json.loads(frames[-1].split("data: ", 1)[1])
+    assert last["state"] == "failed" and last["message"] == "boom"
+    resumed = client.get(f"/v1/jobs/{job_id}/events",
+                         headers={"Accept": "text/event-stream", "Last-Event-ID": frames[0].split("\n")[0][4:]})
+    assert resumed.get_data(as_text=True).count("event: state") == 2
+    plain = client.get(f"/v1/jobs/{job_id}/events?after=1").get_json()["events"]
+    assert [event["state"] for event in plain] == ["running", "failed"]
