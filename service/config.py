@@ -90,6 +90,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "Seconds a trainer gets after SIGTERM before it is sent SIGKILL."),
     SettingSpec("FITJOBS_TRAINER_THREADS", "trainer_threads", "0", int,
                 "TensorFlow intra-op threads per trainer; 0 lets TensorFlow decide."),
+    SettingSpec("FITJOBS_CHECKPOINT_STEPS", "checkpoint_steps", "0", _non_negative_int,
+                "Also checkpoint every this many steps (0: only at the end of each epoch)."),
     SettingSpec("FITJOBS_METRICS_FLUSH_SECONDS", "metrics_flush_seconds", "2", _non_negative_float,
                 "How often a running trainer writes buffered step metrics and progress."),
     SettingSpec("FITJOBS_LEASE_SECONDS", "lease_seconds", "60", _non_negative_float,
@@ -122,6 +124,7 @@ class Settings:
     poll_interval: float
     kill_grace: float
     trainer_threads: int
+    checkpoint_steps: int
     metrics_flush_seconds: float
     lease_seconds: float
     max_request_bytes: int
@@ -168,6 +171,10 @@ class Settings:
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
         """Working folder of one attempt of a job: trainer log, scratch space, outcome file."""
         return self.jobs_dir / job_id / f"attempt-{attempt}"
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """Checkpoints of a job, shared by its attempts so a later one resumes."""
+        return self.jobs_dir / job_id / "checkpoint"
 
     def ensure_dirs(self) -> None:
         """Create the folders this node writes to."""

@@ -6,6 +6,7 @@ not this process, moves the job to its final state.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -16,9 +17,19 @@ from service.logconfig import configure_logging
 from service.store import open_store
 from service.trainer.failures import TrainingFailure
 from service.trainer.outcome import Outcome, write_outcome
-from service.trainer.store_reporter import StoreReporter
+from service.trainer.store_reporter import StaleAttempt, StoreReporter
 
 log = logging.getLogger("service.trainer")
+
+
+def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:
+    """The failure code of an unexpected exception: out of memory, disk full, or internal."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
+        return FailureCode.OUT_OF_MEMORY, (f"Out of memory while training ({type(exc).__name__}); "
+                                           "lower batch_size or max_length.")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return FailureCode.DISK_FULL, f"No space left on the device while writing {exc.filename or 'files'}."
+    return FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
 def main(argv: list[str]) -> int:
@@ -38,20 +49,24 @@ def main(argv: list[str]) -> int:
     (attempt_dir / "work").mkdir(parents=True, exist_ok=True)
     reporter = StoreReporter(store, job_id, attempt, settings.metrics_flush_seconds)
     try:
-        from service.trainer.run import run_training
+        from service.trainer.fit import run_training
 
         result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
+                              checkpoint_dir=settings.checkpoint_dir(job_id),
                               publish_dir=settings.artifacts_dir / job_id, reporter=reporter,
-                              threads=settings.trainer_threads)
+                              threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps)
         reporter.flush()
     except TrainingFailure as failure:
         log.error("training failed: %s", failure)
         write_outcome(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message))
         return 1
-    except Exception as exc:  # noqa: BLE001 - any other error is recorded as internal
-        traceback.print_exc(file=sys.stdout)
-        write_outcome(attempt_dir, Outcome("failed", code=FailureCode.INTERNAL.value,
-                                           message=f"{type(exc).__name__}: {exc}"))
+    except StaleAttempt as exc:
+        log.error("stopping: %s", exc)
+        return 3
+    except Exception as exc:  # noqa: BLE001 - every other error is classified, then recorded
+        traceback.print_exc()
+        code, message = classify_exception(exc)
+        write_outcome(attempt_dir, Outcome("failed", code=code.value, message=message))
         return 1
     write_outcome(attempt_dir, Outcome("succeeded", result=result))
     log.info("training succeeded: %s", result)

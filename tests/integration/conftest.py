@@ -16,7 +16,7 @@ from tests.support.service import REPO_ROOT, RunningService, start_service, trai
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT with a locally written tokenizer, built in a subprocess (no Hub access)."""
     dest = tmp_path_factory.mktemp("models") / "tiny-bert"
-    subprocess.run([sys.executable, "-m", "tests.support.tiny_model", str(dest)], check=True,
+    subprocess.run([sys.executable, "-m", "tests.support.tiny_bert", str(dest)], check=True,
                    cwd=REPO_ROOT, capture_output=True, timeout=300)
     assert (dest / "config.json").is_file()
     return dest

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.service import RunningService, alive, descendants, start_service, trainer_pids
-from tests.support.text_data import sentiment_rows, write_table
+from tests.support.sentiment_data import sentiment_rows, write_table
 
 EPOCH_SERIES = {"loss", "accuracy", "val_loss", "val_accuracy"}
 

@@ -1,0 +1,125 @@
+"""One training attempt: check data, load model, fit the Keras recipe, publish artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from service.trainer.reporter import TrainingReporter
+from service.trainer.tf_runtime import prepare_tensorflow
+
+FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,
+                 publish_dir: Path, reporter: TrainingReporter, threads: int = 0,
+                 checkpoint_steps: int = 0) -> dict[str, float]:
+    """Train the spec's model and publish it to ``publish_dir``; returns the final metrics.
+
+    Data problems raise TrainingFailure(invalid_data) before any model weights are read;
+    model problems raise TrainingFailure(model_load_failed). A checkpoint in
+    ``checkpoint_dir`` from an interrupted attempt is resumed from.
+    """
+    prepare_tensorflow(threads)
+    from service.trainer.datasource import prepare_data
+    from service.trainer.model_loading import load_classifier, load_tokenizer
+
+    hyper = spec["hyperparameters"]
+    data = prepare_data(spec, data_root, work_dir / "datasets-cache")
+    reporter.event("data_loaded", f"{len(data.train)} training and {len(data.validation)} validation rows, "
+                   f"{data.num_labels} labels.",
+                   {"train_rows": len(data.train), "validation_rows": len(data.validation),
+                    "labels": [data.id2label[i] for i in range(data.num_labels)]})
+    tokenizer = load_tokenizer(spec["model"])
+    train_tokens, validation_tokens = tokenize(data, spec, tokenizer)
+    model = load_classifier(spec["model"], data.num_labels, data.id2label, data.label2id)
+    reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}).")
+    history, final = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter,
+                         checkpoint_dir, checkpoint_steps)
+    reporter.event("publishing", "Writing the model and its files.")
+    publish(model, tokenizer, spec, history, final, work_dir / "staging", publish_dir)
+    reporter.event("artifacts_published", "Model, tokenizer, metrics.json and spec.json published.")
+    return final
+
+
+def tokenize(data: Any, spec: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]:
+    """Tokenized train and validation datasets, truncated at max_length and not yet padded."""
+    text, pair = spec["data"]["text_column"], spec["data"]["text_pair_column"]
+    max_length = spec["hyperparameters"]["max_length"]
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        pairs = batch[pair] if pair else None
+        return tokenizer(batch[text], pairs, truncation=True, max_length=max_length)
+
+    columns = [text] + ([pair] if pair else [])
+    return (data.train.map(encode, batched=True, remove_columns=columns),
+            data.validation.map(encode, batched=True, remove_columns=columns))
+
+
+def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
+        reporter: TrainingReporter, checkpoint_dir: Path,
+        checkpoint_steps: int) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Compile and fit the Keras recipe; returns per-epoch history and the last epoch's metrics."""
+    import tf_keras
+
+    from service.trainer.progress import ReportProgress
+
+    tf_keras.utils.set_random_seed(hyper["seed"])
+    batch_size = hyper["batch_size"]
+    # Dynamic padding: each batch is padded to its own longest row, not to max_length.
+    train_set = model.prepare_tf_dataset(train_tokens, batch_size=batch_size, shuffle=True, tokenizer=tokenizer)
+    validation_set = model.prepare_tf_dataset(validation_tokens, batch_size=batch_size, shuffle=False,
+                                              tokenizer=tokenizer)
+    steps_per_epoch = int(train_set.cardinality())
+    if steps_per_epoch < 0:
+        steps_per_epoch = math.ceil(len(train_tokens) / batch_size)
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=hyper["learning_rate"]),
+                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    epochs = hyper["epochs"]
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        # Saves model and optimizer state; a later attempt resumes where this one stopped.
+        tf_keras.callbacks.BackupAndRestore(str(checkpoint_dir),
+                                            save_freq=checkpoint_steps or "epoch", delete_checkpoint=True),
+        ReportProgress(reporter, epochs, steps_per_epoch),
+    ]
+    reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
+                   {"epochs": epochs, "steps_per_epoch": steps_per_epoch})
+    result = model.fit(train_set, validation_data=validation_set, epochs=epochs, callbacks=callbacks, verbose=2)
+    history = [{name: float(values[index]) for name, values in result.history.items()}
+               for index in range(len(result.epoch))]
+    for row, epoch in zip(history, result.epoch):
+        row["epoch"] = epoch + 1
+    final = {name: history[-1][name] for name in FINAL_METRICS if history and name in history[-1]}
+    return history, final
+
+
+def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
+            final: dict[str, float], staging: Path, publish_dir: Path) -> None:
+    """Write everything to ``staging``, then rename it into place, so no reader sees half a model."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        staging.mkdir(parents=True)
+        model.save_pretrained(str(staging / "model"))
+        tokenizer.save_pretrained(str(staging / "model"))
+        (staging / "metrics.json").write_text(json.dumps({"epochs": history, "final": final}, indent=2))
+        (staging / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+        publish_dir.parent.mkdir(parents=True, exist_ok=True)
+        if publish_dir.exists():
+            # An earlier attempt published and then lost its owner: replace its files whole.
+            aside = publish_dir.with_name(f".{publish_dir.name}.replaced")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(publish_dir, aside)
+            os.rename(staging, publish_dir)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(staging, publish_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,36 @@
+"""A 2-layer BERT with a locally written WordPiece vocabulary: `python -m tests.support.tiny_bert DEST`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.support.sentiment_data import WORDS
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tiny_bert(dest: Path) -> Path:
+    """Save a randomly initialised tiny BERT (TF weights) and its tokenizer to ``dest``."""
+    from service.trainer.tf_runtime import prepare_tensorflow
+
+    prepare_tensorflow()
+    from transformers import BertConfig, BertTokenizerFast, TFBertForSequenceClassification
+
+    dest.mkdir(parents=True, exist_ok=True)
+    vocab = dest / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + sorted(set(WORDS))) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
+    config = BertConfig(vocab_size=len(SPECIAL) + len(set(WORDS)), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    model = TFBertForSequenceClassification(config)
+    model(model.dummy_inputs, training=False)
+    model.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
+    return dest
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tests.support.tiny_bert DEST")
+    build_tiny_bert(Path(sys.argv[1]))
