@@ -70,13 +70,9 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
 
     tf_keras.utils.set_random_seed(hyper["seed"])
     batch_size = hyper["batch_size"]
-    # Dynamic padding: each batch is padded to its own longest row, not to max_length.
-    train_set = model.prepare_tf_dataset(train_tokens, batch_size=batch_size, shuffle=True, tokenizer=tokenizer)
-    validation_set = model.prepare_tf_dataset(validation_tokens, batch_size=batch_size, shuffle=False,
-                                              tokenizer=tokenizer)
-    steps_per_epoch = int(train_set.cardinality())
-    if steps_per_epoch < 0:
-        steps_per_epoch = math.ceil(len(train_tokens) / batch_size)
+    train_set = padded_batches(train_tokens, tokenizer, batch_size, shuffle_seed=hyper["seed"])
+    validation_set = padded_batches(validation_tokens, tokenizer, batch_size)
+    steps_per_epoch = math.ceil(len(train_tokens) / batch_size)
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=hyper["learning_rate"]),
                   loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -97,6 +93,40 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
         row["epoch"] = epoch + 1
     final = {name: history[-1][name] for name in FINAL_METRICS if history and name in history[-1]}
     return history, final
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def padded_batches(tokens: Any, tokenizer: Any, batch_size: int, shuffle_seed: int | None = None) -> Any:
+    """A tf.data pipeline of (features, labels) batches, each padded to its own longest row.
+
+    Built from ragged tensors, so batch shapes stay dynamic; datasets' to_tf_dataset infers
+    fixed shapes from a sample of batches and then rejects batches of other lengths.
+    """
+    import itertools
+
+    import numpy as np
+    import tensorflow as tf
+
+    names = [name for name in MODEL_INPUTS if name in tokens.column_names]
+    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0,
+                  "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
+    features = {}
+    for name in names:
+        rows = tokens[name]
+        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+        features[name] = tf.RaggedTensor.from_row_lengths(flat, lengths)
+    labels = tf.constant(np.asarray(tokens["labels"], dtype=np.int32))
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(tokens), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def pad(batch: dict[str, Any], batch_labels: Any) -> tuple[dict[str, Any], Any]:
+        return {name: batch[name].to_tensor(default_value=pad_values[name]) for name in names}, batch_labels
+
+    return dataset.ragged_batch(batch_size).map(pad).prefetch(tf.data.AUTOTUNE)
 
 
 def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
