@@ -306,12 +306,19 @@ class JobStore:
             return True
 
     def list_metrics(self, job_id: str) -> list[MetricPoint]:
-        """Metric points of the job's current attempt, in recording order."""
+        """The job's metric series across attempts, ordered by epoch and step.
+
+        An attempt that resumed from a checkpoint repeats the steps after it; for every
+        (name, epoch, step) the value of the latest attempt wins, so no epoch or step
+        appears twice.
+        """
         with self._read() as conn:
-            job = self._get(conn, job_id)
-            rows = conn.execute(select(metrics).where(
-                metrics.c.job_id == job_id, metrics.c.attempt == job.attempt).order_by(metrics.c.id))
-            return [MetricPoint(name=r.name, value=r.value, epoch=r.epoch, step=r.step) for r in rows]
+            self._get(conn, job_id)
+            rows = conn.execute(select(metrics).where(metrics.c.job_id == job_id)
+                                .order_by(metrics.c.attempt, metrics.c.id))
+            latest = {(r.name, r.epoch, r.step): MetricPoint(name=r.name, value=r.value, epoch=r.epoch, step=r.step)
+                      for r in rows}
+        return sorted(latest.values(), key=lambda p: (p.epoch, p.step is not None, p.step or 0))
 
     def append_event(self, job_id: str, kind: str, message: str, *,
                      attempt: int | None = None, data: dict[str, Any] | None = None) -> bool:

@@ -17,6 +17,7 @@ from service.logconfig import configure_logging
 from service.store import open_store
 from service.trainer.failures import TrainingFailure
 from service.trainer.outcome import Outcome, write_outcome
+from service.trainer.stop import DrainRequested, StopSignal
 from service.trainer.store_reporter import StaleAttempt, StoreReporter
 
 log = logging.getLogger("service.trainer")
@@ -33,7 +34,7 @@ def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:
 
 
 def main(argv: list[str]) -> int:
-    """Train the job named in argv; exit 0 on success, 1 on a recorded failure."""
+    """Train the job named in argv; exit 0 on success, 1 on a recorded failure, 4 when stopped."""
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m service.trainer JOB_ID ATTEMPT", file=sys.stderr)
         return 2
@@ -48,14 +49,22 @@ def main(argv: list[str]) -> int:
         return 2
     (attempt_dir / "work").mkdir(parents=True, exist_ok=True)
     reporter = StoreReporter(store, job_id, attempt, settings.metrics_flush_seconds)
+    stop = StopSignal()
+    stop.install()
     try:
         from service.trainer.fit import run_training
 
         result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
                               checkpoint_dir=settings.checkpoint_dir(job_id),
                               publish_dir=settings.artifacts_dir / job_id, reporter=reporter,
-                              threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps)
+                              threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps,
+                              stop=stop)
         reporter.flush()
+    except DrainRequested as exc:
+        # The supervisor asked for this and decides what it means (requeue, cancel, timeout).
+        log.info("%s", exc)
+        reporter.flush()
+        return 4
     except TrainingFailure as failure:
         log.error("training failed: %s", failure)
         write_outcome(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.trainer.reporter import TrainingReporter
+from service.trainer.stop import StopSignal
 from service.trainer.tf_runtime import prepare_tensorflow
 
 FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -17,16 +18,18 @@ FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,
                  publish_dir: Path, reporter: TrainingReporter, threads: int = 0,
-                 checkpoint_steps: int = 0) -> dict[str, float]:
+                 checkpoint_steps: int = 0, stop: StopSignal | None = None) -> dict[str, float]:
     """Train the spec's model and publish it to ``publish_dir``; returns the final metrics.
 
     Data problems raise TrainingFailure(invalid_data) before any model weights are read;
     model problems raise TrainingFailure(model_load_failed). A checkpoint in
-    ``checkpoint_dir`` from an interrupted attempt is resumed from.
+    ``checkpoint_dir`` from an interrupted attempt is resumed from; it is removed once the
+    model is published. With ``stop``, SIGTERM during the fit writes a checkpoint at the
+    current step and raises DrainRequested.
     """
     prepare_tensorflow(threads)
-    from service.trainer.datasource import prepare_data
-    from service.trainer.model_loading import load_classifier, load_tokenizer
+    from service.trainer.data import prepare_data
+    from service.trainer.modeling import load_classifier, load_tokenizer
 
     hyper = spec["hyperparameters"]
     data = prepare_data(spec, data_root, work_dir / "datasets-cache")
@@ -36,13 +39,18 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
                     "labels": [data.id2label[i] for i in range(data.num_labels)]})
     tokenizer = load_tokenizer(spec["model"])
     train_tokens, validation_tokens = tokenize(data, spec, tokenizer)
+    import tf_keras
+
+    # Seeded before the new classification head is drawn, so a spec's seed fixes the whole run.
+    tf_keras.utils.set_random_seed(hyper["seed"])
     model = load_classifier(spec["model"], data.num_labels, data.id2label, data.label2id)
     reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}).")
     history, final = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter,
-                         checkpoint_dir, checkpoint_steps)
+                         checkpoint_dir, checkpoint_steps, stop)
     reporter.event("publishing", "Writing the model and its files.")
     publish(model, tokenizer, spec, history, final, work_dir / "staging", publish_dir)
     reporter.event("artifacts_published", "Model, tokenizer, metrics.json and spec.json published.")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return final
 
 
@@ -61,11 +69,12 @@ def tokenize(data: Any, spec: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]
 
 
 def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
-        reporter: TrainingReporter, checkpoint_dir: Path,
-        checkpoint_steps: int) -> tuple[list[dict[str, float]], dict[str, float]]:
+        reporter: TrainingReporter, checkpoint_dir: Path, checkpoint_steps: int,
+        stop: StopSignal | None = None) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Compile and fit the Keras recipe; returns per-epoch history and the last epoch's metrics."""
     import tf_keras
 
+    from service.trainer.checkpoints import StepCheckpoints
     from service.trainer.progress import ReportProgress
 
     tf_keras.utils.set_random_seed(hyper["seed"])
@@ -79,10 +88,11 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     epochs = hyper["epochs"]
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [
-        # Saves model and optimizer state; a later attempt resumes where this one stopped.
-        tf_keras.callbacks.BackupAndRestore(str(checkpoint_dir),
-                                            save_freq=checkpoint_steps or "epoch", delete_checkpoint=True),
+        # Metrics are recorded before the checkpoint is written: an epoch whose checkpoint
+        # exists always has its metrics, and one redone after a crash overwrites them.
         ReportProgress(reporter, epochs, steps_per_epoch),
+        # Saves model and optimizer state; a later attempt resumes where this one stopped.
+        StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter),
     ]
     reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
                    {"epochs": epochs, "steps_per_epoch": steps_per_epoch})

@@ -20,11 +20,12 @@ class ReportProgress(tf_keras.callbacks.Callback):
         self.epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.epoch = epoch + 1
+        self.epoch = int(epoch) + 1  # a resumed fit passes NumPy integers
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # Counted from the epoch, so a run resumed from a checkpoint numbers steps as the
         # interrupted run did. Keras' batch `loss` is the running mean of the epoch so far.
+        batch = int(batch)
         step = (self.epoch - 1) * self.steps_per_epoch + batch + 1
         if logs and "loss" in logs:
             self.reporter.step_metrics(epoch=self.epoch, step=step, values={"loss": float(logs["loss"])})
@@ -32,6 +33,7 @@ class ReportProgress(tf_keras.callbacks.Callback):
                                steps_per_epoch=self.steps_per_epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        epoch = int(epoch)
         values = {name: float(value) for name, value in (logs or {}).items()}
         learning_rate = getattr(self.model.optimizer, "learning_rate", None)
         if learning_rate is not None and not callable(learning_rate):

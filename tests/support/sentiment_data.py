@@ -1,7 +1,8 @@
-"""Small, learnable sentiment data sets made by the tests (no downloads)."""
+"""Small, learnable sentiment rows made by the tests, and files holding them (no downloads)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -9,18 +10,21 @@ from typing import Any
 
 POSITIVE = ["wonderful", "delightful", "brilliant", "moving", "charming", "superb", "great", "lovely"]
 NEGATIVE = ["boring", "awful", "dull", "clumsy", "tedious", "painful", "terrible", "bland"]
-FILLER = ["the", "film", "movie", "story", "acting", "was", "is", "really", "quite", "and", "plot", "cast"]
-WORDS = POSITIVE + NEGATIVE + FILLER
+FILLER = ["the", "film", "movie", "story", "acting", "was", "is", "really", "quite", "and", "plot", "cast",
+          "music", "ending", "scenes", "very"]
+# Every word the rows use; the tiny model's vocabulary is built from this list.
+WORDS = sorted(set(POSITIVE + NEGATIVE + FILLER))
 
 
 def sentiment_rows(n: int, seed: int, pair: bool = False) -> list[dict[str, Any]]:
-    """``n`` rows alternating "positive"/"negative", each text carrying two cue words."""
+    """``n`` rows alternating "positive" and "negative"; each text holds two cue words among filler."""
     rng = random.Random(seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for index in range(n):
         label = "positive" if index % 2 == 0 else "negative"
         cues = POSITIVE if label == "positive" else NEGATIVE
-        words = rng.sample(FILLER, 3) + rng.sample(cues, 2)
+        # Varying filler makes texts of different lengths, so batches need padding.
+        words = rng.sample(FILLER, rng.randint(2, 6)) + rng.sample(cues, 2)
         rng.shuffle(words)
         row: dict[str, Any] = {"text": " ".join(words), "label": label}
         if pair:
@@ -30,21 +34,24 @@ def sentiment_rows(n: int, seed: int, pair: bool = False) -> list[dict[str, Any]
 
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write rows as .csv, .json, .jsonl or .parquet, chosen by the file's suffix."""
+    """Write ``rows`` as .csv, .json, .jsonl or .parquet, chosen by the suffix; any values, even bad ones."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     elif suffix == ".json":
         path.write_text(json.dumps(rows))
-    elif suffix in (".csv", ".parquet"):
-        import pandas as pd
+    elif suffix == ".csv":
+        columns = list(dict.fromkeys(column for row in rows for column in row))
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        frame = pd.DataFrame(rows)
-        if suffix == ".csv":
-            frame.to_csv(path, index=False)
-        else:
-            frame.to_parquet(path, index=False)
+        pq.write_table(pa.Table.from_pylist(rows), path)
     else:
         raise ValueError(f"unsupported table type {suffix!r}")
     return path

@@ -7,23 +7,26 @@ from pathlib import Path
 
 from tests.support.sentiment_data import WORDS
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def build_tiny_bert(dest: Path) -> Path:
-    """Save a randomly initialised tiny BERT (TF weights) and its tokenizer to ``dest``."""
+    """Save a seeded, randomly initialised tiny BERT encoder (TF weights) and its tokenizer to ``dest``."""
     from service.trainer.tf_runtime import prepare_tensorflow
 
-    prepare_tensorflow()
-    from transformers import BertConfig, BertTokenizerFast, TFBertForSequenceClassification
+    prepare_tensorflow(0)
+    import tf_keras
+    from transformers import BertConfig, BertTokenizerFast, TFBertModel
 
     dest.mkdir(parents=True, exist_ok=True)
     vocab = dest / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + sorted(set(WORDS))) + "\n")
+    vocab.write_text("\n".join(SPECIAL_TOKENS + WORDS) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
-    config = BertConfig(vocab_size=len(SPECIAL) + len(set(WORDS)), hidden_size=32, num_hidden_layers=2,
+    config = BertConfig(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    model = TFBertForSequenceClassification(config)
+    tf_keras.utils.set_random_seed(0)  # the same "pretrained" weights in every test run
+    # An encoder without a head, like a Hub checkpoint: fine-tuning adds a new classifier.
+    model = TFBertModel(config)
     model(model.dummy_inputs, training=False)
     model.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))

@@ -88,6 +88,24 @@ def test_stale_attempt_writes_are_refused(store: JobStore) -> None:
     assert store.list_metrics(job.id) == [MetricPoint("loss", 0.5, 1, 3)]
 
 
+def test_metrics_of_a_resumed_job_have_each_epoch_and_step_once(store: JobStore) -> None:
+    job, _ = store.create_job(SPEC)
+    store.claim_next_job("n")
+    store.record_progress(job.id, 1, Progress(epoch=2, epochs=3, step=1), [
+        MetricPoint("loss", 0.9, 1, 1), MetricPoint("loss", 0.8, 1, 2), MetricPoint("loss", 0.85, 1),
+        MetricPoint("loss", 0.7, 2, 3)])  # epoch 2 was cut short after one step
+    store.transition(job.id, JobState.QUEUED, "owner lost", attempt=1)
+    store.claim_next_job("m")
+    store.record_progress(job.id, 2, Progress(epoch=3, epochs=3, step=2), [
+        MetricPoint("loss", 0.6, 2, 3), MetricPoint("loss", 0.5, 2, 4), MetricPoint("loss", 0.55, 2),
+        MetricPoint("loss", 0.4, 3, 5), MetricPoint("loss", 0.3, 3, 6), MetricPoint("loss", 0.35, 3)])
+    series = store.list_metrics(job.id)
+    epochs = [(p.epoch, p.value) for p in series if p.step is None]
+    steps = [(p.step, p.value) for p in series if p.step is not None]
+    assert epochs == [(1, 0.85), (2, 0.55), (3, 0.35)]
+    assert steps == [(1, 0.9), (2, 0.8), (3, 0.6), (4, 0.5), (5, 0.4), (6, 0.3)]
+
+
 def test_failure_is_recorded_with_code_and_event(store: JobStore) -> None:
     job = store.create_job(SPEC)[0]
     store.claim_next_job("n")

@@ -1,0 +1,71 @@
+"""Checkpoints a later attempt resumes from, including one written at the step a drain stops at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tf_keras
+
+from service.trainer.reporter import TrainingReporter
+from service.trainer.stop import DrainRequested, StopSignal
+
+
+class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that saves at every epoch end, every ``every_steps`` steps and on SIGTERM.
+
+    Checkpoints carry (epoch, step), so a resumed fit continues at the next step, not at the
+    start of the epoch. The epoch-end save runs in on_epoch_end, after the callbacks placed
+    before this one recorded the epoch's metrics: an epoch a checkpoint counts as done always
+    has its metrics.
+    """
+
+    def __init__(self, backup_dir: str, steps_per_epoch: int, every_steps: int = 0,
+                 stop: StopSignal | None = None, reporter: TrainingReporter | None = None) -> None:
+        # An integer save_freq makes restore resume at the saved step (the "epoch" mode only
+        # remembers epochs); the base class's own counting is replaced below.
+        # The checkpoint outlives the fit until the model is published (see fit.run_training).
+        super().__init__(backup_dir, save_freq=steps_per_epoch, delete_checkpoint=False)
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.stop = stop
+        self.reporter = reporter
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)  # restores the checkpoint, if there is one
+        if self.stop is not None:
+            self.stop.in_fit = True
+        epoch = int(tf_keras.backend.get_value(self._training_state._ckpt_saved_epoch))
+        batch = int(tf_keras.backend.get_value(self._training_state._ckpt_saved_batch))
+        if epoch >= 0 and self.reporter is not None:
+            if batch >= self.steps_per_epoch - 1:
+                where = f"the start of epoch {epoch + 2}"
+            else:
+                where = f"step {batch + 2} of epoch {epoch + 1}"
+            self.reporter.event("resumed", f"Resumed from the checkpoint; continuing at {where}.",
+                                {"epoch": epoch + 1, "steps_done": batch + 1})
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_begin(int(epoch), logs)  # a restored epoch arrives as a NumPy integer
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        batch = int(batch)
+        step = self._current_epoch * self.steps_per_epoch + batch + 1
+        last_of_epoch = batch == self.steps_per_epoch - 1
+        if self.stop is not None and self.stop.requested:
+            self._backup(epoch=self._current_epoch, batch=batch)
+            if self.reporter is not None:
+                self.reporter.event("checkpointed", f"Stopping on request: checkpoint written after step "
+                                    f"{batch + 1} of epoch {self._current_epoch + 1}.",
+                                    {"epoch": self._current_epoch + 1, "steps_done": batch + 1})
+            # Raised rather than model.stop_training: Keras would still validate and end the
+            # epoch, recording a partial epoch as a whole one.
+            raise DrainRequested(f"stopped on SIGTERM after step {batch + 1} of epoch "
+                                 f"{self._current_epoch + 1}; checkpoint written")
+        if self.every_steps and step % self.every_steps == 0 and not last_of_epoch:
+            self._backup(epoch=self._current_epoch, batch=batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # Recorded as the epoch's last step, which restore reads as "start the next epoch".
+        self._training_state._ckpt_saved_batch.assign(self.steps_per_epoch - 1)
+        self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
+

