@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + settings.kill_grace + 30
+    deadline = time.monotonic() + settings.shutdown_grace + 30
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -86,8 +86,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "GPUs this supervisor hands out: `auto` (ask nvidia-smi), `none`, or ids like `0,1`."),
     SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
                 "Seconds between two passes of the supervisor loop (claim, heartbeat, cancel)."),
-    SettingSpec("FITJOBS_KILL_GRACE", "kill_grace", "10", _non_negative_float,
-                "Seconds a trainer gets after SIGTERM before it is sent SIGKILL."),
+    SettingSpec("FITJOBS_SHUTDOWN_GRACE", "shutdown_grace", "30", _non_negative_float,
+                "Seconds a trainer gets after SIGTERM (drain, cancel, deadline) to checkpoint "
+                "and exit before it is sent SIGKILL."),
     SettingSpec("FITJOBS_TRAINER_THREADS", "trainer_threads", "0", int,
                 "TensorFlow intra-op threads per trainer; 0 lets TensorFlow decide."),
     SettingSpec("FITJOBS_CHECKPOINT_STEPS", "checkpoint_steps", "0", _non_negative_int,
@@ -122,7 +123,7 @@ class Settings:
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
     poll_interval: float
-    kill_grace: float
+    shutdown_grace: float
     trainer_threads: int
     checkpoint_steps: int
     metrics_flush_seconds: float

@@ -87,7 +87,7 @@ class Supervisor:
             # The children keep running; the next pass retries once the database is back.
             log.warning("database unavailable, retrying next pass: %s", exc)
         for child in self.children.values():
-            child.kill_if_overdue(self.settings.kill_grace)
+            child.kill_if_overdue(self.settings.shutdown_grace)
 
     def shutdown(self) -> None:
         """SIGTERM every child, SIGKILL those still alive after the grace period, finalise all."""
@@ -95,7 +95,7 @@ class Supervisor:
             child.stop("shutdown")
         while self.children:
             for child in self.children.values():
-                child.kill_if_overdue(self.settings.kill_grace)
+                child.kill_if_overdue(self.settings.shutdown_grace)
             try:
                 self._finish_exited()
             except SQLAlchemyError as exc:

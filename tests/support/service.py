@@ -107,31 +107,44 @@ class RunningService:
         return self.log_path.read_text(errors="replace")
 
 
-def start_service(home: Path, *, extra_env: dict[str, str] | None = None,
-                  ready_timeout: float = 60) -> RunningService:
-    """Start `fitjobs serve` with its data under ``home`` and wait until /readyz answers."""
-    port = free_port()
-    data_root = home / "data"
-    data_root.mkdir(parents=True, exist_ok=True)
+def service_env(home: Path, port: int | None, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for fitjobs processes keeping their data under ``home``, tuned for fast tests."""
     env = dict(os.environ)
     env.update({
-        "FITJOBS_HOME": str(home), "FITJOBS_DATA_ROOT": str(data_root),
-        "FITJOBS_HOST": "127.0.0.1", "FITJOBS_PORT": str(port),
+        "FITJOBS_HOME": str(home), "FITJOBS_DATA_ROOT": str(home / "data"),
+        "FITJOBS_HOST": "127.0.0.1",
         "FITJOBS_POLL_INTERVAL": "0.2", "FITJOBS_METRICS_FLUSH_SECONDS": "0.5",
-        "FITJOBS_KILL_GRACE": "3", "FITJOBS_TRAINER_THREADS": "2",
+        "FITJOBS_SHUTDOWN_GRACE": "3", "FITJOBS_TRAINER_THREADS": "2", "FITJOBS_GPUS": "none",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
         "HF_HOME": str(home / "hf-cache"),
     })
+    if port is not None:
+        env["FITJOBS_PORT"] = str(port)
     env.update(extra_env or {})
-    log_path = home / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    return env
+
+
+def spawn(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `fitjobs ROLE` (serve, api or worker) with its output in ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+
+def start_service(home: Path, *, role: str = "serve", extra_env: dict[str, str] | None = None,
+                  ready_timeout: float = 60) -> RunningService:
+    """Start `fitjobs serve` (or `api`) with its data under ``home``; wait until /readyz answers."""
+    port = free_port()
+    data_root = home / "data"
+    data_root.mkdir(parents=True, exist_ok=True)
+    log_path = home / f"{role}.log"
+    process = spawn(role, service_env(home, port, extra_env), log_path)
     service = RunningService(process, f"http://127.0.0.1:{port}", home, data_root, log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"fitjobs serve exited with {process.returncode}:\n{service.output()}")
+            raise RuntimeError(f"fitjobs {role} exited with {process.returncode}:\n{service.output()}")
         try:
             if requests.get(service.url + "/readyz", timeout=2).status_code == 200:
                 return service
@@ -139,4 +152,4 @@ def start_service(home: Path, *, extra_env: dict[str, str] | None = None,
             pass
         time.sleep(0.2)
     service.stop()
-    raise RuntimeError(f"fitjobs serve not ready after {ready_timeout} s:\n{service.output()}")
+    raise RuntimeError(f"fitjobs {role} not ready after {ready_timeout} s:\n{service.output()}")

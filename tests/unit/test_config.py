@@ -22,15 +22,15 @@ def test_every_setting_is_read_from_its_variable(tmp_path: Path) -> None:
     settings = Settings.from_env({
         "FITJOBS_HOME": str(tmp_path), "FITJOBS_DATABASE_URL": "postgresql+psycopg://db/fitjobs",
         "FITJOBS_DATA_ROOT": str(tmp_path / "d"), "FITJOBS_PORT": "9000",
-        "FITJOBS_MAX_CONCURRENT_JOBS": "4", "FITJOBS_KILL_GRACE": "1.5", "FITJOBS_LOG_LEVEL": "debug"})
+        "FITJOBS_MAX_CONCURRENT_JOBS": "4", "FITJOBS_SHUTDOWN_GRACE": "1.5", "FITJOBS_LOG_LEVEL": "debug"})
     assert settings.database_url == "postgresql+psycopg://db/fitjobs"
     assert settings.data_root == tmp_path / "d"
-    assert (settings.port, settings.max_concurrent_jobs, settings.kill_grace) == (9000, 4, 1.5)
+    assert (settings.port, settings.max_concurrent_jobs, settings.shutdown_grace) == (9000, 4, 1.5)
     assert settings.log_level == "DEBUG"
 
 
 @pytest.mark.parametrize("name,value", [("FITJOBS_PORT", "99999"), ("FITJOBS_PORT", "http"),
-                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "-1"), ("FITJOBS_KILL_GRACE", "-1")])
+                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "-1"), ("FITJOBS_SHUTDOWN_GRACE", "-1")])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
