@@ -8,8 +8,9 @@
 # TensorFlow comes with its `and-cuda` extra: CUDA and cuDNN as NVIDIA's pip wheels at the
 # versions TensorFlow 2.21 was built against (TensorFlow's documented Linux GPU install), so a
 # GPU node needs only the NVIDIA driver and container toolkit. tensorflow/tensorflow:2.21.0-gpu
-# was not used: it installs TensorFlow into the system Python, outside the ranges
-# pyproject.toml pins, next to a system cuDNN older than the one TensorFlow 2.21 loads.
+# was not used: it brings its own TensorFlow in the system Python, outside the ranges
+# pyproject.toml pins, and system CUDA libraries reported not to match what TensorFlow 2.21
+# loads; here one virtual environment holds every Python package at the pinned versions.
 FROM python:3.11.15-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
