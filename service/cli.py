@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,8 +25,10 @@ log = logging.getLogger("service.cli")
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the HTTP API with gunicorn."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
 
     from service.api import create_app
+    from service.api.lifecycle import drain_flag, mark_draining
     from service.store import open_store
 
     open_store(settings.database_url, migrate=True).engine.dispose()
@@ -41,11 +44,26 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("accesslog", "-")
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("proc_name", "fitjobs-api")
+            # gunicorn's control socket sits in $HOME by default, shared by every gunicorn there.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return create_app(settings, migrate=False)
 
-    FitjobsGunicorn().run()
+    class DrainingArbiter(Arbiter):  # type: ignore[misc]
+        """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully."""
+
+        def handle_term(self) -> None:
+            mark_draining(self.pid)
+            log.info("SIGTERM: readiness is false; serving %.0f s more, then finishing in-flight "
+                     "requests", settings.api_drain_seconds)
+            time.sleep(settings.api_drain_seconds)  # the workers go on serving meanwhile
+            super().handle_term()
+
+    try:
+        DrainingArbiter(FitjobsGunicorn()).run()
+    finally:
+        drain_flag(os.getpid()).unlink(missing_ok=True)
     return 0
 
 
@@ -131,7 +149,8 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings) -> Any:
     from service.client import FitjobsClient
 
-    return FitjobsClient(args.url or settings.url)
+    # With FITJOBS_API_TOKENS set, the CLI authenticates with the first token.
+    return FitjobsClient(args.url or settings.url, token=next(iter(settings.api_tokens), None))
 
 
 def _print_json(document: Any) -> None:

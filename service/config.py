@@ -62,6 +62,13 @@ def _gpu_list(value: str) -> str | tuple[str, ...]:
     return ids
 
 
+def _token_list(value: str) -> tuple[str, ...]:
+    tokens = tuple(part.strip() for part in value.split(",") if part.strip())
+    if any(len(token) < 16 for token in tokens):
+        raise ValueError("each token must be at least 16 characters")
+    return tokens
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -80,6 +87,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_PORT", "port", "8080", _port, "TCP port the API listens on."),
     SettingSpec("FITJOBS_API_WORKERS", "api_workers", "2", _positive_int,
                 "Number of gunicorn worker processes serving the API."),
+    SettingSpec("FITJOBS_API_DRAIN_SECONDS", "api_drain_seconds", "5", _non_negative_float,
+                "After SIGTERM the API keeps serving this long with /readyz failing, then "
+                "finishes in-flight requests and exits."),
+    SettingSpec("FITJOBS_API_TOKENS", "api_tokens", "", _token_list,
+                "Comma-separated bearer tokens; when set, every /v1 request needs "
+                "`Authorization: Bearer <token>` (health, readiness, metrics stay open)."),
     SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "0", _non_negative_int,
                 "Training jobs one supervisor runs at once; 0 means one per GPU, or 1 without GPUs."),
     SettingSpec("FITJOBS_GPUS", "gpus", "auto", _gpu_list,
@@ -120,6 +133,8 @@ class Settings:
     host: str
     port: int
     api_workers: int
+    api_drain_seconds: float
+    api_tokens: tuple[str, ...]
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
     poll_interval: float

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
+from service.api.auth import install_auth
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.logconfig import configure_logging
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.extensions["fitjobs.settings"] = settings
     app.extensions["fitjobs.store"] = store or open_store(settings.database_url, migrate=migrate)
     app.extensions["fitjobs.api"] = build_api(app)
+    install_auth(app, settings.api_tokens)
     # After flask-smorest, which registers its own JSON error handler for HTTPException.
     install_error_handlers(app)
     configure_logging(settings.log_level)

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.context import current_store
+from service.api.lifecycle import is_draining
 from service.errors import ServiceUnavailable
 from service.schemas import HealthSchema
 
@@ -29,7 +30,9 @@ class Liveness(MethodView):
 class Readiness(MethodView):
     @blp.response(200, HealthSchema)
     def get(self) -> dict[str, str]:
-        """The database is reachable, so requests can be served."""
+        """The database is reachable and the node is not shutting down, so requests can be served."""
+        if is_draining():
+            raise ServiceUnavailable("This API node is shutting down; send requests to another one.")
         try:
             current_store().ping()
         except SQLAlchemyError as exc:

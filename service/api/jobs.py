@@ -17,6 +17,7 @@ from flask_smorest import Blueprint
 from marshmallow import EXCLUDE
 
 from service.api.context import current_settings, current_store
+from service.api.lifecycle import is_draining
 from service.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType, ValidationFailed
 from service.jobs import Job, MetricPoint
 from service.schemas import (EventListQuerySchema, EventListSchema, EventSchema, IdempotencyHeaderSchema,
@@ -203,6 +204,8 @@ def stream_events(store: JobStore, job_id: str, after: int) -> Iterator[str]:
             if not store.list_events(job_id, after=after):
                 return
             continue
+        if is_draining():
+            return  # the node is shutting down; the client reconnects with Last-Event-ID
         if time.monotonic() - quiet_since >= SSE_KEEPALIVE_SECONDS:
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"

@@ -21,6 +21,8 @@ from service.trainer.stop import DrainRequested, StopSignal
 from service.trainer.store_reporter import StaleAttempt, StoreReporter
 
 log = logging.getLogger("service.trainer")
+# How long a finished trainer waits for an unreachable database to write its last metrics.
+FINAL_FLUSH_SECONDS = 600.0
 
 
 def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
                               publish_dir=settings.artifacts_dir / job_id, reporter=reporter,
                               threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps,
                               stop=stop)
-        reporter.flush()
+        reporter.close(FINAL_FLUSH_SECONDS)
     except DrainRequested as exc:
         # The supervisor asked for this and decides what it means (requeue, cancel, timeout).
         log.info("%s", exc)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import tf_keras
@@ -29,9 +32,15 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         self.every_steps = every_steps
         self.stop = stop
         self.reporter = reporter
+        # Per-epoch metrics of every finished epoch, this attempt's and earlier ones', kept
+        # beside the checkpoint so a resumed fit still reports the whole run.
+        self.history_path = Path(backup_dir) / "epochs.json"
+        self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)  # restores the checkpoint, if there is one
+        if self.history_path.is_file():
+            self.history = json.loads(self.history_path.read_text())
         if self.stop is not None:
             self.stop.in_fit = True
         epoch = int(tf_keras.backend.get_value(self._training_state._ckpt_saved_epoch))
@@ -52,6 +61,7 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         step = self._current_epoch * self.steps_per_epoch + batch + 1
         last_of_epoch = batch == self.steps_per_epoch - 1
         if self.stop is not None and self.stop.requested:
+            self._fence()
             self._backup(epoch=self._current_epoch, batch=batch)
             if self.reporter is not None:
                 self.reporter.event("checkpointed", f"Stopping on request: checkpoint written after step "
@@ -62,9 +72,27 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
             raise DrainRequested(f"stopped on SIGTERM after step {batch + 1} of epoch "
                                  f"{self._current_epoch + 1}; checkpoint written")
         if self.every_steps and step % self.every_steps == 0 and not last_of_epoch:
+            self._fence()
             self._backup(epoch=self._current_epoch, batch=batch)
 
+    def _fence(self) -> None:
+        # A fenced write first: an attempt that lost its job raises StaleAttempt here instead
+        # of overwriting the checkpoint the job's current attempt resumes from. (At an epoch
+        # end the metrics written just before this callback ran did the same.)
+        if self.reporter is not None:
+            self.reporter.flush()
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        epoch = int(epoch)
+        row = {name: float(value) for name, value in (logs or {}).items()}
+        row["epoch"] = epoch + 1
+        # History first, checkpoint second: an epoch the checkpoint counts as done is always in
+        # the history; an epoch redone after a crash replaces its earlier row.
+        self.history = [old for old in self.history if old["epoch"] < epoch + 1] + [row]
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        staged = self.history_path.with_suffix(".json.tmp")
+        staged.write_text(json.dumps(self.history))
+        os.replace(staged, self.history_path)
         # Recorded as the epoch's last step, which restore reads as "start the next epoch".
         self._training_state._ckpt_saved_batch.assign(self.steps_per_epoch - 1)
         self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)

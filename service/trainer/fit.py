@@ -48,7 +48,9 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
     history, final = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter,
                          checkpoint_dir, checkpoint_steps, stop)
     reporter.event("publishing", "Writing the model and its files.")
-    publish(model, tokenizer, spec, history, final, work_dir / "staging", publish_dir)
+    # Staged beside the published folder (same file system, so the rename is atomic).
+    staging = publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
+    publish(model, tokenizer, spec, history, final, staging, publish_dir)
     reporter.event("artifacts_published", "Model, tokenizer, metrics.json and spec.json published.")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return final
@@ -96,11 +98,9 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     ]
     reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
                    {"epochs": epochs, "steps_per_epoch": steps_per_epoch})
-    result = model.fit(train_set, validation_data=validation_set, epochs=epochs, callbacks=callbacks, verbose=2)
-    history = [{name: float(values[index]) for name, values in result.history.items()}
-               for index in range(len(result.epoch))]
-    for row, epoch in zip(history, result.epoch):
-        row["epoch"] = epoch + 1
+    model.fit(train_set, validation_data=validation_set, epochs=epochs, callbacks=callbacks, verbose=2)
+    # From the checkpoint's record, so epochs finished by an earlier attempt are included.
+    history = callbacks[1].history
     final = {name: history[-1][name] for name in FINAL_METRICS if history and name in history[-1]}
     return history, final
 

@@ -28,6 +28,7 @@ class StoreReporter:
         self.flush_seconds = flush_seconds
         self._progress = Progress()
         self._points: list[MetricPoint] = []
+        self._events: list[tuple[str, str, dict[str, Any] | None]] = []  # not yet written
         self._last_flush = time.monotonic()
 
     def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None) -> None:
@@ -46,28 +47,55 @@ class StoreReporter:
         self.flush()
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-        """Append an event to the job's log right away."""
+        """Append an event to the job's log right away (kept for the next flush if the database is away)."""
         log.info("%s: %s", kind, message)
-        try:
-            current = self.store.append_event(self.job_id, kind, message, attempt=self.attempt, data=data)
-        except SQLAlchemyError as exc:
-            # Events are informative; training goes on while the database is away.
-            log.warning("could not record event %s: %s", kind, exc)
-            return
-        if not current:
-            raise StaleAttempt(f"attempt {self.attempt} of {self.job_id} is no longer current")
+        self._events.append((kind, message, data))
+        self._write_events()
 
-    def flush(self) -> None:
-        """Write buffered progress and metrics; keeps them buffered if the database is down."""
+    def _write_events(self) -> bool:
+        while self._events:
+            kind, message, data = self._events[0]
+            try:
+                current = self.store.append_event(self.job_id, kind, message, attempt=self.attempt, data=data)
+            except SQLAlchemyError as exc:
+                # Events are informative; training goes on while the database is away.
+                log.warning("could not record event %s yet: %s", kind, exc)
+                return False
+            if not current:
+                raise StaleAttempt(f"attempt {self.attempt} of {self.job_id} is no longer current")
+            self._events.pop(0)
+        return True
+
+    def flush(self) -> bool:
+        """Write buffered events, progress and metrics; keeps them buffered (False) if the database is down."""
+        if not self._write_events():
+            return False
         try:
             written = self.store.record_progress(self.job_id, self.attempt, self._progress, self._points)
         except SQLAlchemyError as exc:
             log.warning("could not record progress, will retry: %s", exc)
-            return
+            return False
         if not written:
             raise StaleAttempt(f"attempt {self.attempt} of {self.job_id} is no longer current")
         self._points = []
         self._last_flush = time.monotonic()
+        return True
+
+    def close(self, timeout: float) -> bool:
+        """Write everything still buffered, retrying with backoff for up to ``timeout`` seconds.
+
+        The last metrics of a run must not be lost to a database restart: the trainer waits
+        for it (its supervisor records the outcome once the database is back, too).
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.5
+        while not self.flush():
+            if time.monotonic() + delay > deadline:
+                log.error("gave up writing buffered metrics after %.0f s", timeout)
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        return True
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_seconds:

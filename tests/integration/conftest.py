@@ -29,4 +29,4 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
     yield running
     status = running.stop()
     assert status == 0, running.output()[-3000:]
-    assert trainer_pids() == [], "stopping the service must leave no trainer behind"
+    assert trainer_pids(home=running.home) == [], "stopping the service must leave no trainer behind"

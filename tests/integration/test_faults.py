@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from service.store import JobStore, open_store
-from tests.support.postgres import temporary_database
+from tests.support.postgres import postgres_cluster_command, temporary_database, wait_for_postgres
 from tests.support.sentiment_data import sentiment_rows, write_table
-from tests.support.service import RunningService, alive, service_env, spawn, start_service, trainer_pids
+from tests.support.service import (REPO_ROOT, RunningService, alive, service_env, spawn, start_service,
+                                   trainer_pids)
 
 LEASE_SECONDS = "3"
 
@@ -57,7 +63,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                     worker.send_signal(signal.SIGTERM)
                     worker.wait(timeout=60)
             assert api.stop() == 0
-            assert trainer_pids() == []
+            assert trainer_pids(home=api.home) == []
+
+
+def short_spec(model_dir: Path, seed: int, **top: Any) -> dict[str, Any]:
+    """One epoch of a few inline rows: seconds, most of it the trainer starting."""
+    return {"model": str(model_dir),
+            "data": {"train": {"records": sentiment_rows(16, seed=seed)},
+                     "validation": {"records": sentiment_rows(4, seed=seed + 1000)}},
+            "hyperparameters": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "max_length": 16},
+            **top}
 
 
 def slow_spec(model_dir: Path, **top: Any) -> dict[str, Any]:
@@ -149,3 +164,233 @@ def test_sigterm_drain_requeues_without_spending_an_attempt(cluster: Cluster, ti
     assert resumed["data"] == checkpointed["data"]
     print(f"drain checkpoint at epoch 2 step {checkpointed['data']['steps_done']}; resumed there")
     assert_resumed_cleanly(cluster, done)
+
+
+def test_two_supervisors_run_each_job_exactly_once(cluster: Cluster, tiny_model_dir: Path) -> None:
+    cluster.start_worker()
+    cluster.start_worker()
+    ids = [cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, seed)).json()["id"] for seed in range(12)]
+    done = [cluster.api.wait_for_state(job_id, {"succeeded", "failed", "cancelled"}, timeout=300) for job_id in ids]
+    assert [job["state"] for job in done] == ["succeeded"] * len(ids)
+    assert {job["attempt"] for job in done} == {1}
+    owners = set()
+    for job_id in ids:
+        claims = [e for e in cluster.api.get(f"/v1/jobs/{job_id}/events").json()["events"]
+                  if e["kind"] == "state" and e["state"] == "running"]
+        assert len(claims) == 1, f"{job_id} was claimed {len(claims)} times"
+        owners.add(claims[0]["data"]["owner"])
+        attempts = sorted(p.name for p in (cluster.api.home / "jobs" / job_id).iterdir() if p.name.startswith("attempt"))
+        assert attempts == ["attempt-1"], "one trainer ran per job"
+    assert len(owners) == 2, f"both supervisors took jobs: {owners}"
+
+
+def test_a_stopped_owner_is_fenced_off_after_another_supervisor_finishes(cluster: Cluster,
+                                                                         tiny_model_dir: Path) -> None:
+    first = cluster.start_worker()
+    spec = slow_spec(tiny_model_dir)
+    spec["hyperparameters"].update(epochs=2, batch_size=8)  # 250 steps an epoch
+    job = cluster.api.post("/v1/jobs", json=spec).json()
+    wait_for_progress(cluster.api, job["id"], epoch=1, step=20)
+    [trainer] = trainer_pids(job["id"])
+    frozen = [first.pid, trainer]
+    for pid in frozen:  # the whole node hangs: supervisor and trainer
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        cluster.start_worker()
+        done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        assert done["state"] == "succeeded" and done["attempt"] == 2
+        published = sorted(p.name for p in (cluster.api.home / "artifacts").iterdir())
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while alive([trainer]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive([trainer]) == [], "the stale trainer stops once its writes are refused"
+    stale_log = (cluster.api.home / "jobs" / job["id"] / "attempt-1" / "trainer.log").read_text()
+    assert "no longer current" in stale_log
+    time.sleep(2)  # give the woken supervisor a few passes
+    after = cluster.api.get(f"/v1/jobs/{job['id']}").json()
+    assert (after["state"], after["attempt"], after["result"]) == ("succeeded", 2, done["result"])
+    assert published == [job["id"]]
+    assert sorted(p.name for p in (cluster.api.home / "artifacts").iterdir()) == [job["id"]], "one artifact set"
+    assert first.poll() is None, "the woken supervisor keeps serving"
+
+
+def memory_cgroup(limit_bytes: int) -> Path:
+    """A cgroup v1 memory group with a hard limit (the kernel OOM-kills inside it)."""
+    root = Path("/sys/fs/cgroup/memory")
+    group = root / f"fitjobs-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+    except OSError as exc:
+        reason = f"cannot create a memory cgroup under {root}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: the OOM test must run)")
+        pytest.skip(reason)
+    return group
+
+
+def test_out_of_memory_is_retried_at_most_max_attempts_then_the_next_job_runs(
+        cluster: Cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
+    long_model = tmp_path / "long-bert"
+    subprocess.run([sys.executable, "-m", "tests.support.tiny_bert", str(long_model), "4096"], check=True,
+                   cwd=REPO_ROOT, capture_output=True, timeout=300)
+    group = memory_cgroup(2 * 1024**3)
+    try:
+        # The supervisor and its trainers live in the 2 GiB group, as in a container with a limit.
+        env = service_env(cluster.api.home, None, {"FITJOBS_DATABASE_URL": cluster.database_url,
+                                                   "FITJOBS_LEASE_SECONDS": LEASE_SECONDS})
+        log = open(cluster.api.home / "worker-oom.log", "ab")
+        worker = subprocess.Popen(["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec {sys.executable} "
+                                   "-m service.cli worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=REPO_ROOT)
+        cluster.workers.append(worker)
+        # 64 rows of 4096 tokens: attention alone needs 64 x 2 heads x 4096^2 floats (8 GiB) a layer.
+        words = " ".join(["great"] * 4100)
+        rows = [{"text": words, "label": label} for label in ("positive", "negative") * 32]
+        hungry = {"model": str(long_model), "max_attempts": 2,
+                  "data": {"train": {"records": rows}, "validation": {"records": rows[:2]}},
+                  "hyperparameters": {"epochs": 1, "batch_size": 64, "max_length": 4096}}
+        job = cluster.api.post("/v1/jobs", json=hungry).json()
+        after = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 1)).json()
+        failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        assert failed["state"] == "failed" and failed["attempt"] == 2
+        assert failed["error"]["code"] == "out_of_memory" and failed["error"]["retryable"] is True
+        messages = [e["message"] for e in cluster.api.get(f"/v1/jobs/{job['id']}/events").json()["events"]]
+        assert any("Attempt 1 failed (out_of_memory" in message for message in messages)
+        assert cluster.api.wait_for_state(after["id"], {"succeeded", "failed"}, timeout=300)["state"] == "succeeded"
+        assert worker.poll() is None, "the supervisor outlives its trainers' OOM kills"
+    finally:
+        for worker in cluster.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=60)
+        group.rmdir()
+
+
+def test_a_trainer_killed_again_and_again_fails_after_max_attempts(cluster: Cluster, tiny_model_dir: Path) -> None:
+    cluster.start_worker()
+    job = cluster.api.post("/v1/jobs", json=slow_spec(tiny_model_dir, max_attempts=2)).json()
+    for attempt in (1, 2):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = cluster.api.get(f"/v1/jobs/{job['id']}").json()
+            pids = trainer_pids(job["id"])
+            if current["attempt"] == attempt and current["state"] == "running" and pids:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"attempt {attempt} never started")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+    assert (failed["state"], failed["attempt"], failed["error"]["code"]) == ("failed", 2, "killed")
+    assert "SIGKILL" in failed["error"]["message"]
+    nxt = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 2)).json()
+    assert cluster.api.wait_for_state(nxt["id"], {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
+
+
+def test_disk_full_while_publishing_leaves_nothing_partial(cluster: Cluster, tiny_model_dir: Path) -> None:
+    artifacts = cluster.api.home / "artifacts"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(artifacts)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a small tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: the disk-full test must run)")
+        pytest.skip(reason)
+    try:
+        cluster.start_worker()
+        job = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 3, max_attempts=1)).json()
+        failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+        assert failed["state"] == "failed" and failed["error"]["code"] == "disk_full", failed
+        assert "No space left" in failed["error"]["message"]
+        assert list(artifacts.iterdir()) == [], "no partial artifact and no staging folder is left"
+        assert cluster.api.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"] == []
+        tarball = cluster.api.get(f"/v1/jobs/{job['id']}/model.tar.gz")
+        assert tarball.status_code == 404 and tarball.headers["Content-Type"] == "application/problem+json"
+        # The last checkpoint (end of the only epoch) is intact for a retry.
+        checkpoint = cluster.api.home / "jobs" / job["id"] / "checkpoint"
+        assert [p.name for p in checkpoint.rglob("checkpoint")] == ["checkpoint"]  # TF's index of the latest
+        assert [row["epoch"] for row in json.loads((checkpoint / "epochs.json").read_text())] == [1]
+        assert cluster.api.get("/readyz").status_code == 200
+        nxt = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 4)).json()
+        assert cluster.api.wait_for_state(nxt["id"], {"running", "failed", "succeeded"}, timeout=60)
+    finally:
+        for worker in cluster.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=60)
+        subprocess.run(["umount", "-l", str(artifacts)], check=True)
+
+
+def test_postgres_restart_during_a_job(cluster: Cluster, tiny_model_dir: Path) -> None:
+    cluster.start_worker()
+    spec = slow_spec(tiny_model_dir)
+    spec["hyperparameters"].update(epochs=2, batch_size=8)
+    job = cluster.api.post("/v1/jobs", json=spec).json()
+    wait_for_progress(cluster.api, job["id"], epoch=1, step=20)
+    subprocess.run(postgres_cluster_command("stop"), check=True, capture_output=True, timeout=60)
+    try:
+        down = cluster.api.get(f"/v1/jobs/{job['id']}")
+        assert down.status_code == 503 and down.headers["Content-Type"] == "application/problem+json"
+        assert "Traceback" not in down.text and down.json()["status"] == 503
+        assert cluster.api.get("/readyz").status_code == 503
+        time.sleep(5)  # the trainer goes on training, buffering what it reports
+    finally:
+        subprocess.run(postgres_cluster_command("start"), check=True, capture_output=True, timeout=60)
+        wait_for_postgres()
+    done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert done["state"] == "succeeded" and done["attempt"] == 1
+    metrics = cluster.api.get(f"/v1/jobs/{job['id']}/metrics").json()
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    assert cluster.api.get("/readyz").status_code == 200
+
+
+def test_twenty_concurrent_posts_with_one_idempotency_key_make_one_job(cluster: Cluster,
+                                                                       tiny_model_dir: Path) -> None:
+    spec = short_spec(tiny_model_dir, 5)
+    barrier = threading.Barrier(20)
+
+    def post(_: int) -> tuple[int, str]:
+        barrier.wait()
+        response = requests.post(cluster.api.url + "/v1/jobs", json=spec, headers={"Idempotency-Key": "order-42"},
+                                 timeout=60)
+        return response.status_code, response.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(post, range(20)))
+    assert len({job_id for _, job_id in answers}) == 1
+    assert sorted(status for status, _ in answers) == [200] * 19 + [201]
+    assert len(cluster.api.get("/v1/jobs").json()["jobs"]) == 1
+
+
+def test_api_sigterm_fails_readiness_first_and_finishes_in_flight_requests(tmp_path: Path) -> None:
+    api = start_service(tmp_path / "api-home", role="api", extra_env={"FITJOBS_API_DRAIN_SECONDS": "3"})
+    stream_job = api.post("/v1/jobs", json={"model": "x", "data": {"train": {"records": [
+        {"text": "a", "label": 0}]}}}).json()
+    # An event stream is a request that stays in flight until the node drains.
+    stream = requests.get(f"{api.url}/v1/jobs/{stream_job['id']}/events",
+                          headers={"Accept": "text/event-stream"}, stream=True, timeout=30)
+    lines = stream.iter_lines()
+    assert next(lines).startswith(b"id: ")
+    started = time.monotonic()
+    api.process.send_signal(signal.SIGTERM)
+    seen_unready = None
+    while time.monotonic() - started < 2.5:
+        ready = requests.get(api.url + "/readyz", timeout=5)
+        if ready.status_code == 503:
+            seen_unready = time.monotonic() - started
+            assert "shutting down" in ready.json()["detail"]
+            break
+        time.sleep(0.05)
+    assert seen_unready is not None and seen_unready < 1.0, "readiness turns false at once"
+    # Still serving while load balancers take the node out.
+    assert requests.get(f"{api.url}/v1/jobs/{stream_job['id']}", timeout=5).status_code == 200
+    assert requests.get(api.url + "/healthz", timeout=5).status_code == 200
+    rest = b"".join(lines)  # the stream ends cleanly instead of being cut
+    assert b"Traceback" not in rest
+    assert api.process.wait(timeout=40) == 0
+    print(f"\nAPI SIGTERM: /readyz 503 after {seen_unready:.2f} s; exited {time.monotonic() - started:.1f} s after")

@@ -121,7 +121,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     assert all(FINAL <= set(row) for row in metrics["epochs"])
     assert metrics["final"] == final
     assert json.loads((publish_dir / "spec.json").read_text()) == spec
-    assert not [path for path in work_dir.iterdir() if path.name.startswith("staging")]
+    assert [path.name for path in publish_dir.parent.iterdir()] == ["job-1"], "no staging folder is left"
 
     # Clearly worded texts the model never saw, judged by a process that only has the published folder.
     fresh = sentiment_rows(40, seed=99)

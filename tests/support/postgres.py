@@ -44,6 +44,34 @@ def temporary_database() -> Iterator[str]:
     try:
         yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
+        admin.dispose()  # a fresh connection: a test may have restarted the server meanwhile
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def postgres_cluster_command(action: str) -> list[str]:
+    """`pg_ctlcluster` for the machine's one PostgreSQL cluster (start, stop)."""
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not versions:
+        pytest.skip("no local PostgreSQL cluster to stop and start (/etc/postgresql is empty)")
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", action]
+    return command + (["-m", "fast"] if action == "stop" else [])
+
+
+def wait_for_postgres(timeout: float = 60) -> None:
+    """Block until the server accepts connections again."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            engine = create_engine(ADMIN_URL)
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+            return
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

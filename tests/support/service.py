@@ -23,8 +23,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def trainer_pids(job_id: str | None = None) -> list[int]:
-    """Pids of live `python -m service.trainer` processes (of one job, when given)."""
+def trainer_pids(job_id: str | None = None, home: Path | None = None) -> list[int]:
+    """Pids of live `python -m service.trainer` processes (of one job, or of one FITJOBS_HOME)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -36,8 +36,16 @@ def trainer_pids(job_id: str | None = None) -> list[int]:
             continue
         if state == "Z" or b"service.trainer" not in argv:
             continue
-        if job_id is None or job_id.encode() in argv:
-            found.append(int(entry.name))
+        if job_id is not None and job_id.encode() not in argv:
+            continue
+        if home is not None:
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"FITJOBS_HOME={home}".encode() not in environ:
+                continue
+        found.append(int(entry.name))
     return found
 
 

@@ -10,7 +10,7 @@ from tests.support.sentiment_data import WORDS
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def build_tiny_bert(dest: Path) -> Path:
+def build_tiny_bert(dest: Path, max_positions: int = 128) -> Path:
     """Save a seeded, randomly initialised tiny BERT encoder (TF weights) and its tokenizer to ``dest``."""
     from service.trainer.tf_runtime import prepare_tensorflow
 
@@ -21,9 +21,9 @@ def build_tiny_bert(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     vocab = dest / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL_TOKENS + WORDS) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=max_positions)
     config = BertConfig(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=max_positions)
     tf_keras.utils.set_random_seed(0)  # the same "pretrained" weights in every test run
     # An encoder without a head, like a Hub checkpoint: fine-tuning adds a new classifier.
     model = TFBertModel(config)
@@ -34,6 +34,6 @@ def build_tiny_bert(dest: Path) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.support.tiny_bert DEST")
-    build_tiny_bert(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m tests.support.tiny_bert DEST [MAX_POSITIONS]")
+    build_tiny_bert(Path(sys.argv[1]), *(int(arg) for arg in sys.argv[2:]))
