@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -43,10 +43,18 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# An arbitrary constant that names the schema-migration lock among PostgreSQL advisory locks.
+MIGRATION_LOCK_KEY = 0x66697400
+
+
 def upgrade_schema(engine: Engine) -> None:
     """Bring the database to the newest schema revision (no-op when it is current)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Pods of a deployment start together and each upgrades at start; a transaction-level
+            # advisory lock makes them take turns, so the later ones find the schema current.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

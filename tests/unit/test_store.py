@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
@@ -253,3 +255,23 @@ def test_migrations_create_tables_and_are_idempotent(database_url: str) -> None:
     assert {"jobs", "job_events", "metrics", "alembic_version"} <= tables
     first.engine.dispose()
     second.engine.dispose()
+
+
+def test_replicas_starting_together_migrate_a_new_postgresql_database_once(tmp_path: Path) -> None:
+    """Six `fitjobs migrate` processes at once (pods of a new deployment): all succeed, one schema."""
+    import subprocess
+    import sys
+
+    from tests.support.postgres import temporary_database
+
+    with temporary_database() as url:
+        env = {**os.environ, "FITJOBS_DATABASE_URL": url, "FITJOBS_HOME": str(tmp_path)}
+        processes = [subprocess.Popen([sys.executable, "-m", "service.cli", "migrate"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(6)]
+        outputs = [process.communicate(timeout=120)[0].decode() for process in processes]
+        assert [process.returncode for process in processes] == [0] * 6, outputs
+        store = open_store(url, migrate=False)
+        with store.engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        store.engine.dispose()
+        assert len(versions) == 1
