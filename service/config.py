@@ -8,6 +8,7 @@ reference in the documentation is checked against that table.
 from __future__ import annotations
 
 import os
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -69,6 +70,11 @@ def _token_list(value: str) -> tuple[str, ...]:
     return tokens
 
 
+def _path_list(value: str) -> tuple[Path, ...]:
+    # Separated like PATH; an empty value is resolved to the defaults in Settings.from_env.
+    return tuple(Path(part).expanduser().absolute() for part in value.split(os.pathsep) if part.strip())
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -112,6 +118,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "A running job whose heartbeat is older than this is requeued by any supervisor."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
+    SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
+                "Largest dataset file `POST /v1/datasets` accepts; larger uploads get 413."),
+    SettingSpec("FITJOBS_MODEL_ROOTS", "model_roots", "", _path_list,
+                "Folders (separated by `:`) local model paths in a spec must lie under; empty means "
+                "$FITJOBS_HOME/models and this Python environment's site-packages (models installed as "
+                "packages)."),
+    SettingSpec("FITJOBS_CHECK_TIMEOUT", "check_timeout", "300", _non_negative_float,
+                "Seconds a dry run (`POST /v1/jobs:validate`) or the check of an uploaded file may take "
+                "before it is stopped."),
     SettingSpec("FITJOBS_URL", "url", "http://127.0.0.1:8080", str,
                 "Base URL the CLI's client commands (submit, status, wait, ...) talk to."),
     SettingSpec("FITJOBS_LOG_LEVEL", "log_level", "INFO", str.upper,
@@ -144,6 +159,9 @@ class Settings:
     metrics_flush_seconds: float
     lease_seconds: float
     max_request_bytes: int
+    max_upload_bytes: int
+    model_roots: tuple[Path, ...]
+    check_timeout: float
     url: str
     log_level: str
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -167,6 +185,8 @@ class Settings:
         data_root = values["data_root"]
         values["data_root"] = (Path(data_root).expanduser().absolute()  # type: ignore[arg-type]
                                if data_root else home / "data")
+        if not values["model_roots"]:
+            values["model_roots"] = (home / "models", Path(sysconfig.get_paths()["purelib"]))
         return cls(environ=env, **values)  # type: ignore[arg-type]
 
     @property
@@ -178,6 +198,11 @@ class Settings:
     def artifacts_dir(self) -> Path:
         """Published artifacts, one folder per succeeded job."""
         return self.home / "artifacts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Uploaded datasets, one folder per dataset id."""
+        return self.home / "uploads"
 
     @property
     def cache_dir(self) -> Path:
@@ -194,7 +219,8 @@ class Settings:
 
     def ensure_dirs(self) -> None:
         """Create the folders this node writes to."""
-        for folder in (self.home, self.jobs_dir, self.artifacts_dir, self.cache_dir, self.data_root):
+        for folder in (self.home, self.jobs_dir, self.artifacts_dir, self.cache_dir, self.data_root,
+                       self.uploads_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
     def child_environ(self) -> dict[str, str]:

@@ -46,6 +46,8 @@ class FailureCode(str, enum.Enum):
     """Why a job failed; stable strings other services branch on."""
 
     INVALID_DATA = "invalid_data"
+    MODEL_NOT_FOUND = "model_not_found"
+    UNSUPPORTED_MODEL = "unsupported_model"
     MODEL_LOAD_FAILED = "model_load_failed"
     OUT_OF_MEMORY = "out_of_memory"
     KILLED = "killed"

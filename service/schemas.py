@@ -11,10 +11,12 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
 from service.jobs import JobState
+from service.locations import DATASET_ID, PathRefused, check_path_text
 
 MAX_RECORDS = 10_000
 MAX_MAX_LENGTH = 4096
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+JOB_ID = r"^job_[0-9a-f]{32}$"
 
 
 class StrictSchema(Schema):
@@ -24,30 +26,58 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+SOURCE_REVISION = validate.Regexp(r"^[\w.\-/]{1,256}$", error="Must be a branch, tag or commit id.")
+
+
 class TrainSourceSchema(StrictSchema):
-    """Where training rows come from: exactly one of ``path`` or ``records``."""
+    """Where training rows come from: exactly one of ``path``, ``records``, ``upload`` or ``dataset``."""
+
+    source_keys: tuple[str, ...] = ("path", "records", "upload", "dataset")
 
     path = fields.String(validate=validate.Length(min=1, max=4096), metadata={
-        "description": "File under the data root (FITJOBS_DATA_ROOT): .csv, .json, .jsonl or .parquet."})
+        "description": "A .csv, .json, .jsonl or .parquet file, or a folder written by `save_to_disk`, "
+                       "under the data root (FITJOBS_DATA_ROOT): relative to it, or absolute inside it."})
     records = fields.List(
         fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True)),
         validate=validate.Length(min=1, max=MAX_RECORDS),
         metadata={"description": f"Inline rows, at most {MAX_RECORDS}."})
+    upload = fields.String(validate=validate.Regexp(DATASET_ID.pattern, error="Must be a dataset id from "
+                                                                             "POST /v1/datasets (ds_...)."),
+                           metadata={"description": "The id of a dataset uploaded with POST /v1/datasets."})
+    dataset = fields.String(validate=[validate.Length(min=1, max=256),
+                                      validate.Regexp(HUB_NAME.pattern, error="Must be a Hub dataset name "
+                                                                              "such as 'glue' or 'org/name'.")],
+                            metadata={"description": "A Hugging Face Hub dataset; offline "
+                                                     "(HF_DATASETS_OFFLINE=1) it loads from the local cache."})
+    config = fields.String(validate=validate.Regexp(r"^[\w.\-]{1,256}$", error="Must be a configuration name."),
+                           metadata={"description": "The Hub dataset's configuration (subset), e.g. 'sst2'."})
+    split = fields.String(validate=validate.Regexp(r"^[\w.\-]{1,64}(\[[\w%:.\-]{0,64}\])?$",
+                                                   error="Must be a split name, optionally sliced: 'train[:1000]'."),
+                          metadata={"description": "Split of a Hub dataset or of a `save_to_disk` folder holding "
+                                                   "several; default: `train` for training data, `validation` "
+                                                   "for validation data."})
+    revision = fields.String(validate=SOURCE_REVISION,
+                             metadata={"description": "Branch, tag or commit of the Hub dataset."})
 
     @validates("path")
-    def _path_is_relative_to_root(self, value: str, **_: Any) -> None:
+    def _path_is_plain(self, value: str, **_: Any) -> None:
         check_data_path(value)
 
     @validates_schema
     def _exactly_one(self, data: dict[str, Any], **_: Any) -> None:
-        given = [name for name in self.fields if name in data]
+        given = [name for name in self.source_keys if name in data]
         if len(given) != 1:
-            names = " or ".join(f"`{name}`" for name in self.fields)
+            names = ", ".join(f"`{name}`" for name in self.source_keys[:-1]) + f" or `{self.source_keys[-1]}`"
             raise ValidationError(f"Give exactly one of {names}.")
+        for key, partners in (("config", ("dataset",)), ("revision", ("dataset",)), ("split", ("dataset", "path"))):
+            if key in data and given[0] not in partners:
+                raise ValidationError(f"`{key}` goes only with {' or '.join(f'`{p}`' for p in partners)}.", key)
 
 
 class ValidationSourceSchema(TrainSourceSchema):
     """Where validation rows come from, or which share of the training rows to hold out."""
+
+    source_keys = ("path", "records", "upload", "dataset", "split_fraction")
 
     split_fraction = fields.Float(
         validate=validate.Range(min=0.0, max=0.5, min_inclusive=False),
@@ -55,11 +85,15 @@ class ValidationSourceSchema(TrainSourceSchema):
 
 
 def check_data_path(value: str) -> None:
-    """Refuse data paths that point outside the data root before anything is read."""
-    parts = value.replace("\\", "/").split("/")
-    if value.startswith("/") or value.startswith("~") or ".." in parts or "\x00" in value:
-        raise ValidationError(
-            "Must be a relative path inside the data root (no leading '/', '~' or '..').")
+    """Refuse path spellings that could leave the data root ('..', escapes, '~') before anything is read.
+
+    Where the path really leads (symlinks, absolute paths) is checked against the data root
+    by the API once the spec has loaded.
+    """
+    try:
+        check_path_text(value)
+    except PathRefused as exc:
+        raise ValidationError(f"Must be a path inside the data root; this one {exc}.") from exc
 
 
 class DataSchema(StrictSchema):
@@ -96,11 +130,85 @@ class ResourcesSchema(StrictSchema):
                                                    "none elsewhere; 0 runs it on the CPU."})
 
 
+class HubModelSchema(StrictSchema):
+    """A Hugging Face Hub model, optionally at a revision."""
+
+    hub = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    revision = fields.String(validate=SOURCE_REVISION, metadata={"description": "Branch, tag or commit."})
+
+    @validates("hub")
+    def _is_hub_name(self, value: str, **_: Any) -> None:
+        if not HUB_NAME.match(value) or ".." in value:
+            raise ValidationError("Must be a Hub model name such as 'bert-base-uncased' or 'org/name'.")
+
+
+class PathModelSchema(StrictSchema):
+    """A local model folder (``save_pretrained`` output) under a model root."""
+
+    path = fields.String(required=True, validate=validate.Length(min=1, max=4096), metadata={
+        "description": "Relative to the first model root (FITJOBS_MODEL_ROOTS), or absolute inside a root."})
+
+    @validates("path")
+    def _path_is_plain(self, value: str, **_: Any) -> None:
+        try:
+            check_path_text(value)
+        except PathRefused as exc:
+            raise ValidationError(f"Must be a path inside a model root; this one {exc}.") from exc
+
+
+class JobModelSchema(StrictSchema):
+    """The model a succeeded job trained, to continue training it."""
+
+    job = fields.String(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."))
+
+
+MODEL_SCHEMAS: dict[str, type[Schema]] = {"hub": HubModelSchema, "path": PathModelSchema, "job": JobModelSchema}
+
+
+class ModelField(fields.Field):
+    """A model name or path as a string, or an object saying which kind of source it is."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            if not 1 <= len(value) <= 512:
+                raise ValidationError("Length must be between 1 and 512.")
+            if value.startswith("/"):
+                try:
+                    check_path_text(value)
+                except PathRefused as exc:
+                    raise ValidationError(f"Must be a path inside a model root; this one {exc}.") from exc
+                return value
+            if not HUB_NAME.match(value) or ".." in value:
+                raise ValidationError(
+                    "Must be a Hub model name such as 'bert-base-uncased' or 'org/name', "
+                    "or an absolute path to a local model folder.")
+            return value
+        if isinstance(value, dict):
+            kinds = [kind for kind in MODEL_SCHEMAS if kind in value]
+            if len(kinds) != 1:
+                raise ValidationError("An object `model` needs exactly one of `hub`, `path` or `job`.")
+            return MODEL_SCHEMAS[kinds[0]]().load(value)
+        raise ValidationError("Must be a string or an object with `hub`, `path` or `job`.")
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
 class TrainingSpecSchema(StrictSchema):
     """What to fine-tune, on which data, how."""
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=512), metadata={
-        "description": "A Hugging Face Hub model name, or an absolute path to a local model folder."})
+    model = ModelField(required=True, metadata={
+        "description": "A Hub model name, or an absolute path to a local model folder under a model root "
+                       "(FITJOBS_MODEL_ROOTS); or an object: `{\"hub\": name, \"revision\": ...}`, "
+                       "`{\"path\": ...}`, or `{\"job\": id}` to continue from a succeeded job's model "
+                       "(its labels must match the data's unless `num_labels` is set).",
+        "oneOf": [{"type": "string", "maxLength": 512},
+                  {"type": "object", "required": ["hub"], "additionalProperties": False,
+                   "properties": {"hub": {"type": "string"}, "revision": {"type": "string"}}},
+                  {"type": "object", "required": ["path"], "additionalProperties": False,
+                   "properties": {"path": {"type": "string"}}},
+                  {"type": "object", "required": ["job"], "additionalProperties": False,
+                   "properties": {"job": {"type": "string"}}}]})
     num_labels = fields.Integer(strict=True, load_default=None, allow_none=True,
                                 validate=validate.Range(min=2, max=100_000),
                                 metadata={"description": "Inferred from the training labels when omitted."})
@@ -115,15 +223,6 @@ class TrainingSpecSchema(StrictSchema):
     max_runtime_seconds = fields.Integer(strict=True, load_default=86_400,
                                          validate=validate.Range(min=1, max=30 * 86_400),
                                          metadata={"description": "An attempt running longer fails as `timeout`."})
-
-    @validates("model")
-    def _model_is_name_or_path(self, value: str, **_: Any) -> None:
-        if value.startswith("/"):
-            return
-        if not HUB_NAME.match(value) or ".." in value:
-            raise ValidationError(
-                "Must be a Hub model name such as 'bert-base-uncased' or 'org/name', "
-                "or an absolute path to a local model folder.")
 
 
 class ProgressSchema(Schema):
@@ -226,6 +325,102 @@ class ArtifactListSchema(Schema):
     artifacts = fields.List(fields.Nested(ArtifactSchema))
 
 
+class DatasetSchema(Schema):
+    """An uploaded dataset."""
+
+    id = fields.String(metadata={"description": "Use as `{\"upload\": id}` in a spec's data."})
+    filename = fields.String(metadata={"description": "The name the file was uploaded with."})
+    format = fields.String(metadata={"description": "csv, json, jsonl or parquet."})
+    size_bytes = fields.Integer()
+    sha256 = fields.String(metadata={"description": "SHA-256 of the stored file, hex."})
+    rows = fields.Integer()
+    columns = fields.List(fields.String())
+    created_at = fields.DateTime()
+
+
+class DatasetListQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(validate=validate.Length(max=200),
+                           metadata={"description": "The `next` value of the previous page."})
+
+
+class DatasetListSchema(Schema):
+    datasets = fields.List(fields.Nested(DatasetSchema))
+    next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})
+
+
+class UploadQuerySchema(StrictSchema):
+    """Query of a raw-body upload (a multipart upload names its file in the form)."""
+
+    filename = fields.String(validate=validate.Length(min=1, max=255), metadata={
+        "description": "Name of the uploaded file; its suffix (.csv, .json, .jsonl, .parquet) fixes how it is "
+                       "read. Needed for a raw body without a Content-Disposition file name."})
+
+
+class FindingSchema(Schema):
+    """A problem (the job would fail) or a warning (it would not) found by a dry run, and where."""
+
+    code = fields.String(metadata={"description": "For problems, the failure code the job would get "
+                                                  "(invalid_data, model_not_found, unsupported_model, "
+                                                  "model_load_failed); for warnings, truncation or duplicates."})
+    check = fields.String(metadata={"description": "Which check found it: missing_column, empty_text, "
+                                                   "unknown_label, single_class, file_not_found, ..."})
+    message = fields.String()
+    split = fields.String(allow_none=True)
+    column = fields.String(allow_none=True)
+    row = fields.Integer(allow_none=True, metadata={"description": "Row number, from 1, in the source's order."})
+    value = fields.Raw(allow_none=True, metadata={"description": "The offending value."})
+
+
+class TokenLengthsSchema(Schema):
+    p50 = fields.Integer()
+    p90 = fields.Integer()
+    p99 = fields.Integer()
+    max = fields.Integer()
+    max_length = fields.Integer()
+    truncated_rows = fields.Integer(metadata={"description": "Rows longer than max_length, which are cut."})
+    truncated_share = fields.Float()
+    measured_rows = fields.Integer(metadata={"description": "Rows measured (a seeded sample of large splits)."})
+
+
+class SplitReportSchema(Schema):
+    rows = fields.Integer()
+    labels = fields.Dict(keys=fields.String(), values=fields.Integer(), allow_none=True,
+                         metadata={"description": "Rows per label."})
+    tokens = fields.Nested(TokenLengthsSchema, allow_none=True,
+                           metadata={"description": "Token lengths with special tokens, before truncation."})
+
+
+class DuplicatesSchema(Schema):
+    rows = fields.Integer(metadata={"description": "Validation rows whose text also occurs in the training rows."})
+    share = fields.Float()
+    first_rows = fields.List(fields.Integer(), metadata={"description": "Their first validation row numbers."})
+
+
+class ModelReportSchema(Schema):
+    source = fields.String(metadata={"description": "hub, local or job."})
+    name = fields.String()
+    model_type = fields.String()
+    tokenizer = fields.String()
+    max_position_embeddings = fields.Integer(allow_none=True)
+
+
+class DryRunReportSchema(Schema):
+    """What a job on this spec would train on, and what would go wrong."""
+
+    valid = fields.Boolean(metadata={"description": "True when there are no problems."})
+    num_labels = fields.Integer(allow_none=True)
+    labels = fields.List(fields.String(), allow_none=True, metadata={"description": "Label names in id order."})
+    model = fields.Nested(ModelReportSchema, allow_none=True)
+    splits = fields.Dict(keys=fields.String(), values=fields.Nested(SplitReportSchema))
+    duplicates = fields.Nested(DuplicatesSchema, allow_none=True)
+    steps_per_epoch = fields.Integer(allow_none=True)
+    epochs = fields.Integer()
+    problems = fields.List(fields.Nested(FindingSchema))
+    warnings = fields.List(fields.Nested(FindingSchema))
+    seconds = fields.Float(metadata={"description": "How long the checks took."})
+
+
 class HealthSchema(Schema):
     status = fields.String()
 
@@ -238,3 +433,9 @@ class ProblemSchema(Schema):
     status = fields.Integer()
     detail = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class DryRunProblemSchema(ProblemSchema):
+    """Problem details of a dry run that found problems; ``report`` is the whole report."""
+
+    report = fields.Nested(DryRunReportSchema)

@@ -52,3 +52,16 @@ def app(settings: Settings) -> Iterator[Flask]:
 def client(app: Flask) -> FlaskClient:
     """A test client of the app."""
     return app.test_client()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_roots_for_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """FITJOBS_MODEL_ROOTS for the services tests start: pytest's temporary folders (where tests build
+    models) and site-packages (where the MiniLM package lives); started services copy os.environ."""
+    import os
+    import sysconfig
+
+    roots = os.pathsep.join([str(tmp_path_factory.getbasetemp()), sysconfig.get_paths()["purelib"]])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FITJOBS_MODEL_ROOTS", roots)
+        yield

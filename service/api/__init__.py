@@ -27,6 +27,7 @@ class FitjobsApi(Api):
 def build_api(app: Flask) -> Api:
     """Register every blueprint on ``app`` and return the Api that documents them."""
     from service.api.artifacts import blp as artifacts_blp
+    from service.api.datasets import blp as datasets_blp
     from service.api.health import blp as health_blp
     from service.api.jobs import blp as jobs_blp
     from service.api.prometheus import blp as prometheus_blp
@@ -34,7 +35,7 @@ def build_api(app: Flask) -> Api:
     api = FitjobsApi(app, spec_kwargs={
         "info": {"description": "Fine-tune transformers models with TensorFlow/Keras as a service. "
                                 "Errors are application/problem+json (RFC 9457)."}})
-    for blueprint in (jobs_blp, artifacts_blp, health_blp, prometheus_blp):
+    for blueprint in (jobs_blp, datasets_blp, artifacts_blp, health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
     return api
 

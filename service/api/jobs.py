@@ -18,15 +18,19 @@ from marshmallow import EXCLUDE
 
 from service.api.context import current_settings, current_store
 from service.api.lifecycle import is_draining
-from service.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType, ValidationFailed
+from service.api.sources import check_spec_sources, current_check_runner, current_locations
+from service.check_runner import CheckFailed
+from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
+                            ValidationFailed)
 from service.jobs import Job, MetricPoint
-from service.schemas import (EventListQuerySchema, EventListSchema, EventSchema, IdempotencyHeaderSchema,
-                             JobListQuerySchema, JobListSchema, JobSchema, MetricsSchema,
-                             ProblemSchema, TrainingSpecSchema)
+from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
+                             EventSchema, IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
+                             MetricsSchema, ProblemSchema, TrainingSpecSchema)
 from service.store import InvalidTransition, JobNotFound, JobStore
 from service.store.job_store import IdempotencyConflict, utcnow
 
-blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Training jobs.")
+# The prefix stops at /v1 so that the dry run can live at /v1/jobs:validate (a custom method).
+blp = Blueprint("jobs", __name__, url_prefix="/v1", description="Training jobs.")
 
 
 def require_json_body(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,7 +106,7 @@ def group_metrics(points: list[MetricPoint]) -> dict[str, list[dict[str, Any]]]:
     return {"epochs": [epochs[k] for k in sorted(epochs)], "steps": [steps[k] for k in sorted(steps)]}
 
 
-@blp.route("")
+@blp.route("/jobs")
 class Jobs(MethodView):
     @blp.arguments(JobListQuerySchema, location="query")
     @blp.response(200, JobListSchema)
@@ -123,6 +127,7 @@ class Jobs(MethodView):
     def post(self, headers: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Queue a training job; answers with the job and its URL in `Location`."""
         key = headers.get("idempotency_key")
+        check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"])
         try:
             job, created = current_store().create_job(
@@ -134,7 +139,58 @@ class Jobs(MethodView):
         return job_document(job), 201 if created else 200, {"Location": f"/v1/jobs/{job.id}"}
 
 
-@blp.route("/<job_id>")
+class DryRunFailed(ValidationFailed):
+    """A dry run found problems; the problem details carry the whole report."""
+
+    slug = "dry-run-problems"
+    title = "The spec's data or model has problems"
+
+
+MAX_PROBLEMS_IN_DETAIL = 3
+
+
+def dry_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """The dry-run report of a loaded spec, from the check server, within FITJOBS_CHECK_TIMEOUT."""
+    timeout = current_settings().check_timeout
+    try:
+        return current_check_runner().run("dry_run", {"spec": spec, "locations": current_locations().to_dict()},
+                                          timeout)
+    except CheckFailed as exc:
+        hint = (" The data may be too large to check quickly; a job checks it again as its first phase."
+                if exc.timed_out else "")
+        raise ServiceUnavailable(f"The dry run could not finish: {exc}.{hint}",
+                                 extra={"retryable": not exc.timed_out}) from exc
+
+
+@blp.route("/jobs:validate")
+class JobValidation(MethodView):
+    @require_json_body
+    @blp.arguments(TrainingSpecSchema)
+    @blp.response(200, DryRunReportSchema)
+    @blp.alt_response(422, schema=DryRunProblemSchema,
+                      description="The spec has problems: invalid fields (`errors`), or problems in its data or "
+                                  "model (`report` lists them, with the statistics).")
+    def post(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Dry run: check a spec as a job would before training, and report on its data. Trains nothing.
+
+        Takes the same body as POST /v1/jobs. Loads the data and the model's tokenizer and config
+        (no weights) and reports rows and labels per split, token lengths and truncation at
+        max_length, validation rows duplicating training rows, steps per epoch, problems (the job
+        would fail; answered with 422) and warnings (it would not).
+        """
+        check_spec_sources(spec)
+        check_gpus_available(spec["resources"]["gpus"])
+        report = dry_run(spec)
+        problems = report["problems"]
+        if problems:
+            listed = "; ".join(problem["message"] for problem in problems[:MAX_PROBLEMS_IN_DETAIL])
+            more = f" (and {len(problems) - MAX_PROBLEMS_IN_DETAIL} more)" if len(problems) > MAX_PROBLEMS_IN_DETAIL else ""
+            raise DryRunFailed(f"{len(problems)} problem(s): {listed}{more}.",
+                               extra={"report": DryRunReportSchema().dump(report)})
+        return report
+
+
+@blp.route("/jobs/<job_id>")
 class JobResource(MethodView):
     @blp.response(200, JobSchema)
     def get(self, job_id: str) -> dict[str, Any]:
@@ -142,7 +198,7 @@ class JobResource(MethodView):
         return job_document(load_job(job_id))
 
 
-@blp.route("/<job_id>/cancel")
+@blp.route("/jobs/<job_id>/cancel")
 class JobCancel(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict[str, Any]:
@@ -156,7 +212,7 @@ class JobCancel(MethodView):
         return job_document(job)
 
 
-@blp.route("/<job_id>/metrics")
+@blp.route("/jobs/<job_id>/metrics")
 class JobMetrics(MethodView):
     @blp.response(200, MetricsSchema)
     def get(self, job_id: str) -> dict[str, Any]:
@@ -165,7 +221,7 @@ class JobMetrics(MethodView):
         return group_metrics(current_store().list_metrics(job_id))
 
 
-@blp.route("/<job_id>/events")
+@blp.route("/jobs/<job_id>/events")
 class JobEvents(MethodView):
     @blp.arguments(EventListQuerySchema, location="query")
     @blp.response(200, EventListSchema)
@@ -212,7 +268,7 @@ def stream_events(store: JobStore, job_id: str, after: int) -> Iterator[str]:
         time.sleep(SSE_POLL_SECONDS)
 
 
-@blp.route("/<job_id>/logs")
+@blp.route("/jobs/<job_id>/logs")
 class JobLogs(MethodView):
     @blp.doc(responses={"200": {"description": "The trainer's output of the job's latest attempt.",
                                 "content": {"text/plain": {}}}})

@@ -10,34 +10,112 @@ from pathlib import Path
 from typing import Any
 
 from service.jobs import FailureCode
+from service.locations import Locations, ModelSource, model_source
 from service.trainer.failures import TrainingFailure
 
 TF_WEIGHTS = "tf_model.h5"
 SAFETENSORS_WEIGHTS = "model.safetensors"
 MAX_CAUSE = 300
+# huggingface_hub's errors for a repository, revision or file that is not there (or not cached offline).
+NOT_FOUND_ERRORS = ("RepositoryNotFoundError", "RevisionNotFoundError", "LocalEntryNotFoundError",
+                    "EntryNotFoundError", "GatedRepoError", "HFValidationError")
+NOT_FOUND_PHRASES = ("is not a local folder and is not a valid model identifier", "is not a valid git identifier",
+                     "couldn't find them in the cached files", "does not appear to have a file named")
+UNSUPPORTED_PHRASES = ("does not recognize this architecture", "Unrecognized model", "trust_remote_code")
+
+ModelRef = str | dict[str, Any] | ModelSource
+
+
+def resolve_model(model: ModelRef) -> ModelSource:
+    """The ModelSource of a spec's ``model``; job models are found under this process's artifacts folder."""
+    if isinstance(model, ModelSource):
+        return model
+    from service.config import Settings
+
+    # The API checked model roots at submit time; the trainer loads what the accepted spec names.
+    return model_source(model, Locations.from_settings(Settings.from_env()), enforce_roots=False)
+
+
+def short_cause(exc: BaseException) -> str:
+    """'Type: first line' of an exception, cut to MAX_CAUSE characters."""
+    lines = str(exc).strip().splitlines()
+    cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    # Some causes list every model type transformers knows.
+    return cause[:MAX_CAUSE] + "..." if len(cause) > MAX_CAUSE else cause
 
 
 def load_failed(model_ref: str, what: str, exc: BaseException) -> TrainingFailure:
     """A model_load_failed failure naming the model, what could not be loaded, and why."""
-    lines = str(exc).strip().splitlines()
-    cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    if len(cause) > MAX_CAUSE:
-        cause = cause[:MAX_CAUSE] + "..."  # some causes list every model type transformers knows
-    return TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"could not load the {what} of model {model_ref!r}: {cause}")
+    return TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"could not load the {what} of model {model_ref}: "
+                                                          f"{short_cause(exc)}")
+
+
+def classify_load_error(source: ModelSource, what: str, exc: BaseException) -> TrainingFailure:
+    """model_not_found, unsupported_model or model_load_failed for an error of from_pretrained."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    texts = " ".join(str(error) for error in chain)
+    if any(type(error).__name__ in NOT_FOUND_ERRORS for error in chain) or \
+            any(phrase in texts for phrase in NOT_FOUND_PHRASES):
+        where = "on the Hub or in the local cache" if source.kind == "hub" else "there"
+        return TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model {source.describe()} was not found {where} "
+                                                            f"({what}): {short_cause(exc)}")
+    if any(phrase in texts for phrase in UNSUPPORTED_PHRASES):
+        return TrainingFailure(FailureCode.UNSUPPORTED_MODEL, f"model {source.describe()} is of a type transformers "
+                                                              f"cannot build without running its code: {short_cause(exc)}")
+    return load_failed(source.describe(), what, exc)
+
+
+def check_local_folder(source: ModelSource) -> None:
+    """A local or job model folder exists and holds a config.json (model_not_found otherwise)."""
+    folder = source.local_folder
+    if folder is None:
+        return
+    if source.kind == "job" and not folder.is_dir():
+        raise TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"job {source.job_id} has no published model to "
+                                                           "continue from (it has not succeeded)")
+    if not folder.is_dir():
+        raise TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model folder {source.ref!r} does not exist")
+    if not (folder / "config.json").is_file():
+        # Checked here: without it transformers guesses the model type from the folder's name.
+        raise TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"model folder {source.ref!r} has no config.json")
 
 
 def local_folder(model_ref: str) -> Path | None:
     """The folder ``model_ref`` names, or None for a Hub name; a path-like ref that is no folder fails."""
-    path = Path(model_ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            # Checked here: without it transformers guesses the model type from the folder's name.
-            raise TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"model folder {model_ref!r} has no config.json")
-        return path
-    # "org/name" is a Hub id; only refs spelled like paths are taken to mean a missing folder.
-    if model_ref.startswith(("/", "./", "../", "~")):
-        raise TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"model folder {model_ref!r} does not exist")
-    return None
+    source = resolve_model(model_ref)
+    check_local_folder(source)
+    return source.local_folder
+
+
+def load_model_config(model: ModelRef, **overrides: Any) -> Any:
+    """The model's config (no weights); unsupported_model when transformers has no TF classifier for it."""
+    from transformers import AutoConfig
+
+    source = resolve_model(model)
+    check_local_folder(source)
+    try:
+        config = AutoConfig.from_pretrained(source.ref, revision=source.revision, trust_remote_code=False,
+                                            **overrides)
+    except Exception as exc:  # noqa: BLE001 - from_pretrained raises OSError, ValueError, KeyError, ...
+        raise classify_load_error(source, "config", exc) from exc
+    check_supported(source, config)
+    return config
+
+
+def check_supported(source: ModelSource, config: Any) -> None:
+    """Refuse a config whose model type has no TFAutoModelForSequenceClassification class."""
+    from transformers.models.auto.modeling_tf_auto import TF_MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in TF_MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        supported = ", ".join(sorted(TF_MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES))
+        raise TrainingFailure(FailureCode.UNSUPPORTED_MODEL,
+                              f"model {source.describe()} is a {model_type!r} model, which has no TensorFlow "
+                              f"sequence-classification class in transformers; supported types: {supported}")
 
 
 def has_pytorch_safetensors_only(folder: Path) -> bool:
@@ -51,38 +129,41 @@ def has_pytorch_safetensors_only(folder: Path) -> bool:
         return (handle.metadata() or {}).get("format") == "pt"
 
 
-def load_tokenizer(model_ref: str) -> Any:
-    """The model's tokenizer (the fast one where there is one); never runs code from the model's repo."""
+def load_tokenizer(model: ModelRef) -> Any:
+    """The model's tokenizer (the fast one where there is one), after checking its config is supported.
+
+    Never runs code from the model's repository; reads no weights.
+    """
     from transformers import AutoTokenizer
 
-    local_folder(model_ref)
+    source = resolve_model(model)
+    load_model_config(source)
     try:
-        return AutoTokenizer.from_pretrained(model_ref, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - from_pretrained raises OSError, ValueError, KeyError, ...
-        raise load_failed(model_ref, "tokenizer", exc) from exc
+        return AutoTokenizer.from_pretrained(source.ref, revision=source.revision, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - see load_model_config
+        raise classify_load_error(source, "tokenizer", exc) from exc
 
 
-def load_classifier(model_ref: str, num_labels: int, id2label: dict[int, str], label2id: dict[str, int]) -> Any:
+def load_classifier(model: ModelRef, num_labels: int, id2label: dict[int, str], label2id: dict[str, int]) -> Any:
     """A TFAutoModelForSequenceClassification with the model's weights and a head for ``num_labels`` classes."""
-    from transformers import AutoConfig, TFAutoModelForSequenceClassification
+    from transformers import TFAutoModelForSequenceClassification
 
-    folder = local_folder(model_ref)
+    source = resolve_model(model)
     labels = {"num_labels": num_labels, "id2label": id2label, "label2id": label2id}
-    try:
-        config = AutoConfig.from_pretrained(model_ref, trust_remote_code=False, **labels)
-    except Exception as exc:  # noqa: BLE001 - see load_tokenizer
-        raise load_failed(model_ref, "config", exc) from exc
+    config = load_model_config(source, **labels)
+    folder = source.local_folder
     try:
         if folder is not None and has_pytorch_safetensors_only(folder):
             return load_pytorch_safetensors(folder, config)
         # A checkpoint with a head for another number of labels gets a new head, as with the
-        # plain recipe's from_pretrained(checkpoint, num_labels=N) on a base model.
-        return TFAutoModelForSequenceClassification.from_pretrained(model_ref, config=config,
-                                                                    ignore_mismatched_sizes=True)
+        # plain recipe's from_pretrained(checkpoint, num_labels=N) on a base model; one with a
+        # head of the same size (a job continued from) keeps its trained head.
+        return TFAutoModelForSequenceClassification.from_pretrained(source.ref, revision=source.revision,
+                                                                    config=config, ignore_mismatched_sizes=True)
     except TrainingFailure:
         raise
-    except Exception as exc:  # noqa: BLE001 - see load_tokenizer
-        raise load_failed(model_ref, "weights", exc) from exc
+    except Exception as exc:  # noqa: BLE001 - see load_model_config
+        raise classify_load_error(source, "weights", exc) from exc
 
 
 def load_pytorch_safetensors(folder: Path, config: Any) -> Any:

@@ -109,11 +109,11 @@ def test_missing_column_fails_as_invalid_data(service: RunningService, tiny_mode
     assert service.get(f"/v1/jobs/{job['id']}/model.tar.gz").status_code == 404
 
 
-def test_missing_model_fails_as_model_load_failed(service: RunningService, data_files: Path,
-                                                  tmp_path: Path) -> None:
+def test_missing_model_fails_as_model_not_found(service: RunningService, data_files: Path,
+                                                tmp_path: Path) -> None:
     job = submit(service, tiny_spec(tmp_path / "no-such-model"))
     done = service.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
-    assert done["state"] == "failed" and done["error"]["code"] == "model_load_failed"
+    assert done["state"] == "failed" and done["error"]["code"] == "model_not_found"
     assert "no-such-model" in done["error"]["message"]
 
 

@@ -151,12 +151,13 @@ def test_invalid_data_fails_before_the_model_is_loaded(tmp_path: Path) -> None:
     assert not (tmp_path / "published").exists()
 
 
-@pytest.mark.parametrize(("config_json", "reason"), [
-    (None, "does not exist"),
-    ("", "has no config.json"),
-    ("{not json", "not a valid JSON file"),
+@pytest.mark.parametrize(("config_json", "reason", "code"), [
+    (None, "does not exist", FailureCode.MODEL_NOT_FOUND),
+    ("", "has no config.json", FailureCode.MODEL_LOAD_FAILED),
+    ("{not json", "not a valid JSON file", FailureCode.MODEL_LOAD_FAILED),
 ], ids=["missing-folder", "empty-folder", "broken-config"])
-def test_a_model_that_cannot_be_loaded(tmp_path: Path, config_json: str | None, reason: str) -> None:
+def test_a_model_that_cannot_be_loaded(tmp_path: Path, config_json: str | None, reason: str,
+                                       code: FailureCode) -> None:
     model = tmp_path / "models" / "broken"
     if config_json is not None:
         model.mkdir(parents=True)
@@ -167,7 +168,7 @@ def test_a_model_that_cannot_be_loaded(tmp_path: Path, config_json: str | None, 
     with pytest.raises(TrainingFailure) as caught:
         run_training(spec, data_root=tmp_path, work_dir=tmp_path / "work", checkpoint_dir=tmp_path / "checkpoints",
                      publish_dir=tmp_path / "published", reporter=reporter)
-    assert caught.value.code is FailureCode.MODEL_LOAD_FAILED
+    assert caught.value.code is code
     assert repr(str(model)) in caught.value.message and reason in caught.value.message
     assert [event["kind"] for event in reporter.of("event")] == ["data_loaded"]
     if config_json:

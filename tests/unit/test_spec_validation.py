@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from service.config import Settings
+
 VALID: dict[str, Any] = {
     "model": "bert-base-uncased",
     "data": {"train": {"records": [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]}},
@@ -131,6 +133,14 @@ def test_valid_spec_is_queued_with_defaults(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("model", ["bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2",
-                                   "/models/my-checkpoint"])
-def test_hub_names_and_absolute_paths_are_accepted(client: FlaskClient, model: str) -> None:
-    assert client.post("/v1/jobs", json=with_change("model", model)).status_code == 201
+                                   "{home}/models/my-checkpoint"])
+def test_hub_names_and_absolute_paths_under_a_model_root_are_accepted(client: FlaskClient, settings: Settings,
+                                                                      model: str) -> None:
+    spec = with_change("model", model.format(home=settings.home))
+    assert client.post("/v1/jobs", json=spec).status_code == 201
+
+
+def test_absolute_model_path_outside_the_model_roots_is_422(client: FlaskClient) -> None:
+    problem = assert_problem(client.post("/v1/jobs", json=with_change("model", "/models/my-checkpoint")), 422)
+    assert "outside the model roots" in problem["errors"]["model"][0]
+    assert client.get("/v1/jobs").get_json()["jobs"] == []

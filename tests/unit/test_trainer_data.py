@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from service.jobs import FailureCode
-from service.trainer.data import PreparedData, prepare_data
+from service.locations import Locations
+from service.trainer.data import PreparedData, inspect_data, prepare_data
 from service.trainer.failures import TrainingFailure
 from tests.support.sentiment_data import sentiment_rows, write_table
 
@@ -328,3 +330,105 @@ def test_split_fraction_too_small_for_the_rows(data_root: Path) -> None:
     rows = [{"text": "great film", "label": "positive"}, {"text": "dull film", "label": "negative"}]
     invalid_data(make_spec(records(*rows), {"split_fraction": 0.9}), data_root, "split_fraction 0.9",
                  "2 training rows")
+
+
+# --- uploads, save_to_disk folders, every problem at once, continuing from a job ---------------
+
+def locations_of(data_root: Path) -> Locations:
+    """Locations with uploads and artifacts beside the data root."""
+    return Locations(data_root=data_root, uploads_dir=data_root.parent / "uploads",
+                     artifacts_dir=data_root.parent / "artifacts", model_roots=(data_root.parent / "models",))
+
+
+def test_an_upload_loads_from_its_folder_with_its_table_cache(data_root: Path) -> None:
+    where = locations_of(data_root)
+    dataset_id = "ds_" + "1" * 32
+    write_table(sentiment_rows(20, seed=1), where.uploads_dir / dataset_id / "data.parquet")
+    data = prepare_data(make_spec({"upload": dataset_id}), where)
+    assert (data.train_rows, data.validation_rows) == (15, 5)
+    assert (where.uploads_dir / dataset_id / "arrow-cache").is_dir()
+
+
+def test_a_missing_upload(data_root: Path) -> None:
+    with pytest.raises(TrainingFailure) as caught:
+        prepare_data(make_spec({"upload": "ds_" + "2" * 32}), locations_of(data_root))
+    assert caught.value.code is FailureCode.INVALID_DATA
+    assert "ds_2222" in caught.value.message and "does not exist" in caught.value.message
+
+
+def save_to_disk(folder: Path, splits: dict[str, list[dict[str, Any]]] | list[dict[str, Any]]) -> Path:
+    from datasets import Dataset, DatasetDict
+
+    saved = (DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
+             if isinstance(splits, dict) else Dataset.from_list(splits))
+    saved.save_to_disk(str(folder))
+    return folder
+
+
+def test_save_to_disk_folders_load_whole_or_by_split(data_root: Path) -> None:
+    save_to_disk(data_root / "single", sentiment_rows(16, seed=1))
+    save_to_disk(data_root / "dict", {"train": sentiment_rows(12, seed=1), "validation": sentiment_rows(4, seed=2),
+                                      "extra": sentiment_rows(8, seed=3)})
+    files_before = {path for path in data_root.rglob("*")}
+    assert prepare(make_spec({"path": "single"}), data_root).train_rows == 12
+    data = prepare(make_spec({"path": "dict"}, {"path": "dict"}), data_root)
+    assert (data.train_rows, data.validation_rows) == (12, 4)
+    assert prepare(make_spec({"path": "dict", "split": "extra"}), data_root).train_rows == 6
+    assert {path for path in data_root.rglob("*")} == files_before, "nothing is written into the data folder"
+
+
+def test_save_to_disk_problems(data_root: Path) -> None:
+    save_to_disk(data_root / "dict", {"train": sentiment_rows(12, seed=1)})
+    save_to_disk(data_root / "single", sentiment_rows(12, seed=1))
+    (data_root / "plain").mkdir()
+    invalid_data(make_spec({"path": "dict"}, {"path": "dict"}), data_root, "validation folder 'dict'",
+                 "no split 'validation'", "'train'")
+    invalid_data(make_spec({"path": "single", "split": "train"}), data_root, "single dataset")
+    invalid_data(make_spec({"path": "plain"}), data_root, "train folder 'plain'", "not a folder written by save_to_disk")
+
+
+def test_inspect_data_collects_every_problem(data_root: Path) -> None:
+    rows = [dict(row) for row in sentiment_rows(12, seed=1)]
+    rows[2]["text"] = " "
+    rows[4]["label"] = None
+    validation = [{"text": "fine film", "label": "neutral"}, {"sentence": "no text column", "label": "positive"}]
+    spec = make_spec(records(*rows), records(validation[0]))
+    found = inspect_data(spec, locations_of(data_root), data_root.parent / "cache")
+    assert [(p.check, p.split, p.column, p.row, p.value) for p in found.problems] == [
+        ("empty_text", "train", "text", 3, " "), ("null_label", "train", "label", 5, None)]
+    assert found.prepared is None and found.train_labels is None
+    found = inspect_data(make_spec(records(*GOOD), {"path": "absent.csv"}), locations_of(data_root))
+    assert [p.check for p in found.problems] == ["file_not_found"] and found.label_names == ["negative", "positive"]
+    problem = found.problems[0].as_dict()
+    assert problem["code"] == "invalid_data" and problem["split"] == "validation" and problem["value"] == "absent.csv"
+
+
+def publish_job_model(data_root: Path, id2label: dict[int, str]) -> str:
+    """A job's published model folder holding only a config with these labels."""
+    job_id = "job_" + "3" * 32
+    folder = data_root.parent / "artifacts" / job_id / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": id2label,
+                                                    "label2id": {v: k for k, v in id2label.items()}}))
+    return job_id
+
+
+def test_continuing_from_a_job_keeps_its_label_ids(data_root: Path) -> None:
+    job_id = publish_job_model(data_root, {0: "apple", 1: "mango", 2: "zebra"})
+    rows = [{"text": f"fruit {word}", "label": word} for word in ["zebra", "mango"] * 4]
+    spec = {**make_spec(records(*rows), records(*rows[:2])), "model": {"job": job_id}}
+    data = prepare_data(spec, locations_of(data_root))
+    assert data.num_labels == 3 and data.label2id == {"apple": 0, "mango": 1, "zebra": 2}
+    assert data.train["labels"] == [2, 1] * 4
+
+
+def test_continuing_from_a_job_with_other_labels_needs_num_labels(data_root: Path) -> None:
+    job_id = publish_job_model(data_root, {0: "negative", 1: "positive"})
+    rows = [{"text": f"text {i}", "label": label} for i, label in enumerate(["negative", "positive", "neutral"] * 3)]
+    spec = {**make_spec(records(*rows), records(*rows[:3])), "model": {"job": job_id}}
+    with pytest.raises(TrainingFailure) as caught:
+        prepare_data(spec, locations_of(data_root))
+    assert "row 3" in caught.value.message and "'neutral'" in caught.value.message
+    assert "set num_labels" in caught.value.message
+    data = prepare_data({**spec, "num_labels": 3}, locations_of(data_root))
+    assert data.label2id == {"negative": 0, "neutral": 1, "positive": 2}

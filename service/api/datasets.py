@@ -1,0 +1,205 @@
+"""Uploaded datasets: upload (multipart or raw body), list, read, delete."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import Any, BinaryIO
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_options_header
+
+from service.api.context import current_settings
+from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
+from service.check_runner import CheckFailed
+from service.errors import BadRequest, Conflict, NotFound, ServiceError, ServiceUnavailable, ValidationFailed
+from service.schemas import (DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema,
+                             UploadQuerySchema)
+from service.store.dataset_store import DatasetNotFound
+from service.uploads import (UploadedDataset, UploadRefused, clean_filename, new_dataset_id, remove_upload,
+                             store_upload, upload_suffix)
+
+blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets",
+                description="Uploaded datasets, referenced in specs as {\"upload\": id}.")
+log = logging.getLogger(__name__)
+
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": "A .csv, .json, .jsonl or .parquet file."}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                     "description": "The file itself; name it with ?filename= or a "
+                                                    "Content-Disposition header."},
+        "text/csv": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+class PayloadTooLarge(ServiceError):
+    """The upload is larger than FITJOBS_MAX_UPLOAD_BYTES."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedUpload(ServiceError):
+    """The upload is not a file type datasets are read from."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+REFUSALS: dict[int, type[ServiceError]] = {413: PayloadTooLarge, 415: UnsupportedUpload, 422: ValidationFailed}
+
+
+def dataset_document(dataset: UploadedDataset) -> dict[str, Any]:
+    """The API representation of an uploaded dataset."""
+    return {"id": dataset.id, "filename": dataset.filename, "format": dataset.format,
+            "size_bytes": dataset.size_bytes, "sha256": dataset.sha256, "rows": dataset.rows,
+            "columns": dataset.columns, "created_at": dataset.created_at}
+
+
+def load_dataset_record(dataset_id: str) -> UploadedDataset:
+    """The uploaded dataset with this id, or a 404 problem."""
+    try:
+        return current_dataset_store().get(dataset_id)
+    except DatasetNotFound as exc:
+        raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque cursor for the page that continues below ``seq``."""
+    return base64.urlsafe_b64encode(f"ds:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The seq inside a cursor this API issued; a 422 problem for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "ds" or not number.isdigit():
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        errors = {"cursor": ["Not a cursor returned by this API as `next`."]}
+        raise ValidationFailed("cursor: Not a cursor returned by this API.", errors=errors) from exc
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """The 413 problem of an upload over the limit."""
+    return PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes (FITJOBS_MAX_UPLOAD_BYTES).")
+
+
+def upload_stream(query: dict[str, Any]) -> tuple[BinaryIO, str, str | None]:
+    """(stream, file name, content type) of the uploaded file, from a multipart form or the raw body."""
+    limit = current_settings().max_upload_bytes
+    if request.mimetype == "multipart/form-data":
+        # The form parser spools the file to disk; werkzeug refuses a body over the limit with 413.
+        request.max_content_length = limit + MULTIPART_OVERHEAD_BYTES
+        try:
+            upload = request.files.get("file")
+        except RequestEntityTooLarge as exc:
+            raise too_large(limit) from exc
+        if upload is None:
+            fields = ", ".join(repr(name) for name in [*request.files, *request.form]) or "none"
+            raise BadRequest(f"A multipart upload needs the file in a form field named 'file' (fields sent: {fields}).")
+        return upload.stream, clean_filename(upload.filename) or query.get("filename", ""), upload.mimetype
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    # Bodies without a Content-Length (chunked) are cut off by werkzeug once they pass the limit.
+    request.max_content_length = limit
+    _, options = parse_options_header(request.headers.get("Content-Disposition"))
+    filename = clean_filename(query.get("filename") or options.get("filename"))
+    if not filename and request.mimetype in ("", "application/octet-stream"):
+        raise BadRequest("Name the uploaded file with ?filename=train.csv (or a Content-Disposition header), "
+                         "or send it as multipart/form-data.")
+    return request.stream, filename or "upload", request.mimetype
+
+
+@blp.route("")
+class Datasets(MethodView):
+    @blp.arguments(DatasetListQuerySchema, location="query")
+    @blp.response(200, DatasetListSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Uploaded datasets, newest first; follow `next` for more."""
+        before = decode_cursor(query["cursor"]) if "cursor" in query else None
+        page, next_seq = current_dataset_store().list(limit=query["limit"], before_seq=before)
+        return {"datasets": [dataset_document(dataset) for dataset in page],
+                "next": encode_cursor(next_seq) if next_seq is not None else None}
+
+    @blp.arguments(UploadQuerySchema, location="query")
+    @blp.doc(requestBody=UPLOAD_BODY)
+    @blp.response(201, DatasetSchema)
+    @blp.alt_response(413, schema=ProblemSchema, description="Larger than FITJOBS_MAX_UPLOAD_BYTES.")
+    @blp.alt_response(415, schema=ProblemSchema, description="Not a .csv, .json, .jsonl or .parquet file.")
+    @blp.alt_response(422, schema=ProblemSchema, description="Not a readable table; `detail` says why.")
+    def post(self, query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Upload a CSV, JSON, JSON Lines or Parquet file; answers with its id, rows and columns.
+
+        Send it as multipart/form-data (field `file`) or as the raw body with `?filename=`. The
+        file is streamed to disk, hashed (sha256) and read the way training reads it, so a file
+        that is not a usable table is refused here rather than when a job starts.
+        """
+        settings = current_settings()
+        stream, filename, content_type = upload_stream(query)
+        dataset_id = new_dataset_id()
+        try:
+            suffix = upload_suffix(filename, content_type)
+            path, size, sha256 = store_upload(stream, settings.uploads_dir, dataset_id, suffix,
+                                              settings.max_upload_bytes)
+        except UploadRefused as refused:
+            raise REFUSALS[refused.status](refused.message) from refused
+        except RequestEntityTooLarge as exc:
+            raise too_large(settings.max_upload_bytes) from exc
+        try:
+            table = current_check_runner().run("inspect_upload", {"path": str(path)}, settings.check_timeout)
+            if "problem" in table:
+                message = table["problem"][0].upper() + table["problem"][1:]
+                raise ValidationFailed(f"{message}.", errors={"file": [f"{message}."]})
+            dataset = current_dataset_store().add(
+                dataset_id=dataset_id, filename=filename, format=suffix.lstrip("."), size_bytes=size,
+                sha256=sha256, rows=table["rows"], columns=table["columns"])
+        except CheckFailed as exc:
+            remove_upload(settings.uploads_dir, dataset_id)
+            raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}.",
+                                     extra={"retryable": not exc.timed_out}) from exc
+        except BaseException:
+            remove_upload(settings.uploads_dir, dataset_id)
+            raise
+        log.info("stored upload %s (%s, %d bytes, %d rows)", dataset_id, filename, size, dataset.rows)
+        return dataset_document(dataset), 201, {"Location": f"/v1/datasets/{dataset_id}"}
+
+
+@blp.route("/<dataset_id>")
+class DatasetResource(MethodView):
+    @blp.response(200, DatasetSchema)
+    def get(self, dataset_id: str) -> dict[str, Any]:
+        """An uploaded dataset: file name, format, size, sha256, rows and columns."""
+        return dataset_document(load_dataset_record(dataset_id))
+
+    @blp.response(204)
+    @blp.alt_response(409, schema=ProblemSchema, description="A queued or running job reads it.")
+    def delete(self, dataset_id: str) -> Response:
+        """Delete an uploaded dataset; refused while a queued or running job reads it."""
+        load_dataset_record(dataset_id)
+        using = active_jobs_using(dataset_id)
+        if using:
+            ids = [job.id for job in using]
+            raise Conflict(f"Dataset {dataset_id} is read by {len(ids)} queued or running job(s): "
+                           f"{', '.join(ids)}; cancel them or wait until they end.", extra={"jobs": ids})
+        try:
+            current_dataset_store().remove(dataset_id)
+        except DatasetNotFound as exc:
+            raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
+        remove_upload(current_settings().uploads_dir, dataset_id)
+        return Response(status=204)

@@ -1,0 +1,157 @@
+"""Where a spec's data and models may come from, and the checks that keep them there.
+
+Used by the API (to refuse a spec at submit time) and by the trainer (to find the files);
+imports nothing heavy, so the API process stays free of TensorFlow and transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from service.artifacts import MODEL_FOLDER, job_artifacts_dir
+
+DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
+UPLOAD_STEM = "data"
+UPLOAD_CACHE = "arrow-cache"
+# Percent-escapes and their lookalikes are refused outright: a path that only means something
+# after a decoding step is not one the caller can have meant literally.
+ENCODED = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+class PathRefused(ValueError):
+    """A path in a spec points outside the folders it may use; the message says why."""
+
+
+@dataclass(frozen=True)
+class Locations:
+    """The folders a spec's sources resolve against."""
+
+    data_root: Path
+    uploads_dir: Path
+    artifacts_dir: Path
+    model_roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Any, data_root: Path | None = None) -> Locations:
+        """The locations of a Settings (``data_root`` overrides its data root)."""
+        return cls(data_root=data_root or settings.data_root, uploads_dir=settings.uploads_dir,
+                   artifacts_dir=settings.artifacts_dir, model_roots=tuple(settings.model_roots))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain strings, for handing to another process."""
+        return {"data_root": str(self.data_root), "uploads_dir": str(self.uploads_dir),
+                "artifacts_dir": str(self.artifacts_dir), "model_roots": [str(p) for p in self.model_roots]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Locations:
+        """The inverse of to_dict."""
+        return cls(data_root=Path(data["data_root"]), uploads_dir=Path(data["uploads_dir"]),
+                   artifacts_dir=Path(data["artifacts_dir"]),
+                   model_roots=tuple(Path(p) for p in data.get("model_roots", ())))
+
+
+def check_path_text(value: str) -> None:
+    """Refuse path spellings that could leave a root before any file system lookup."""
+    if "\x00" in value:
+        raise PathRefused("contains a NUL character")
+    if ENCODED.search(value):
+        raise PathRefused("contains a percent-escape; give the path as plain text")
+    if "\\" in value:
+        raise PathRefused("contains a backslash; separate folders with '/'")
+    if value.startswith("~"):
+        raise PathRefused("starts with '~'; give a path inside the root")
+    # NFKC folds lookalikes such as fullwidth dots and slashes into '.' and '/'.
+    for spelling in {value, unicodedata.normalize("NFKC", value)}:
+        if ".." in spelling.split("/"):
+            raise PathRefused("contains a '..' component")
+
+
+def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
+    """The real path of ``value`` (relative to the first root, or absolute), which must lie in a root.
+
+    Symlinks are resolved before the check, so a link that points out of a root is refused
+    like a path that names the outside directly. The path need not exist.
+    """
+    if not roots:
+        raise PathRefused(f"no {what} root is configured")
+    check_path_text(value)
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    candidate = Path(value) if os.path.isabs(value) else real_roots[0] / value
+    real = Path(os.path.realpath(candidate))
+    if not any(real == root or real.is_relative_to(root) for root in real_roots):
+        listed = ", ".join(str(root) for root in roots)
+        raise PathRefused(f"resolves to {real}, outside the {what} root{'s' if len(roots) > 1 else ''} ({listed})")
+    return real
+
+
+def upload_dir(uploads_dir: Path, dataset_id: str) -> Path:
+    """The folder of an uploaded dataset; refuses ids this service did not issue."""
+    if not DATASET_ID.match(dataset_id):
+        raise PathRefused(f"{dataset_id!r} is not a dataset id (ds_ and 32 hex digits)")
+    return uploads_dir / dataset_id
+
+
+def upload_file(uploads_dir: Path, dataset_id: str) -> Path | None:
+    """The stored file of an uploaded dataset, or None when there is none."""
+    folder = upload_dir(uploads_dir, dataset_id)
+    found = sorted(folder.glob(f"{UPLOAD_STEM}.*")) if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def job_model_dir(artifacts_dir: Path, job_id: str) -> Path:
+    """The published model folder of a succeeded job."""
+    if not re.match(r"^job_[0-9a-f]{32}$", job_id):
+        raise PathRefused(f"{job_id!r} is not a job id")
+    return job_artifacts_dir(artifacts_dir, job_id) / MODEL_FOLDER
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec's model comes from: a Hub repository, a local folder, or a finished job."""
+
+    kind: str  # "hub", "local" or "job"
+    ref: str  # the Hub id, or the folder
+    revision: str | None = None
+    job_id: str | None = None
+
+    @property
+    def local_folder(self) -> Path | None:
+        """The folder to load from, for local and job models."""
+        return None if self.kind == "hub" else Path(self.ref)
+
+    def describe(self) -> str:
+        """How messages name this model."""
+        if self.kind == "job":
+            return f"the model of job {self.job_id}"
+        if self.kind == "hub" and self.revision:
+            return f"{self.ref!r} at revision {self.revision!r}"
+        return repr(self.ref)
+
+    def cache_key(self) -> str:
+        """A key under which a tokenizer loaded from this source may be reused."""
+        return f"{self.kind}:{self.ref}@{self.revision or ''}"
+
+
+def model_source(model: str | dict[str, Any], locations: Locations, *, enforce_roots: bool = True) -> ModelSource:
+    """The ModelSource a spec's ``model`` names.
+
+    A string is a Hub id, or (starting with '/') a local folder; ``{"hub": ..., "revision": ...}``,
+    ``{"path": ...}`` (relative to the first model root, or absolute) and ``{"job": ...}`` say it
+    explicitly. Local folders must lie under a model root when ``enforce_roots`` (PathRefused).
+    """
+    if isinstance(model, str):
+        model = {"path": model} if model.startswith("/") else {"hub": model}
+    if "hub" in model:
+        return ModelSource("hub", model["hub"], revision=model.get("revision"))
+    if "job" in model:
+        return ModelSource("job", str(job_model_dir(locations.artifacts_dir, model["job"])), job_id=model["job"])
+    path = model["path"]
+    if enforce_roots:
+        return ModelSource("local", str(contained_path(path, locations.model_roots, "model")))
+    base = locations.model_roots[0] if locations.model_roots else Path("/")
+    return ModelSource("local", os.path.realpath(path if os.path.isabs(path) else base / path))

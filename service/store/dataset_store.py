@@ -1,0 +1,67 @@
+"""DatasetStore: the only code that reads and writes the records of uploaded datasets."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.engine import Row
+from typing import Any
+
+from service.store.tables import datasets
+from service.uploads import UploadedDataset
+
+
+class DatasetNotFound(LookupError):
+    """No uploaded dataset has this id."""
+
+
+def _from_row(row: Row[Any]) -> UploadedDataset:
+    m = row._mapping
+    created = m["created_at"]
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC datetimes
+    return UploadedDataset(id=m["id"], seq=m["seq"], filename=m["filename"], format=m["format"],
+                           size_bytes=m["size_bytes"], sha256=m["sha256"], rows=m["rows"],
+                           columns=list(m["columns"]), created_at=created)
+
+
+class DatasetStore:
+    """Records, lists and forgets uploaded datasets (their files live under the uploads folder)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, *, dataset_id: str, filename: str, format: str, size_bytes: int, sha256: str,
+            rows: int, columns: list[str], created_at: datetime | None = None) -> UploadedDataset:
+        """Record a stored upload and return it."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(datasets).values(
+                id=dataset_id, filename=filename, format=format, size_bytes=size_bytes, sha256=sha256,
+                rows=rows, columns=columns, created_at=created_at or datetime.now(timezone.utc)))
+            return _from_row(conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one())
+
+    def get(self, dataset_id: str) -> UploadedDataset:
+        """The dataset with this id; raises DatasetNotFound."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
+        if row is None:
+            raise DatasetNotFound(dataset_id)
+        return _from_row(row)
+
+    def list(self, *, limit: int = 20, before_seq: int | None = None) -> tuple[list[UploadedDataset], int | None]:
+        """Newest first; returns a page and the seq to continue before, or None at the end."""
+        query = select(datasets).order_by(datasets.c.seq.desc()).limit(limit + 1)
+        if before_seq is not None:
+            query = query.where(datasets.c.seq < before_seq)
+        with self.engine.connect() as conn:
+            page = [_from_row(row) for row in conn.execute(query)]
+        if len(page) > limit:
+            return page[:limit], page[limit - 1].seq
+        return page, None
+
+    def remove(self, dataset_id: str) -> None:
+        """Forget a dataset; raises DatasetNotFound when there is none."""
+        with self.engine.begin() as conn:
+            if conn.execute(delete(datasets).where(datasets.c.id == dataset_id)).rowcount != 1:
+                raise DatasetNotFound(dataset_id)

@@ -1,0 +1,63 @@
+"""The API's side of sources: uploads in use by queued jobs, checks that run out of time, unknown references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.api import create_app
+from service.config import Settings
+from tests.support.sentiment_data import sentiment_rows, write_table
+
+
+@pytest.fixture
+def slow_app(tmp_path: Path) -> Iterator[Flask]:
+    """An app whose checks may take 1 ms: every dry run and upload check runs out of time."""
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home"), "FITJOBS_CHECK_TIMEOUT": "0.001"})
+    app = create_app(settings, test_config={"TESTING": True})
+    yield app
+    app.extensions["fitjobs.store"].engine.dispose()
+
+
+def spec(train: dict[str, Any], model: Any = "bert-base-uncased") -> dict[str, Any]:
+    return {"model": model, "data": {"train": train}}
+
+
+def test_checks_that_run_out_of_time_are_503_and_leave_nothing(slow_app: Flask, tmp_path: Path) -> None:
+    client = slow_app.test_client()
+    response = client.post("/v1/jobs:validate", json=spec({"records": sentiment_rows(10, seed=1)}))
+    assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    assert "dry run could not finish" in response.get_json()["detail"]
+    path = write_table(sentiment_rows(10, seed=1), tmp_path / "rows.csv")
+    response = client.post("/v1/datasets", data={"file": (path.open("rb"), "rows.csv")})
+    assert response.status_code == 503 and "could not be checked" in response.get_json()["detail"]
+    assert list((tmp_path / "home" / "uploads").iterdir()) == []
+    assert client.get("/v1/datasets").get_json()["datasets"] == []
+
+
+def test_an_upload_read_by_a_queued_job_cannot_be_deleted(client: FlaskClient, tmp_path: Path) -> None:
+    path = write_table(sentiment_rows(10, seed=1), tmp_path / "rows.csv")
+    dataset = client.post("/v1/datasets", data={"file": (path.open("rb"), "rows.csv")}).get_json()
+    job = client.post("/v1/jobs", json=spec({"upload": dataset["id"]})).get_json()
+    response = client.delete(f"/v1/datasets/{dataset['id']}")
+    assert response.status_code == 409 and response.get_json()["jobs"] == [job["id"]]
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("model,field", [({"job": "job_" + "0" * 32}, "model.job"),
+                                         ({"path": "../outside"}, "model.path")])
+def test_unknown_jobs_and_escaping_model_paths_are_422(client: FlaskClient, model: Any, field: str) -> None:
+    response = client.post("/v1/jobs", json=spec({"records": sentiment_rows(4, seed=1)}, model=model))
+    assert response.status_code == 422 and field in response.get_json()["errors"]
+
+
+def test_continuing_from_a_job_that_has_not_succeeded_is_422(client: FlaskClient) -> None:
+    queued = client.post("/v1/jobs", json=spec({"records": sentiment_rows(4, seed=1)})).get_json()
+    response = client.post("/v1/jobs", json=spec({"records": sentiment_rows(4, seed=1)}, model={"job": queued["id"]}))
+    assert response.status_code == 422
+    assert "is queued" in response.get_json()["errors"]["model.job"][0]
