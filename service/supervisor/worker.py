@@ -17,7 +17,7 @@ from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import TrainerProcess, spawn_trainer
 from service.supervisor.gpus import GpuPool, detect_gpus
-from service.trainer.outcome import Outcome, read_outcome
+from service.trainer.outcome import Outcome, outcome_of_exit_status, read_outcome
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ class Supervisor:
             log.warning("job %s attempt %d is no longer ours; not recording its end",
                         child.job_id, child.attempt)
             return
-        outcome = read_outcome(child.attempt_dir)
+        outcome = (read_outcome(child.attempt_dir)
+                   or outcome_of_exit_status(status, self.settings.artifacts_dir / child.job_id))
         seconds = round(time.monotonic() - child.started, 1)
         if outcome is not None and outcome.status == "succeeded":
             self._move(child.job_id, JobState.SUCCEEDED, f"Training finished in {seconds} s.",

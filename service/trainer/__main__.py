@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 import traceback
 
@@ -16,7 +17,7 @@ from service.jobs import FailureCode
 from service.logconfig import configure_logging
 from service.store import open_store
 from service.trainer.failures import TrainingFailure
-from service.trainer.outcome import Outcome, write_outcome
+from service.trainer.outcome import Outcome, finish
 from service.trainer.stop import DrainRequested, StopSignal
 from service.trainer.store_reporter import StaleAttempt, StoreReporter
 
@@ -26,12 +27,22 @@ FINAL_FLUSH_SECONDS = 600.0
 
 
 def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:
-    """The failure code of an unexpected exception: out of memory, disk full, or internal."""
+    """The failure code of an unexpected exception: disk full, out of memory, or internal."""
+    # Disk first: TensorFlow reports a full disk while checkpointing as RESOURCE_EXHAUSTED,
+    # the same status as an allocation failure; only the message tells them apart.
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for link in chain:
+        if (isinstance(link, OSError) and link.errno == errno.ENOSPC) or "No space left on device" in str(link):
+            where = getattr(link, "filename", None) or "its files"
+            return FailureCode.DISK_FULL, (f"No space left on the device while writing {where}; the last "
+                                           "complete checkpoint is kept, and nothing partial is published.")
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
         return FailureCode.OUT_OF_MEMORY, (f"Out of memory while training ({type(exc).__name__}); "
                                            "lower batch_size or max_length.")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return FailureCode.DISK_FULL, f"No space left on the device while writing {exc.filename or 'files'}."
     return FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
@@ -69,20 +80,30 @@ def main(argv: list[str]) -> int:
         return 4
     except TrainingFailure as failure:
         log.error("training failed: %s", failure)
-        write_outcome(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message))
-        return 1
+        return finish(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message))
     except StaleAttempt as exc:
         log.error("stopping: %s", exc)
         return 3
     except Exception as exc:  # noqa: BLE001 - every other error is classified, then recorded
-        traceback.print_exc()
+        try:
+            traceback.print_exc()
+        except OSError:
+            pass  # the log's disk may be the full one
         code, message = classify_exception(exc)
-        write_outcome(attempt_dir, Outcome("failed", code=code.value, message=message))
-        return 1
-    write_outcome(attempt_dir, Outcome("succeeded", result=result))
+        return finish(attempt_dir, Outcome("failed", code=code.value, message=message))
     log.info("training succeeded: %s", result)
-    return 0
+    return finish(attempt_dir, Outcome("succeeded", result=result))
+
+
+def exit_with(status: int) -> None:
+    """Exit with ``status`` even when the log cannot be flushed (Python would exit with 120)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_with(main(sys.argv[1:]))

@@ -8,7 +8,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.jobs import FailureCode
+
 OUTCOME_FILE = "outcome.json"
+# When the outcome file cannot be written (its disk is full), the exit status carries it.
+FAILURE_EXIT_BASE = 64
+EXIT_SUCCEEDED_UNRECORDED = 5  # the model is published; its metrics.json holds the result
+
+
+def failure_exit_status(code: FailureCode) -> int:
+    """The exit status that stands for ``code`` when no outcome file could be written."""
+    return FAILURE_EXIT_BASE + list(FailureCode).index(code)
+
+
+def failure_of_exit_status(status: int) -> FailureCode | None:
+    """The failure code an exit status stands for, if it is one of those."""
+    index = status - FAILURE_EXIT_BASE
+    codes = list(FailureCode)
+    return codes[index] if 0 <= index < len(codes) else None
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,17 @@ def write_outcome(attempt_dir: Path, outcome: Outcome) -> None:
     os.replace(tmp, target)
 
 
+def finish(attempt_dir: Path, outcome: Outcome) -> int:
+    """Leave ``outcome`` for the supervisor and return the trainer's exit status."""
+    try:
+        write_outcome(attempt_dir, outcome)
+    except OSError:
+        if outcome.status == "succeeded":
+            return EXIT_SUCCEEDED_UNRECORDED
+        return failure_exit_status(FailureCode(outcome.code))
+    return 0 if outcome.status == "succeeded" else 1
+
+
 def read_outcome(attempt_dir: Path) -> Outcome | None:
     """The outcome an attempt left, or None when it ended without writing one."""
     try:
@@ -36,3 +64,20 @@ def read_outcome(attempt_dir: Path) -> Outcome | None:
     except (FileNotFoundError, ValueError):
         return None
     return Outcome(**data)
+
+
+def outcome_of_exit_status(status: int, published_dir: Path) -> Outcome | None:
+    """The outcome an exit status carries when the trainer could not write its file."""
+    if status == EXIT_SUCCEEDED_UNRECORDED:
+        try:
+            final = json.loads((published_dir / "metrics.json").read_text())["final"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return Outcome("succeeded", result=final)
+    code = failure_of_exit_status(status)
+    if code is None:
+        return None
+    message = {FailureCode.DISK_FULL: "No space left on the device for the trainer's files; the last complete "
+                                      "checkpoint is kept, and nothing partial is published."}.get(
+        code, f"The trainer failed with {code.value} and could not write its report (is the disk full?).")
+    return Outcome("failed", code=code.value, message=message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -294,13 +295,7 @@ def test_a_trainer_killed_again_and_again_fails_after_max_attempts(cluster: Clus
 
 def test_disk_full_while_publishing_leaves_nothing_partial(cluster: Cluster, tiny_model_dir: Path) -> None:
     artifacts = cluster.api.home / "artifacts"
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(artifacts)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        reason = f"cannot mount a small tmpfs: {mounted.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (CI=true: the disk-full test must run)")
-        pytest.skip(reason)
+    mount_tmpfs(artifacts, "64k")
     try:
         cluster.start_worker()
         job = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 3, max_attempts=1)).json()
@@ -324,6 +319,65 @@ def test_disk_full_while_publishing_leaves_nothing_partial(cluster: Cluster, tin
                 worker.send_signal(signal.SIGTERM)
                 worker.wait(timeout=60)
         subprocess.run(["umount", "-l", str(artifacts)], check=True)
+
+
+def mount_tmpfs(folder: Path, size: str) -> None:
+    """A small tmpfs at ``folder`` (skipped, or failed under CI=true, where mounting is not allowed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a small tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: the disk-full tests must run)")
+        pytest.skip(reason)
+
+
+def fill(folder: Path) -> Path:
+    """Write one file until the file system holding ``folder`` is full."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint_and_the_retry_resumes(
+        cluster: Cluster, tiny_model_dir: Path) -> None:
+    jobs_dir = cluster.api.home / "jobs"
+    mount_tmpfs(jobs_dir, "8m")
+    try:
+        cluster.start_worker()
+        spec = slow_spec(tiny_model_dir, max_attempts=2)
+        spec["hyperparameters"].update(batch_size=8)  # 250 steps an epoch
+        job = cluster.api.post("/v1/jobs", json=spec).json()
+        wait_for_progress(cluster.api, job["id"], epoch=2, step=5)  # epoch 1's checkpoint is written
+        filler = fill(jobs_dir)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            events = cluster.api.get(f"/v1/jobs/{job['id']}/events").json()["events"]
+            if any("Attempt 1 failed (disk_full" in e["message"] for e in events):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("attempt 1 did not fail with disk_full")
+        filler.unlink()  # space again for the retry
+        done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        assert done["state"] == "succeeded" and done["attempt"] == 2, done
+        resumed = events_of(cluster.api, job["id"], "resumed")
+        assert [event["data"]["epoch"] for event in resumed] == [1], "attempt 2 started from epoch 1's checkpoint"
+        metrics = cluster.api.get(f"/v1/jobs/{job['id']}/metrics").json()
+        assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]
+    finally:
+        for worker in cluster.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=60)
+        subprocess.run(["umount", "-l", str(jobs_dir)], check=True)
 
 
 def test_postgres_restart_during_a_job(cluster: Cluster, tiny_model_dir: Path) -> None:
