@@ -18,14 +18,16 @@ FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,
                  publish_dir: Path, reporter: TrainingReporter, threads: int = 0,
-                 checkpoint_steps: int = 0, stop: StopSignal | None = None) -> dict[str, float]:
+                 checkpoint_steps: int = 0, stop: StopSignal | None = None,
+                 devices: list[str] | None = None) -> dict[str, float]:
     """Train the spec's model and publish it to ``publish_dir``; returns the final metrics.
 
     Data problems raise TrainingFailure(invalid_data) before any model weights are read;
     model problems raise TrainingFailure(model_load_failed). A checkpoint in
     ``checkpoint_dir`` from an interrupted attempt is resumed from; it is removed once the
     model is published. With ``stop``, SIGTERM during the fit writes a checkpoint at the
-    current step and raises DrainRequested.
+    current step and raises DrainRequested. ``devices`` defaults to the visible GPUs
+    (mirrored when there are several; see service.trainer.devices).
     """
     prepare_tensorflow(threads)
     from service.trainer.data import prepare_data
@@ -43,8 +45,14 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
 
     # Seeded before the new classification head is drawn, so a spec's seed fixes the whole run.
     tf_keras.utils.set_random_seed(hyper["seed"])
-    model = load_classifier(spec["model"], data.num_labels, data.id2label, data.label2id)
-    reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}).")
+    from service.trainer.devices import choose_strategy
+
+    strategy = choose_strategy(devices)
+    with strategy.scope():  # variables made here are mirrored; compile and fit follow the model's strategy
+        model = load_classifier(spec["model"], data.num_labels, data.id2label, data.label2id)
+    replicas = strategy.num_replicas_in_sync
+    reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}) on {replicas} "
+                   f"device(s).", {"replicas": replicas})
     history, final = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter,
                          checkpoint_dir, checkpoint_steps, stop)
     reporter.event("publishing", "Writing the model and its files.")

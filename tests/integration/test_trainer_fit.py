@@ -204,3 +204,41 @@ def test_minilm_pytorch_safetensors_load_with_their_pretrained_encoder() -> None
     assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
     logits = model(**tokenizer(["a great film"], return_tensors="tf"), training=False).logits
     assert logits.shape == (1, 3)
+
+
+MIRRORED_FIT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from service.trainer.tf_runtime import prepare_tensorflow
+    prepare_tensorflow(0)
+    import tensorflow as tf
+    # Two logical CPUs stand in for two GPUs: the same MirroredStrategy code path.
+    [cpu] = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from service.trainer.fit import run_training
+
+    class Events:
+        def __init__(self): self.events = []
+        def progress(self, **_): pass
+        def step_metrics(self, **_): pass
+        def epoch_metrics(self, **_): pass
+        def flush(self): return True
+        def event(self, kind, message, data=None): self.events.append((kind, data))
+
+    spec, tmp = json.loads(sys.argv[1]), Path(sys.argv[2])
+    reporter = Events()
+    final = run_training(spec, data_root=tmp, work_dir=tmp / "work", checkpoint_dir=tmp / "ckpt",
+                         publish_dir=tmp / "published", reporter=reporter, devices=["/cpu:0", "/cpu:1"])
+    print(json.dumps({"final": final, "replicas": dict(reporter.events)["model_loaded"]["replicas"]}))
+""")
+
+
+def test_several_devices_train_one_model_mirrored(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = make_spec(str(tiny_model_dir), {"records": sentiment_rows(160, seed=1)}, epochs=3, batch_size=16)
+    run = subprocess.run([sys.executable, "-c", MIRRORED_FIT, json.dumps(spec), str(tmp_path)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    assert outcome["replicas"] == 2
+    assert outcome["final"]["val_accuracy"] >= 0.8, outcome
+    assert (tmp_path / "published" / "model" / "tf_model.h5").is_file()
