@@ -43,6 +43,14 @@ class Cluster:
         self.workers.append(worker)
         return worker
 
+    def stop_workers(self) -> None:
+        """SIGTERM every supervisor still running (waking stopped ones) and wait for it."""
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGCONT)
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=60)
+
     def store(self) -> JobStore:
         return open_store(self.database_url, migrate=False)
 
@@ -58,11 +66,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         try:
             yield running
         finally:
-            for worker in running.workers:
-                if worker.poll() is None:
-                    worker.send_signal(signal.SIGCONT)
-                    worker.send_signal(signal.SIGTERM)
-                    worker.wait(timeout=60)
+            running.stop_workers()
             assert api.stop() == 0
             assert trainer_pids(home=api.home) == []
 
@@ -264,10 +268,7 @@ def test_out_of_memory_is_retried_at_most_max_attempts_then_the_next_job_runs(
         assert cluster.api.wait_for_state(after["id"], {"succeeded", "failed"}, timeout=300)["state"] == "succeeded"
         assert worker.poll() is None, "the supervisor outlives its trainers' OOM kills"
     finally:
-        for worker in cluster.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                worker.wait(timeout=60)
+        cluster.stop_workers()
         group.rmdir()
 
 
@@ -293,34 +294,6 @@ def test_a_trainer_killed_again_and_again_fails_after_max_attempts(cluster: Clus
     assert cluster.api.wait_for_state(nxt["id"], {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
 
 
-def test_disk_full_while_publishing_leaves_nothing_partial(cluster: Cluster, tiny_model_dir: Path) -> None:
-    artifacts = cluster.api.home / "artifacts"
-    mount_tmpfs(artifacts, "64k")
-    try:
-        cluster.start_worker()
-        job = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 3, max_attempts=1)).json()
-        failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
-        assert failed["state"] == "failed" and failed["error"]["code"] == "disk_full", failed
-        assert "No space left" in failed["error"]["message"]
-        assert list(artifacts.iterdir()) == [], "no partial artifact and no staging folder is left"
-        assert cluster.api.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"] == []
-        tarball = cluster.api.get(f"/v1/jobs/{job['id']}/model.tar.gz")
-        assert tarball.status_code == 404 and tarball.headers["Content-Type"] == "application/problem+json"
-        # The last checkpoint (end of the only epoch) is intact for a retry.
-        checkpoint = cluster.api.home / "jobs" / job["id"] / "checkpoint"
-        assert [p.name for p in checkpoint.rglob("checkpoint")] == ["checkpoint"]  # TF's index of the latest
-        assert [row["epoch"] for row in json.loads((checkpoint / "epochs.json").read_text())] == [1]
-        assert cluster.api.get("/readyz").status_code == 200
-        nxt = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 4)).json()
-        assert cluster.api.wait_for_state(nxt["id"], {"running", "failed", "succeeded"}, timeout=60)
-    finally:
-        for worker in cluster.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                worker.wait(timeout=60)
-        subprocess.run(["umount", "-l", str(artifacts)], check=True)
-
-
 def mount_tmpfs(folder: Path, size: str) -> None:
     """A small tmpfs at ``folder`` (skipped, or failed under CI=true, where mounting is not allowed)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -344,6 +317,31 @@ def fill(folder: Path) -> Path:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
+
+
+def test_disk_full_while_publishing_leaves_nothing_partial(cluster: Cluster, tiny_model_dir: Path) -> None:
+    artifacts = cluster.api.home / "artifacts"
+    mount_tmpfs(artifacts, "64k")
+    try:
+        cluster.start_worker()
+        job = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 3, max_attempts=1)).json()
+        failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+        assert failed["state"] == "failed" and failed["error"]["code"] == "disk_full", failed
+        assert "No space left" in failed["error"]["message"]
+        assert list(artifacts.iterdir()) == [], "no partial artifact and no staging folder is left"
+        assert cluster.api.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"] == []
+        tarball = cluster.api.get(f"/v1/jobs/{job['id']}/model.tar.gz")
+        assert tarball.status_code == 404 and tarball.headers["Content-Type"] == "application/problem+json"
+        # The last checkpoint (end of the only epoch) is intact for a retry.
+        checkpoint = cluster.api.home / "jobs" / job["id"] / "checkpoint"
+        assert [p.name for p in checkpoint.rglob("checkpoint")] == ["checkpoint"]  # TF's index of the latest
+        assert [row["epoch"] for row in json.loads((checkpoint / "epochs.json").read_text())] == [1]
+        assert cluster.api.get("/readyz").status_code == 200
+        nxt = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 4)).json()
+        assert cluster.api.wait_for_state(nxt["id"], {"running", "failed", "succeeded"}, timeout=60)
+    finally:
+        cluster.stop_workers()
+        subprocess.run(["umount", "-l", str(artifacts)], check=True)
 
 
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint_and_the_retry_resumes(
@@ -373,10 +371,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint_and_the_retry_r
         metrics = cluster.api.get(f"/v1/jobs/{job['id']}/metrics").json()
         assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]
     finally:
-        for worker in cluster.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                worker.wait(timeout=60)
+        cluster.stop_workers()
         subprocess.run(["umount", "-l", str(jobs_dir)], check=True)
 
 
