@@ -174,8 +174,10 @@ def test_sigterm_drain_requeues_without_spending_an_attempt(cluster: Cluster, ti
 def test_two_supervisors_run_each_job_exactly_once(cluster: Cluster, tiny_model_dir: Path) -> None:
     cluster.start_worker()
     cluster.start_worker()
+    started = time.monotonic()
     ids = [cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, seed)).json()["id"] for seed in range(12)]
     done = [cluster.api.wait_for_state(job_id, {"succeeded", "failed", "cancelled"}, timeout=300) for job_id in ids]
+    print(f"\ntwo supervisors: {len(ids)} jobs in {time.monotonic() - started:.1f} s")
     assert [job["state"] for job in done] == ["succeeded"] * len(ids)
     assert {job["attempt"] for job in done} == {1}
     owners = set()
@@ -200,9 +202,12 @@ def test_a_stopped_owner_is_fenced_off_after_another_supervisor_finishes(cluster
     frozen = [first.pid, trainer]
     for pid in frozen:  # the whole node hangs: supervisor and trainer
         os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
         cluster.start_worker()
         done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        print(f"\nSIGSTOP owner: attempt 2 succeeded on the other supervisor {time.monotonic() - stopped:.1f} s "
+              f"after the stop (lease {LEASE_SECONDS} s)")
         assert done["state"] == "succeeded" and done["attempt"] == 2
         published = sorted(p.name for p in (cluster.api.home / "artifacts").iterdir())
     finally:
@@ -260,7 +265,10 @@ def test_out_of_memory_is_retried_at_most_max_attempts_then_the_next_job_runs(
                   "hyperparameters": {"epochs": 1, "batch_size": 64, "max_length": 4096}}
         job = cluster.api.post("/v1/jobs", json=hungry).json()
         after = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 1)).json()
+        started = time.monotonic()
         failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        print(f"\nOOM in a 2 GiB cgroup: {failed['error']['code']} after {failed['attempt']} attempts, "
+              f"{time.monotonic() - started:.1f} s")
         assert failed["state"] == "failed" and failed["attempt"] == 2
         assert failed["error"]["code"] == "out_of_memory" and failed["error"]["retryable"] is True
         messages = [e["message"] for e in cluster.api.get(f"/v1/jobs/{job['id']}/events").json()["events"]]
@@ -288,6 +296,7 @@ def test_a_trainer_killed_again_and_again_fails_after_max_attempts(cluster: Clus
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
     failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+    print(f"\nSIGKILL twice: {failed['state']} {failed['error']['code']} at attempt {failed['attempt']}")
     assert (failed["state"], failed["attempt"], failed["error"]["code"]) == ("failed", 2, "killed")
     assert "SIGKILL" in failed["error"]["message"]
     nxt = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 2)).json()
@@ -326,6 +335,7 @@ def test_disk_full_while_publishing_leaves_nothing_partial(cluster: Cluster, tin
         cluster.start_worker()
         job = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 3, max_attempts=1)).json()
         failed = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+        print(f"\ndisk full while publishing: {failed['state']} {failed['error']['code']}")
         assert failed["state"] == "failed" and failed["error"]["code"] == "disk_full", failed
         assert "No space left" in failed["error"]["message"]
         assert list(artifacts.iterdir()) == [], "no partial artifact and no staging folder is left"
@@ -365,6 +375,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint_and_the_retry_r
             raise AssertionError("attempt 1 did not fail with disk_full")
         filler.unlink()  # space again for the retry
         done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        print(f"\ndisk full while checkpointing: attempt 1 disk_full, attempt 2 {done['state']}")
         assert done["state"] == "succeeded" and done["attempt"] == 2, done
         resumed = events_of(cluster.api, job["id"], "resumed")
         assert [event["data"]["epoch"] for event in resumed] == [1], "attempt 2 started from epoch 1's checkpoint"
@@ -382,6 +393,7 @@ def test_postgres_restart_during_a_job(cluster: Cluster, tiny_model_dir: Path) -
     job = cluster.api.post("/v1/jobs", json=spec).json()
     wait_for_progress(cluster.api, job["id"], epoch=1, step=20)
     subprocess.run(postgres_cluster_command("stop"), check=True, capture_output=True, timeout=60)
+    stopped = time.monotonic()
     try:
         down = cluster.api.get(f"/v1/jobs/{job['id']}")
         assert down.status_code == 503 and down.headers["Content-Type"] == "application/problem+json"
@@ -391,7 +403,9 @@ def test_postgres_restart_during_a_job(cluster: Cluster, tiny_model_dir: Path) -
     finally:
         subprocess.run(postgres_cluster_command("start"), check=True, capture_output=True, timeout=60)
         wait_for_postgres()
+    down_for = time.monotonic() - stopped
     done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+    print(f"\nPostgreSQL down {down_for:.1f} s (503 meanwhile); job {done['state']} at attempt {done['attempt']}")
     assert done["state"] == "succeeded" and done["attempt"] == 1
     metrics = cluster.api.get(f"/v1/jobs/{job['id']}/metrics").json()
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
@@ -409,8 +423,11 @@ def test_twenty_concurrent_posts_with_one_idempotency_key_make_one_job(cluster: 
                                  timeout=60)
         return response.status_code, response.json()["id"]
 
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(post, range(20)))
+    print(f"\n20 concurrent POSTs, one Idempotency-Key: {len({i for _, i in answers})} job, "
+          f"{time.monotonic() - started:.2f} s")
     assert len({job_id for _, job_id in answers}) == 1
     assert sorted(status for status, _ in answers) == [200] * 19 + [201]
     assert len(cluster.api.get("/v1/jobs").json()["jobs"]) == 1
