@@ -184,7 +184,8 @@ class JobValidation(MethodView):
         problems = report["problems"]
         if problems:
             listed = "; ".join(problem["message"] for problem in problems[:MAX_PROBLEMS_IN_DETAIL])
-            more = f" (and {len(problems) - MAX_PROBLEMS_IN_DETAIL} more)" if len(problems) > MAX_PROBLEMS_IN_DETAIL else ""
+            extra = len(problems) - MAX_PROBLEMS_IN_DETAIL
+            more = f" (and {extra} more)" if extra > 0 else ""
             raise DryRunFailed(f"{len(problems)} problem(s): {listed}{more}.",
                                extra={"report": DryRunReportSchema().dump(report)})
         return report

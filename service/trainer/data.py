@@ -271,7 +271,7 @@ def load_hub_dataset(source: dict[str, Any], split: str) -> Dataset:
 
 
 def resolve_data_path(name: str, data_root: Path, split: str) -> Path:
-    """The real path of a data file or folder, refusing anything that resolves (symlinks included) outside ``data_root``."""
+    """The real path of a data file or folder; refuses one that resolves (symlinks followed) outside ``data_root``."""
     root = data_root.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root):
@@ -345,7 +345,8 @@ def inspect_split(dataset: Dataset, split: str, text_columns: list[str],
     labels, label_problem = read_labels(values[label_column], split, label_column)
     if label_problem is not None:
         problems.append(label_problem)
-    return (labels if not problems else None), problems
+    # Labels are usable even when texts are not: the label checks then run too, so all problems show at once.
+    return (labels if label_problem is None else None), problems
 
 
 def text_problem(values: list[Any], split: str, column: str) -> DataProblem | None:

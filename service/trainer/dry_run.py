@@ -137,14 +137,10 @@ def report_splits(inspection: DataInspection) -> list[tuple[str, Dataset, list[s
     if prepared is not None:
         return [(name, dataset, [prepared.id2label[i] for i in dataset.select_columns([LABELS])[:][LABELS]])
                 for name, dataset in (("train", prepared.train), ("validation", prepared.validation))]
-    found = []
-    for name, dataset, labels in (("train", inspection.train, inspection.train_labels),
-                                  ("validation", inspection.validation, inspection.validation_labels)):
-        if dataset is not None and texts_usable(inspection, name):
-            found.append((name, dataset, [str(label) for label in labels] if labels is not None else None))
-        elif dataset is not None:
-            found.append((name, dataset, None))
-    return found
+    return [(name, dataset, [str(label) for label in labels] if labels is not None else None)
+            for name, dataset, labels in (("train", inspection.train, inspection.train_labels),
+                                          ("validation", inspection.validation, inspection.validation_labels))
+            if dataset is not None]
 
 
 def split_report(dataset: Dataset, labels: list[str] | None, texts: list[str], tokenizer: Any,

@@ -1,7 +1,9 @@
-"""Loading a tokenizer and a TF sequence classifier from a Hub name or a local folder.
+"""Loading a model's config, tokenizer and TF sequence classifier from the Hub, a local folder or a job.
 
-Import only after ``service.trainer.tf_runtime.prepare_tensorflow`` ran: transformers' TF
-classes import TensorFlow.
+Config and tokenizer need no TensorFlow (the dry run uses them); ``load_classifier`` does, so
+call it only after ``service.trainer.tf_runtime.prepare_tensorflow`` ran. Failures are
+model_not_found, unsupported_model or model_load_failed; code from a model's repository is
+never run.
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def classify_load_error(source: ModelSource, what: str, exc: BaseException) -> T
         return TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model {source.describe()} was not found {where} "
                                                             f"({what}): {short_cause(exc)}")
     if any(phrase in texts for phrase in UNSUPPORTED_PHRASES):
-        return TrainingFailure(FailureCode.UNSUPPORTED_MODEL, f"model {source.describe()} is of a type transformers "
-                                                              f"cannot build without running its code: {short_cause(exc)}")
+        return TrainingFailure(FailureCode.UNSUPPORTED_MODEL,
+                               f"model {source.describe()} is of a type transformers cannot build without running "
+                               f"its code: {short_cause(exc)}")
     return load_failed(source.describe(), what, exc)
 
 

@@ -61,3 +61,35 @@ def test_continuing_from_a_job_that_has_not_succeeded_is_422(client: FlaskClient
     response = client.post("/v1/jobs", json=spec({"records": sentiment_rows(4, seed=1)}, model={"job": queued["id"]}))
     assert response.status_code == 422
     assert "is queued" in response.get_json()["errors"]["model.job"][0]
+
+
+API_PROCESS_PROBE = """
+import json, sys, tempfile
+from service.api import create_app
+from service.config import Settings
+home = tempfile.mkdtemp()
+settings = Settings.from_env({"FITJOBS_HOME": home, "HF_HUB_OFFLINE": "1", "HF_HOME": home + "/hf"})
+app = create_app(settings, test_config={"TESTING": True})
+client = app.test_client()
+rows = [{"text": "good film" if i % 2 else "dull film", "label": i % 2} for i in range(12)]
+upload = client.post("/v1/datasets?filename=rows.jsonl", data="".join(json.dumps(r) + "\\n" for r in rows),
+                     content_type="application/octet-stream")
+report = client.post("/v1/jobs:validate", json={"model": "org/not-cached", "data": {"train": {"records": rows}}})
+print(json.dumps({"upload": upload.status_code, "validate": report.status_code,
+                  "problem": report.get_json()["report"]["problems"][0]["code"],
+                  "imported": sorted(m for m in ("tensorflow", "transformers", "datasets", "torch")
+                                     if m in sys.modules)}))
+"""
+
+
+def test_the_api_process_never_imports_tensorflow_transformers_or_datasets() -> None:
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", API_PROCESS_PROBE], cwd=repo, capture_output=True, text=True,
+                          timeout=120, check=True)
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome == {"upload": 201, "validate": 422, "problem": "model_not_found", "imported": []}, \
+        done.stderr[-2000:]

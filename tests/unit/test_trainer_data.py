@@ -384,7 +384,8 @@ def test_save_to_disk_problems(data_root: Path) -> None:
     invalid_data(make_spec({"path": "dict"}, {"path": "dict"}), data_root, "validation folder 'dict'",
                  "no split 'validation'", "'train'")
     invalid_data(make_spec({"path": "single", "split": "train"}), data_root, "single dataset")
-    invalid_data(make_spec({"path": "plain"}), data_root, "train folder 'plain'", "not a folder written by save_to_disk")
+    invalid_data(make_spec({"path": "plain"}), data_root, "train folder 'plain'",
+                 "not a folder written by save_to_disk")
 
 
 def test_inspect_data_collects_every_problem(data_root: Path) -> None:
