@@ -107,15 +107,19 @@ def test_inspect_upload(tmp_path: Path) -> None:
     assert "1 column" in inspect_upload(narrow)["problem"]
 
 
-def test_a_check_that_runs_too_long_is_killed_and_the_next_one_starts_afresh() -> None:
+def test_a_check_that_runs_too_long_is_killed_and_the_next_one_starts_afresh(config_only_model: Path,
+                                                                            tmp_path: Path) -> None:
     import os
 
     runner = CheckRunner(dict(os.environ))
+    # The first dry run of a server loads the tokenizer: far longer than the 50 ms it is given.
+    slow = {"spec": spec_for(config_only_model, sentiment_rows(2000, seed=1)),
+            "locations": locations_in(tmp_path, config_only_model).to_dict()}
     try:
         first = runner.run("ping", {}, timeout=60)["pid"]
         assert runner.run("ping", {}, timeout=60)["pid"] == first, "the check server is kept between requests"
         with pytest.raises(CheckFailed) as caught:
-            runner.run("dry_run", {"spec": {}, "locations": {}}, timeout=0.001)
+            runner.run("dry_run", slow, timeout=0.05)
         assert caught.value.timed_out
         deadline = time.monotonic() + 5
         while Path(f"/proc/{first}").exists() and time.monotonic() < deadline:
@@ -126,3 +130,17 @@ def test_a_check_that_runs_too_long_is_killed_and_the_next_one_starts_afresh() -
             runner.run("dry_run", {"spec": {}, "locations": {}}, timeout=60)
     finally:
         runner.close()
+
+
+def test_token_lengths_of_a_large_split_come_from_a_seeded_sample(config_only_model: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.trainer.dry_run as dry_run_module
+
+    monkeypatch.setattr(dry_run_module, "MAX_MEASURED_ROWS", 12)
+    spec = spec_for(config_only_model, sentiment_rows(40, seed=1), sentiment_rows(10, seed=2), max_length=64)
+    reports = [dry_run(spec, locations_in(tmp_path, config_only_model), tmp_path / "cache", TokenizerCache())
+               for _ in range(2)]
+    assert reports[0]["splits"]["train"]["tokens"]["measured_rows"] == 12
+    assert reports[0]["splits"]["validation"]["tokens"]["measured_rows"] == 10
+    assert reports[0]["splits"] == reports[1]["splits"]
+    assert reports[0]["duplicates"]["rows"] == 0 and reports[0]["splits"]["train"]["rows"] == 40
