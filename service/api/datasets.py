@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import Any, BinaryIO
 
@@ -14,14 +12,18 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 
 from service.api.context import current_settings
+from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
 from service.check_runner import CheckFailed
-from service.errors import BadRequest, Conflict, NotFound, ServiceError, ServiceUnavailable, ValidationFailed
+from service.errors import (BadRequest, Conflict, NotFound, ServiceError, ServiceUnavailable, UnsupportedMediaType,
+                            ValidationFailed)
 from service.schemas import (DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema,
                              UploadQuerySchema)
 from service.store.dataset_store import DatasetNotFound
 from service.uploads import (UploadedDataset, UploadRefused, clean_filename, new_dataset_id, remove_upload,
                              store_upload, upload_suffix)
+
+CURSOR_KIND = "ds"  # the prefix inside this list's cursors
 
 blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets",
                 description="Uploaded datasets, referenced in specs as {\"upload\": id}.")
@@ -51,15 +53,7 @@ class PayloadTooLarge(ServiceError):
     title = "Payload too large"
 
 
-class UnsupportedUpload(ServiceError):
-    """The upload is not a file type datasets are read from."""
-
-    status = 415
-    slug = "unsupported-media-type"
-    title = "Unsupported media type"
-
-
-REFUSALS: dict[int, type[ServiceError]] = {413: PayloadTooLarge, 415: UnsupportedUpload, 422: ValidationFailed}
+REFUSALS: dict[int, type[ServiceError]] = {413: PayloadTooLarge, 415: UnsupportedMediaType, 422: ValidationFailed}
 
 
 def dataset_document(dataset: UploadedDataset) -> dict[str, Any]:
@@ -75,24 +69,6 @@ def load_dataset_record(dataset_id: str) -> UploadedDataset:
         return current_dataset_store().get(dataset_id)
     except DatasetNotFound as exc:
         raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
-
-
-def encode_cursor(seq: int) -> str:
-    """An opaque cursor for the page that continues below ``seq``."""
-    return base64.urlsafe_b64encode(f"ds:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The seq inside a cursor this API issued; a 422 problem for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = raw.partition(":")
-        if prefix != "ds" or not number.isdigit():
-            raise ValueError(raw)
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        errors = {"cursor": ["Not a cursor returned by this API as `next`."]}
-        raise ValidationFailed("cursor: Not a cursor returned by this API.", errors=errors) from exc
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -132,10 +108,10 @@ class Datasets(MethodView):
     @blp.response(200, DatasetListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """Uploaded datasets, newest first; follow `next` for more."""
-        before = decode_cursor(query["cursor"]) if "cursor" in query else None
+        before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_dataset_store().list(limit=query["limit"], before_seq=before)
         return {"datasets": [dataset_document(dataset) for dataset in page],
-                "next": encode_cursor(next_seq) if next_seq is not None else None}
+                "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import time
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from marshmallow import EXCLUDE
 
 from service.api.context import current_settings, current_store
 from service.api.lifecycle import is_draining
+from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_locations
 from service.check_runner import CheckFailed
 from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
@@ -30,6 +29,8 @@ from service.store import InvalidTransition, JobNotFound, JobStore
 from service.store.job_store import IdempotencyConflict, utcnow
 
 # The prefix stops at /v1 so that the dry run can live at /v1/jobs:validate (a custom method).
+CURSOR_KIND = "seq"  # the prefix inside this list's cursors
+
 blp = Blueprint("jobs", __name__, url_prefix="/v1", description="Training jobs.")
 
 
@@ -76,24 +77,6 @@ def check_gpus_available(gpus: int | None) -> None:
         raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
 
 
-def encode_cursor(seq: int) -> str:
-    """An opaque cursor for the page that continues below ``seq``."""
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The seq inside a cursor this API issued; a 422 problem for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = raw.partition(":")
-        if prefix != "seq" or not number.isdigit():
-            raise ValueError(raw)
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        errors = {"cursor": ["Not a cursor returned by this API as `next`."]}
-        raise ValidationFailed("cursor: Not a cursor returned by this API.", errors=errors) from exc
-
-
 def group_metrics(points: list[MetricPoint]) -> dict[str, list[dict[str, Any]]]:
     """Per-epoch rows (one dict per epoch) and per-step rows from raw metric points."""
     epochs: dict[int, dict[str, Any]] = {}
@@ -112,11 +95,11 @@ class Jobs(MethodView):
     @blp.response(200, JobListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List jobs, newest first, optionally of one state; follow `next` for more."""
-        before = decode_cursor(query["cursor"]) if "cursor" in query else None
+        before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_store().list_jobs(
             state=query.get("state"), limit=query["limit"], before_seq=before)
         return {"jobs": [job_document(job) for job in page],
-                "next": encode_cursor(next_seq) if next_seq is not None else None}
+                "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
     @require_json_body
     @blp.arguments(IdempotencyHeaderSchema, location="headers", unknown=EXCLUDE)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from service.config import Settings
 from service.jobs import TRANSITIONS, JobError, JobState, MetricPoint, Progress
 from service.store import InvalidTransition, JobNotFound, JobStore, open_store
 from service.store.job_store import IdempotencyConflict
