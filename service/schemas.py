@@ -266,11 +266,16 @@ class IdempotencyHeaderSchema(Schema):
                                                              "spec return the first job (200)."})
 
 
-class JobListQuerySchema(StrictSchema):
-    state = fields.Enum(JobState, by_value=True)
+class PageQuerySchema(StrictSchema):
+    """Paging of a list endpoint: page size and the cursor of the page to continue from."""
+
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
     cursor = fields.String(validate=validate.Length(max=200),
                            metadata={"description": "The `next` value of the previous page."})
+
+
+class JobListQuerySchema(PageQuerySchema):
+    state = fields.Enum(JobState, by_value=True)
 
 
 class JobListSchema(Schema):
@@ -338,10 +343,8 @@ class DatasetSchema(Schema):
     created_at = fields.DateTime()
 
 
-class DatasetListQuerySchema(StrictSchema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=200),
-                           metadata={"description": "The `next` value of the previous page."})
+class DatasetListQuerySchema(PageQuerySchema):
+    """Paging of the uploaded datasets."""
 
 
 class DatasetListSchema(Schema):
