@@ -83,6 +83,8 @@ class Progress:
     epochs: int = 0
     step: int = 0
     steps_per_epoch: int | None = None
+    examples_per_second: float | None = None
+    eta_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,10 @@ class Job:
     gpus: int | None = None
     lease_expires_at: datetime | None = None
     seq: int = 0
+    # What the spec trains, hashed (service.fingerprint); None when its inputs were unreadable.
+    fingerprint: str | None = None
+    # The succeeded job whose result and artifacts this one reused instead of training.
+    reused_from: str | None = None
 
     @property
     def attempts_spent(self) -> int:

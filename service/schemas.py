@@ -109,6 +109,18 @@ class DataSchema(StrictSchema):
     label_column = fields.String(load_default="label", validate=validate.Length(min=1, max=256))
 
 
+class JitCompileField(fields.Field):
+    """`auto`, or a JSON boolean (strings like "true" are refused, so a typo cannot pass as a setting)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValidationError("Must be `auto`, `true` or `false`.")
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
 class HyperparametersSchema(StrictSchema):
     """Knobs of the fit; every number has a range."""
 
@@ -120,6 +132,17 @@ class HyperparametersSchema(StrictSchema):
                                 validate=validate.Range(min=8, max=MAX_MAX_LENGTH),
                                 metadata={"description": "Tokens per text after truncation."})
     seed = fields.Integer(strict=True, load_default=42, validate=validate.Range(min=0, max=2**32 - 1))
+    precision = fields.String(
+        load_default="auto", validate=validate.OneOf(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+        metadata={"description": "Numeric precision of the fit. `auto`: bfloat16 mixed precision on GPUs of "
+                                 "compute capability 8.0 or later, float16 mixed precision with loss scaling "
+                                 "on 7.x, float32 on older GPUs and on CPU. The classification head and the "
+                                 "loss always compute in float32."})
+    jit_compile = JitCompileField(
+        load_default="auto",
+        metadata={"description": "Compile the train step with XLA: `true`, `false`, or `auto` (on for GPUs, "
+                                 "off on CPU, where it is slower).",
+                  "oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "boolean"}]})
 
 
 class ResourcesSchema(StrictSchema):
@@ -230,6 +253,10 @@ class ProgressSchema(Schema):
     epochs = fields.Integer()
     step = fields.Integer()
     steps_per_epoch = fields.Integer(allow_none=True)
+    examples_per_second = fields.Float(allow_none=True, metadata={
+        "description": "Training examples per second over this attempt's fit so far."})
+    eta_seconds = fields.Float(allow_none=True, metadata={
+        "description": "Estimated seconds until the fit ends, validation included."})
 
 
 class JobErrorSchema(Schema):
@@ -253,8 +280,12 @@ class JobSchema(Schema):
     cancel_requested = fields.Boolean()
     progress = fields.Nested(ProgressSchema)
     error = fields.Nested(JobErrorSchema, allow_none=True)
-    result = fields.Dict(keys=fields.String(), values=fields.Float(), allow_none=True,
-                         metadata={"description": "Final metrics by name once succeeded."})
+    result = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
+        "description": "Once succeeded: the final metrics (loss, accuracy, val_loss, val_accuracy), and how "
+                       "the fit ran: padding_efficiency (real tokens / padded tokens), batch_shapes (distinct "
+                       "padded batch shapes), precision, jit_compile, compute_reason, examples_per_second and "
+                       "phases (seconds per phase: queued, startup, data, tokenize, model_load, fit, "
+                       "evaluate, publish)."})
     spec = fields.Nested(TrainingSpecSchema)
 
 
