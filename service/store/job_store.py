@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -77,7 +77,8 @@ def _job_from_row(row: Row[Any]) -> Job:
         progress=Progress(**(m["progress"] or {})), error=error, result=m["result"],
         priority=m["priority"], max_attempts=m["max_attempts"], free_attempts=m["free_attempts"],
         max_runtime_seconds=m["max_runtime_seconds"], gpus=m["gpus"],
-        lease_expires_at=_aware(m["lease_expires_at"]),
+        lease_expires_at=_aware(m["lease_expires_at"]), fingerprint=m["fingerprint"],
+        reused_from=m["reused_from"],
     )
 
 
@@ -110,9 +111,12 @@ class JobStore:
     def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
                    priority: int = 0, max_attempts: int = 3,
                    max_runtime_seconds: int | None = None,
-                   gpus: int | None = None) -> tuple[Job, bool]:
+                   gpus: int | None = None, fingerprint: str | None = None,
+                   reuse_of: Job | None = None) -> tuple[Job, bool]:
         """Queue a new job for ``spec``; returns (job, created).
 
+        With ``reuse_of`` (a job find_reusable_job gave for the same ``fingerprint``) the job is
+        created succeeded instead, with that job's result and progress, and never trains.
         With an ``idempotency_key`` already used for the same spec, the existing job comes
         back with created=False; used for a different spec, IdempotencyConflict is raised.
         """
@@ -123,14 +127,19 @@ class JobStore:
                 return existing, False
         now = utcnow()
         job_id = new_job_id()
+        values = dict(id=job_id, spec=spec, created_at=now, updated_at=now, attempt=0,
+                      cancel_requested=False, priority=priority, max_attempts=max_attempts,
+                      max_runtime_seconds=max_runtime_seconds, gpus=gpus,
+                      idempotency_key=idempotency_key, spec_hash=digest, fingerprint=fingerprint)
         try:
             with self._write() as conn:
-                conn.execute(insert(jobs).values(
-                    id=job_id, state=JobState.QUEUED.value, spec=spec, created_at=now, updated_at=now,
-                    attempt=0, cancel_requested=False, progress={}, priority=priority,
-                    max_attempts=max_attempts, max_runtime_seconds=max_runtime_seconds, gpus=gpus,
-                    idempotency_key=idempotency_key, spec_hash=digest))
-                self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
+                source = (self._reusable(conn, reuse_of.id, fingerprint)
+                          if reuse_of is not None and fingerprint is not None else None)
+                if source is None:
+                    conn.execute(insert(jobs).values(state=JobState.QUEUED.value, progress={}, **values))
+                    self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
+                else:
+                    self._insert_reused(conn, values, source)
                 return self._get(conn, job_id), True
         except IntegrityError:
             # Another request with the same key won the race; answer with its job.
@@ -140,6 +149,37 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
+
+    def find_reusable_job(self, fingerprint: str) -> Job | None:
+        """The newest job that trained this fingerprint itself and succeeded, or None."""
+        with self._read() as conn:
+            row = conn.execute(self._reusable_query(fingerprint).order_by(jobs.c.seq.desc()).limit(1)).first()
+        return _job_from_row(row) if row is not None else None
+
+    @staticmethod
+    def _reusable_query(fingerprint: str) -> Select[Any]:
+        # Only jobs that trained: a reused job's files are its source's, so naming the source
+        # keeps every reuse one hop from the published artifacts.
+        return select(jobs).where(jobs.c.fingerprint == fingerprint,
+                                  jobs.c.state == JobState.SUCCEEDED.value, jobs.c.reused_from.is_(None))
+
+    def _reusable(self, conn: Connection, job_id: str, fingerprint: str) -> Job | None:
+        row = conn.execute(self._reusable_query(fingerprint).where(jobs.c.id == job_id)).first()
+        return _job_from_row(row) if row is not None else None
+
+    def _insert_reused(self, conn: Connection, values: dict[str, Any], source: Job) -> None:
+        # Created in its final state rather than moved there: the job never waits or runs, so
+        # no transition applies. The source was read in this transaction and succeeded is
+        # terminal, so its result cannot change before this commits.
+        job_id = values["id"]
+        conn.execute(insert(jobs).values(
+            state=JobState.SUCCEEDED.value, finished_at=values["created_at"], progress=source.progress.__dict__,
+            result=source.result, reused_from=source.id, **values))
+        self._append_event(conn, job_id, "reused",
+                           f"The same spec, data and model as job {source.id}, which succeeded: its result "
+                           "and artifacts are reused and nothing is trained.", data={"source_job": source.id})
+        self._append_event(conn, job_id, "state", f"Succeeded at once, reusing job {source.id}.",
+                           state=JobState.SUCCEEDED, data={"reused_from": source.id})
 
     def _find_by_key(self, key: str, digest: str) -> Job | None:
         with self._read() as conn:

@@ -37,8 +37,12 @@ jobs = Table(
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("idempotency_key", String(255)),
     Column("spec_hash", String(64)),
+    # What the spec trains (service.fingerprint), so a reuse finds an identical succeeded job.
+    Column("fingerprint", String(64)),
+    Column("reused_from", String(64)),
     Index("ix_jobs_state_seq", "state", "seq"),
     Index("ix_jobs_state_priority_seq", "state", "priority", "seq"),
+    Index("ix_jobs_fingerprint_state", "fingerprint", "state"),
     UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
 )
 
