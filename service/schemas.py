@@ -246,6 +246,11 @@ class TrainingSpecSchema(StrictSchema):
     max_runtime_seconds = fields.Integer(strict=True, load_default=86_400,
                                          validate=validate.Range(min=1, max=30 * 86_400),
                                          metadata={"description": "An attempt running longer fails as `timeout`."})
+    reuse = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
+        "description": "Reuse instead of retraining: when a job with the same spec (ignoring priority, "
+                       "max_attempts, max_runtime_seconds and resources), the same data content and the same "
+                       "model files or revision already succeeded, this job succeeds at once with its result "
+                       "and artifacts (`reused_from` names it); otherwise it trains."})
 
 
 class ProgressSchema(Schema):
@@ -287,6 +292,9 @@ class JobSchema(Schema):
                        "phases (seconds per phase: queued, startup, data, tokenize, model_load, fit, "
                        "evaluate, publish)."})
     spec = fields.Nested(TrainingSpecSchema)
+    reused_from = fields.String(allow_none=True, metadata={
+        "description": "The succeeded job whose result and artifacts this job reused (spec `reuse`); "
+                       "null for a job that trains."})
 
 
 class IdempotencyHeaderSchema(Schema):

@@ -1,4 +1,7 @@
-"""Artifacts of succeeded jobs: the list, single files and the model tarball."""
+"""Artifacts of succeeded jobs: the list, single files and the model tarball.
+
+A job that reused another job's result serves that job's published files: nothing is copied.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from service.api.context import current_settings
-from service.api.jobs import load_job
+from service.api.jobs import artifact_owner, load_job
 from service.artifacts import ArtifactNotFound, artifact_path, list_artifacts, model_tarball
 from service.errors import NotFound
 from service.schemas import ArtifactListSchema
@@ -24,8 +27,7 @@ class JobArtifacts(MethodView):
     @blp.response(200, ArtifactListSchema)
     def get(self, job_id: str) -> dict[str, Any]:
         """Every published file with its size; empty until the job succeeds."""
-        load_job(job_id)
-        found = list_artifacts(current_settings().artifacts_dir, job_id)
+        found = list_artifacts(current_settings().artifacts_dir, artifact_owner(load_job(job_id)))
         return {"artifacts": [{"name": a.name, "size": a.size} for a in found]}
 
 
@@ -34,9 +36,9 @@ class JobArtifact(MethodView):
     @blp.doc(responses={"200": {"description": "The file.", **BINARY}})
     def get(self, job_id: str, name: str) -> Response:
         """One published file, by the name the artifact list gives."""
-        load_job(job_id)
+        owner = artifact_owner(load_job(job_id))
         try:
-            path = artifact_path(current_settings().artifacts_dir, job_id, name)
+            path = artifact_path(current_settings().artifacts_dir, owner, name)
         except ArtifactNotFound as exc:
             raise NotFound(f"Job {job_id} has no artifact named {name!r}.") from exc
         return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
@@ -51,7 +53,8 @@ class JobModelTarball(MethodView):
         job = load_job(job_id)
         settings = current_settings()
         try:
-            tarball = model_tarball(settings.artifacts_dir, settings.cache_dir, job_id)
+            # Built and cached under the owner's id, so a reused model is archived once.
+            tarball = model_tarball(settings.artifacts_dir, settings.cache_dir, artifact_owner(job))
         except ArtifactNotFound as exc:
             raise NotFound(f"Job {job_id} is {job.state.value}; it has no model to download.") from exc
         return send_file(tarball, mimetype="application/gzip", as_attachment=True,

@@ -17,16 +17,20 @@ from marshmallow import EXCLUDE
 from service.api.context import current_settings, current_store
 from service.api.lifecycle import is_draining
 from service.api.paging import decode_cursor, encode_cursor
-from service.api.sources import check_spec_sources, current_check_runner, current_locations
+from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
+from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
 from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
                             ValidationFailed)
+from service.fingerprint import spec_fingerprint
 from service.jobs import Job, MetricPoint
 from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
                              EventSchema, IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
                              MetricsSchema, ProblemSchema, TrainingSpecSchema)
 from service.store import InvalidTransition, JobNotFound, JobStore
+from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, utcnow
+from service.uploads import UploadedDataset
 
 # The prefix stops at /v1 so that the dry run can live at /v1/jobs:validate (a custom method).
 CURSOR_KIND = "seq"  # the prefix inside this list's cursors
@@ -77,6 +81,35 @@ def check_gpus_available(gpus: int | None) -> None:
         raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
 
 
+def job_fingerprint(spec: dict[str, Any]) -> str | None:
+    """What a loaded spec trains, hashed; None when its data or model cannot be read now."""
+    datasets = current_dataset_store()
+
+    def lookup_upload(dataset_id: str) -> UploadedDataset | None:
+        try:
+            return datasets.get(dataset_id)
+        except DatasetNotFound:
+            return None
+
+    return spec_fingerprint(spec, current_locations(), lookup_upload)
+
+
+def reusable_job(fingerprint: str | None) -> Job | None:
+    """The succeeded job a spec with ``reuse`` can take its result from, if one trained the same thing."""
+    if fingerprint is None:
+        return None
+    source = current_store().find_reusable_job(fingerprint)
+    # Without its published files there is nothing to share; the new job trains instead.
+    if source is None or not job_artifacts_dir(current_settings().artifacts_dir, source.id).is_dir():
+        return None
+    return source
+
+
+def artifact_owner(job: Job) -> str:
+    """The job whose published files are this job's: its reuse source, or itself."""
+    return job.reused_from or job.id
+
+
 def group_metrics(points: list[MetricPoint]) -> dict[str, list[dict[str, Any]]]:
     """Per-epoch rows (one dict per epoch) and per-step rows from raw metric points."""
     epochs: dict[int, dict[str, Any]] = {}
@@ -108,14 +141,22 @@ class Jobs(MethodView):
     @blp.alt_response(200, schema=JobSchema, description="An earlier submission with the same Idempotency-Key.")
     @blp.alt_response(409, schema=ProblemSchema, description="Idempotency-Key reused with another spec.")
     def post(self, headers: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
-        """Queue a training job; answers with the job and its URL in `Location`."""
+        """Queue a training job; answers with the job and its URL in `Location`.
+
+        With `reuse: true` and an identical job that succeeded, the job is created succeeded at
+        once with that job's result and artifacts, and `reused_from` names it.
+        """
         key = headers.get("idempotency_key")
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"])
+        # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
+        fingerprint = job_fingerprint(spec)
+        source = reusable_job(fingerprint) if spec["reuse"] else None
         try:
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
-                max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"])
+                max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
+                fingerprint=fingerprint, reuse_of=source)
         except IdempotencyConflict as exc:
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc
@@ -200,9 +241,12 @@ class JobCancel(MethodView):
 class JobMetrics(MethodView):
     @blp.response(200, MetricsSchema)
     def get(self, job_id: str) -> dict[str, Any]:
-        """Per-epoch loss/accuracy/val_loss/val_accuracy and per-step loss, as recorded so far."""
-        load_job(job_id)
-        return group_metrics(current_store().list_metrics(job_id))
+        """Per-epoch loss/accuracy/val_loss/val_accuracy and per-step loss, as recorded so far.
+
+        A job that reused another's result shows that job's series, which its result summarizes.
+        """
+        job = load_job(job_id)
+        return group_metrics(current_store().list_metrics(artifact_owner(job)))
 
 
 @blp.route("/jobs/<job_id>/events")
