@@ -102,6 +102,7 @@ def test_a_reused_job_cannot_be_cancelled(client: FlaskClient, trained: str) -> 
 def test_without_reuse_an_identical_spec_trains_again(client: FlaskClient, trained: str) -> None:
     status, job = submit(client, SPEC)
     assert status == 201 and job["state"] == "queued" and job["reused_from"] is None
+    assert job["spec"]["reuse"] is False, "reuse is off unless asked for"
     status, job = submit(client, {**SPEC, "reuse": False})
     assert status == 201 and job["state"] == "queued"
 
