@@ -142,6 +142,10 @@ class JobEvent:
     data: dict[str, Any] | None = None
 
 
+# Metric names of phase durations ("phase_seconds.fit"); the metrics endpoint lists them apart.
+PHASE_METRIC = "phase_seconds."
+
+
 @dataclass(frozen=True)
 class MetricPoint:
     """One recorded metric value; ``step`` is set for per-step values, else per-epoch."""

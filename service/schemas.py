@@ -340,6 +340,9 @@ class StepMetricsSchema(Schema):
 class MetricsSchema(Schema):
     epochs = fields.List(fields.Nested(EpochMetricsSchema))
     steps = fields.List(fields.Nested(StepMetricsSchema))
+    phases = fields.Dict(keys=fields.String(), values=fields.Float(), metadata={
+        "description": "Seconds each finished phase took: queued, startup, data, tokenize, model_load, fit, "
+                       "evaluate, publish (of the latest attempt that ran it)."})
 
 
 class EventSchema(Schema):

@@ -23,7 +23,7 @@ from service.check_runner import CheckFailed
 from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
                             ValidationFailed)
 from service.fingerprint import spec_fingerprint
-from service.jobs import Job, MetricPoint
+from service.jobs import PHASE_METRIC, Job, MetricPoint
 from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
                              EventSchema, IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
                              MetricsSchema, ProblemSchema, TrainingSpecSchema)
@@ -110,16 +110,20 @@ def artifact_owner(job: Job) -> str:
     return job.reused_from or job.id
 
 
-def group_metrics(points: list[MetricPoint]) -> dict[str, list[dict[str, Any]]]:
-    """Per-epoch rows (one dict per epoch) and per-step rows from raw metric points."""
+def group_metrics(points: list[MetricPoint]) -> dict[str, Any]:
+    """Per-epoch rows (one dict per epoch), per-step rows and phase durations from raw metric points."""
     epochs: dict[int, dict[str, Any]] = {}
     steps: dict[int, dict[str, Any]] = {}
+    phases: dict[str, float] = {}
     for point in points:
-        if point.step is None:
+        if point.name.startswith(PHASE_METRIC):
+            phases[point.name.removeprefix(PHASE_METRIC)] = point.value
+        elif point.step is None:
             epochs.setdefault(point.epoch, {"epoch": point.epoch})[point.name] = point.value
         else:
             steps.setdefault(point.step, {"step": point.step, "epoch": point.epoch})[point.name] = point.value
-    return {"epochs": [epochs[k] for k in sorted(epochs)], "steps": [steps[k] for k in sorted(steps)]}
+    return {"epochs": [epochs[k] for k in sorted(epochs)], "steps": [steps[k] for k in sorted(steps)],
+            "phases": phases}
 
 
 @blp.route("/jobs")

@@ -36,6 +36,8 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         # beside the checkpoint so a resumed fit still reports the whole run.
         self.history_path = Path(backup_dir) / "epochs.json"
         self.history: list[dict[str, float]] = []
+        # (0-based epoch, steps of it already trained) when resuming inside an epoch.
+        self.restored: tuple[int, int] | None = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)  # restores the checkpoint, if there is one
@@ -45,6 +47,8 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
             self.stop.in_fit = True
         epoch = int(tf_keras.backend.get_value(self._training_state._ckpt_saved_epoch))
         batch = int(tf_keras.backend.get_value(self._training_state._ckpt_saved_batch))
+        if epoch >= 0 and batch < self.steps_per_epoch - 1:
+            self.restored = (epoch, batch + 1)
         if epoch >= 0 and self.reporter is not None:
             if batch >= self.steps_per_epoch - 1:
                 where = f"the start of epoch {epoch + 2}"

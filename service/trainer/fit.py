@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from service.trainer.reporter import TrainingReporter
 from service.trainer.stop import StopSignal
@@ -19,53 +21,108 @@ FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,
                  publish_dir: Path, reporter: TrainingReporter, threads: int = 0,
                  checkpoint_steps: int = 0, stop: StopSignal | None = None,
-                 devices: list[str] | None = None) -> dict[str, float]:
-    """Train the spec's model and publish it to ``publish_dir``; returns the final metrics.
+                 devices: list[str] | None = None, timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Train the spec's model and publish it to ``publish_dir``; returns the job's result.
 
     Data problems raise TrainingFailure(invalid_data) before any model weights are read;
     model problems raise TrainingFailure(model_load_failed). A checkpoint in
     ``checkpoint_dir`` from an interrupted attempt is resumed from; it is removed once the
     model is published. With ``stop``, SIGTERM during the fit writes a checkpoint at the
     current step and raises DrainRequested. ``devices`` defaults to the visible GPUs
-    (mirrored when there are several; see service.trainer.devices).
+    (mirrored when there are several; see service.trainer.devices). ``timings`` holds the
+    seconds of phases before this call (queued, startup), reported with the others.
     """
     prepare_tensorflow(threads)
     from service.trainer.data import prepare_data
     from service.trainer.modeling import load_classifier, load_tokenizer
+    from service.trainer.precision import apply_policy, choose_compute, detect_device, keep_head_in_float32
 
+    phases = PhaseClock(reporter, timings)
     hyper = spec["hyperparameters"]
-    data = prepare_data(spec, data_root, work_dir / "datasets-cache")
+    with phases.measure("data"):
+        data = prepare_data(spec, data_root, work_dir / "datasets-cache")
     reporter.event("data_loaded", f"{len(data.train)} training and {len(data.validation)} validation rows, "
                    f"{data.num_labels} labels.",
                    {"train_rows": len(data.train), "validation_rows": len(data.validation),
                     "labels": [data.id2label[i] for i in range(data.num_labels)]})
-    tokenizer = load_tokenizer(spec["model"])
-    train_tokens, validation_tokens = tokenize(data, spec, tokenizer)
+    with phases.measure("tokenize"):
+        tokenizer = load_tokenizer(spec["model"])
+        train_tokens, validation_tokens = tokenize(data, spec, tokenizer, checkpoint_dir / "tokens")
     import tf_keras
 
+    plan = choose_compute(hyper.get("precision", "auto"), hyper.get("jit_compile", "auto"), detect_device())
+    # Set in every run (also to float32): the policy is process-wide and decides how the model is built.
+    apply_policy(plan)
+    reporter.event("compute_chosen", f"{plan.precision}, XLA {'on' if plan.jit_compile else 'off'} on "
+                   f"{plan.device}: {plan.reason}", plan.as_dict())
     # Seeded before the new classification head is drawn, so a spec's seed fixes the whole run.
     tf_keras.utils.set_random_seed(hyper["seed"])
     from service.trainer.devices import choose_strategy
 
     strategy = choose_strategy(devices)
-    with strategy.scope():  # variables made here are mirrored; compile and fit follow the model's strategy
+    with phases.measure("model_load"), strategy.scope():
+        # Variables made here are mirrored; compile and fit follow the model's strategy.
         model = load_classifier(spec["model"], data.num_labels, data.id2label, data.label2id)
+        keep_head_in_float32(model)
     replicas = strategy.num_replicas_in_sync
     reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}) on {replicas} "
                    f"device(s).", {"replicas": replicas})
-    history, final = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter,
-                         checkpoint_dir, checkpoint_steps, stop)
+    outcome = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter, checkpoint_dir,
+                  checkpoint_steps, stop, jit_compile=plan.jit_compile)
+    phases.record("fit", outcome.train_seconds)
+    phases.record("evaluate", outcome.evaluate_seconds)
+    result: dict[str, Any] = {**outcome.final, **outcome.batching, "precision": plan.precision,
+                              "jit_compile": plan.jit_compile, "compute_reason": plan.reason,
+                              "examples_per_second": outcome.examples_per_second}
     reporter.event("publishing", "Writing the model and its files.")
-    # Staged beside the published folder (same file system, so the rename is atomic).
-    staging = publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
-    publish(model, tokenizer, spec, history, final, staging, publish_dir)
+    with phases.measure("publish"):
+        # Staged beside the published folder (same file system, so the rename is atomic).
+        staging = publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
+        publish(model, tokenizer, spec, outcome.history, {**result, "phases": phases.seconds}, staging,
+                publish_dir)
     reporter.event("artifacts_published", "Model, tokenizer, metrics.json and spec.json published.")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return final
+    return {**result, "phases": phases.seconds}
 
 
-def tokenize(data: Any, spec: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]:
-    """Tokenized train and validation datasets, truncated at max_length and not yet padded."""
+class PhaseClock:
+    """Seconds spent in each phase of a job, each reported as an event and a metric when it ends."""
+
+    def __init__(self, reporter: TrainingReporter, earlier: dict[str, float] | None = None) -> None:
+        self.reporter = reporter
+        self.seconds: dict[str, float] = {}
+        for name, seconds in (earlier or {}).items():
+            self.record(name, seconds)
+
+    @contextlib.contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name`` (recorded only when it completes)."""
+        started = time.monotonic()
+        yield
+        self.record(name, time.monotonic() - started)
+
+    def record(self, name: str, seconds: float) -> None:
+        """Record a phase measured elsewhere."""
+        self.seconds[name] = round(seconds, 3)
+        self.reporter.event("phase_finished", f"{name}: {seconds:.1f} s.",
+                            {"phase": name, "seconds": round(seconds, 3)})
+        self.reporter.phase_seconds(name, seconds)
+
+
+# Rows above which tokenizing uses several processes; below it, one process and the fast
+# tokenizer's own threads are quicker than forking.
+PARALLEL_TOKENIZE_ROWS = 50_000
+
+
+def tokenize(data: Any, spec: dict[str, Any], tokenizer: Any, cache_dir: Path | None = None) -> tuple[Any, Any]:
+    """Tokenized train and validation datasets, truncated at max_length and not yet padded.
+
+    With ``cache_dir`` (kept beside the job's checkpoint) the tokens are written once and a
+    resumed attempt reads them back instead of tokenizing again.
+    """
+    import hashlib
+    import os
+
     text, pair = spec["data"]["text_column"], spec["data"]["text_pair_column"]
     max_length = spec["hyperparameters"]["max_length"]
 
@@ -74,77 +131,91 @@ def tokenize(data: Any, spec: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]
         return tokenizer(batch[text], pairs, truncation=True, max_length=max_length)
 
     columns = [text] + ([pair] if pair else [])
-    return (data.train.map(encode, batched=True, remove_columns=columns),
-            data.validation.map(encode, batched=True, remove_columns=columns))
+    recipe = hashlib.sha256(json.dumps([tokenizer.name_or_path, len(tokenizer), max_length, columns])
+                            .encode()).hexdigest()[:16]
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def mapped(split: Any, name: str) -> Any:
+        processes = min(os.cpu_count() or 1, 8) if len(split) >= PARALLEL_TOKENIZE_ROWS else None
+        cache = str(cache_dir / f"{name}-{split._fingerprint}-{recipe}.arrow") if cache_dir else None
+        return split.map(encode, batched=True, batch_size=1000, remove_columns=columns, num_proc=processes,
+                         cache_file_name=cache, desc=f"Tokenizing {name}")
+
+    return mapped(data.train, "train"), mapped(data.validation, "validation")
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What a fit produced: per-epoch history, the final metrics, timings and batching figures."""
+
+    history: list[dict[str, float]]
+    final: dict[str, float]
+    batching: dict[str, Any]
+    train_seconds: float
+    evaluate_seconds: float
+    examples_per_second: float | None
 
 
 def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
         reporter: TrainingReporter, checkpoint_dir: Path, checkpoint_steps: int,
-        stop: StopSignal | None = None) -> tuple[list[dict[str, float]], dict[str, float]]:
-    """Compile and fit the Keras recipe; returns per-epoch history and the last epoch's metrics."""
+        stop: StopSignal | None = None, jit_compile: bool = False) -> FitOutcome:
+    """Compile and fit the Keras recipe on length-bucketed batches."""
     import tf_keras
 
+    from service.trainer.batching import BucketedBatches, TokenColumns
     from service.trainer.checkpoints import StepCheckpoints
-    from service.trainer.progress import ReportProgress
+    from service.trainer.precision import float32_loss
+    from service.trainer.progress import FollowEpochs, ReportProgress
 
     tf_keras.utils.set_random_seed(hyper["seed"])
-    batch_size = hyper["batch_size"]
-    train_set = padded_batches(train_tokens, tokenizer, batch_size, shuffle_seed=hyper["seed"])
-    validation_set = padded_batches(validation_tokens, tokenizer, batch_size)
-    steps_per_epoch = math.ceil(len(train_tokens) / batch_size)
+    batch_size, epochs = hyper["batch_size"], hyper["epochs"]
+    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0,
+                  "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
+    # XLA compiles every batch shape anew, so with it batches are padded to fewer lengths.
+    train_batches = BucketedBatches(TokenColumns.from_dataset(train_tokens), batch_size, hyper["max_length"],
+                                    pad_values, seed=hyper["seed"], coarse=jit_compile)
+    validation_batches = BucketedBatches(TokenColumns.from_dataset(validation_tokens), batch_size,
+                                         hyper["max_length"], pad_values, coarse=jit_compile)
+    batching = batching_figures(train_batches, validation_batches, epochs)
+    reporter.event("batching", f"Length-bucketed batches: {batching['padding_efficiency']:.0%} of padded "
+                   f"tokens are real; {batching['batch_shapes']} distinct batch shapes.", batching)
+    steps_per_epoch = len(train_batches)
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=hyper["learning_rate"]),
-                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    epochs = hyper["epochs"]
+                  loss=float32_loss(), metrics=["accuracy"], jit_compile=jit_compile)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    # Saves model and optimizer state; a later attempt resumes where this one stopped.
+    checkpoints = StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter)
+    progress = ReportProgress(reporter, epochs, steps_per_epoch, len(train_batches.columns))
     callbacks = [
+        FollowEpochs(train_batches, checkpoints),
         # Metrics are recorded before the checkpoint is written: an epoch whose checkpoint
         # exists always has its metrics, and one redone after a crash overwrites them.
-        ReportProgress(reporter, epochs, steps_per_epoch),
-        # Saves model and optimizer state; a later attempt resumes where this one stopped.
-        StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter),
+        progress,
+        checkpoints,
     ]
     reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
                    {"epochs": epochs, "steps_per_epoch": steps_per_epoch})
-    model.fit(train_set, validation_data=validation_set, epochs=epochs, callbacks=callbacks, verbose=2)
+    model.fit(train_batches.dataset(), validation_data=validation_batches.dataset(), epochs=epochs,
+              callbacks=callbacks, verbose=2)
     # From the checkpoint's record, so epochs finished by an earlier attempt are included.
-    history = callbacks[1].history
+    history = checkpoints.history
     final = {name: history[-1][name] for name in FINAL_METRICS if history and name in history[-1]}
-    return history, final
+    # Batch shapes are dynamic in the train step's signature: one trace serves them all.
+    batching["train_step_traces"] = model.train_function.experimental_get_tracing_count()
+    return FitOutcome(history=history, final=final, batching=batching, train_seconds=progress.train_seconds,
+                      evaluate_seconds=progress.evaluate_seconds,
+                      examples_per_second=progress.examples_per_second)
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def padded_batches(tokens: Any, tokenizer: Any, batch_size: int, shuffle_seed: int | None = None) -> Any:
-    """A tf.data pipeline of (features, labels) batches, each padded to its own longest row.
-
-    Built from ragged tensors, so batch shapes stay dynamic; datasets' to_tf_dataset infers
-    fixed shapes from a sample of batches and then rejects batches of other lengths.
-    """
-    import itertools
-
-    import numpy as np
-    import tensorflow as tf
-
-    names = [name for name in MODEL_INPUTS if name in tokens.column_names]
-    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0,
-                  "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
-    features = {}
-    for name in names:
-        rows = tokens[name]
-        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
-        features[name] = tf.RaggedTensor.from_row_lengths(flat, lengths)
-    labels = tf.constant(np.asarray(tokens["labels"], dtype=np.int32))
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(tokens), seed=shuffle_seed, reshuffle_each_iteration=True)
-
-    def pad(batch: dict[str, Any], batch_labels: Any) -> tuple[dict[str, Any], Any]:
-        return {name: batch[name].to_tensor(default_value=pad_values[name]) for name in names}, batch_labels
-
-    return dataset.ragged_batch(batch_size).map(pad).prefetch(tf.data.AUTOTUNE)
+def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]:
+    """Padding efficiency (real / padded tokens) of the whole run and its distinct batch shapes."""
+    real, padded, shapes = train.stats(range(epochs))
+    validation_real, validation_padded, validation_shapes = validation.stats(range(1))
+    real, padded = real + epochs * validation_real, padded + epochs * validation_padded
+    return {"padding_efficiency": round(real / padded, 4) if padded else 1.0,
+            "batch_shapes": len(shapes | validation_shapes),
+            "padded_lengths": sorted({length for _, length in shapes | validation_shapes})}
 
 
 def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],

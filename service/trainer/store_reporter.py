@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.jobs import MetricPoint, Progress
+from service.jobs import PHASE_METRIC, MetricPoint, Progress
 from service.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,16 @@ class StoreReporter:
         self._events: list[tuple[str, str, dict[str, Any] | None]] = []  # not yet written
         self._last_flush = time.monotonic()
 
-    def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None) -> None:
+    def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None,
+                 examples_per_second: float | None = None, eta_seconds: float | None = None) -> None:
         """Remember the latest progress; written with the next flush."""
-        self._progress = Progress(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch)
+        self._progress = Progress(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch,
+                                  examples_per_second=examples_per_second, eta_seconds=eta_seconds)
         self._maybe_flush()
+
+    def phase_seconds(self, phase: str, seconds: float) -> None:
+        """Buffer a phase's duration as a metric (epoch 0, no step); written with the next flush."""
+        self._points.append(MetricPoint(f"{PHASE_METRIC}{phase}", float(seconds), 0))
 
     def step_metrics(self, *, epoch: int, step: int, values: dict[str, float]) -> None:
         """Buffer per-step values."""

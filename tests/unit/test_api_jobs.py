@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from service.api import create_app
 from service.config import Settings
-from service.jobs import JobError, JobState, MetricPoint, Progress
+from service.jobs import PHASE_METRIC, JobError, JobState, MetricPoint, Progress
 from service.store import JobStore
 from tests.support.service import free_port
 
@@ -74,12 +74,15 @@ def test_metrics_are_grouped_per_epoch_and_step(app: Flask, client: FlaskClient)
     store.record_progress(job_id, 1, Progress(epoch=1, epochs=2, step=2, steps_per_epoch=2), [
         MetricPoint("loss", 0.9, 1, 1), MetricPoint("loss", 0.7, 1, 2),
         MetricPoint("loss", 0.8, 1), MetricPoint("accuracy", 0.5, 1),
-        MetricPoint("val_loss", 0.75, 1), MetricPoint("val_accuracy", 0.6, 1)])
+        MetricPoint("val_loss", 0.75, 1), MetricPoint("val_accuracy", 0.6, 1),
+        MetricPoint(f"{PHASE_METRIC}data", 1.5, 0), MetricPoint(f"{PHASE_METRIC}tokenize", 0.25, 0)])
     metrics = client.get(f"/v1/jobs/{job_id}/metrics").get_json()
     assert metrics["epochs"] == [{"epoch": 1, "loss": 0.8, "accuracy": 0.5, "val_loss": 0.75, "val_accuracy": 0.6}]
     assert metrics["steps"] == [{"step": 1, "epoch": 1, "loss": 0.9}, {"step": 2, "epoch": 1, "loss": 0.7}]
+    assert metrics["phases"] == {"data": 1.5, "tokenize": 0.25}
     job = client.get(f"/v1/jobs/{job_id}").get_json()
-    assert job["progress"] == {"epoch": 1, "epochs": 2, "step": 2, "steps_per_epoch": 2}
+    assert job["progress"] == {"epoch": 1, "epochs": 2, "step": 2, "steps_per_epoch": 2,
+                               "examples_per_second": None, "eta_seconds": None}
 
 
 def test_unknown_job_is_404_everywhere(client: FlaskClient) -> None:

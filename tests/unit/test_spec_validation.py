@@ -125,7 +125,7 @@ def test_valid_spec_is_queued_with_defaults(client: FlaskClient) -> None:
     assert job["state"] == "queued"
     spec = job["spec"]
     assert spec["hyperparameters"] == {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5,
-                                       "max_length": 128, "seed": 42}
+                                       "max_length": 128, "seed": 42, "precision": "auto", "jit_compile": "auto"}
     assert spec["data"]["validation"] == {"split_fraction": 0.1}
     assert spec["data"]["text_column"] == "text" and spec["data"]["label_column"] == "label"
     assert spec["num_labels"] is None
@@ -144,3 +144,25 @@ def test_absolute_model_path_outside_the_model_roots_is_422(client: FlaskClient)
     problem = assert_problem(client.post("/v1/jobs", json=with_change("model", "/models/my-checkpoint")), 422)
     assert "outside the model roots" in problem["errors"]["model"][0]
     assert client.get("/v1/jobs").get_json()["jobs"] == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("precision", "float16"), ("precision", "bf16"), ("precision", 32),
+    ("jit_compile", "true"), ("jit_compile", "yes"), ("jit_compile", 1), ("jit_compile", None),
+])
+def test_bad_precision_and_jit_compile_are_422_naming_the_field(client: FlaskClient, field: str, value: Any) -> None:
+    spec = {**VALID, "hyperparameters": {field: value}}
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert f"hyperparameters.{field}" in response.get_json()["errors"], response.get_json()
+
+
+@pytest.mark.parametrize(("precision", "jit"), [("mixed_bfloat16", True), ("mixed_float16", False),
+                                                 ("float32", "auto")])
+def test_precision_and_jit_compile_settings_are_kept(client: FlaskClient, precision: str, jit: Any) -> None:
+    spec = {**VALID, "hyperparameters": {"precision": precision, "jit_compile": jit}}
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 201, response.get_json()
+    hyper = response.get_json()["spec"]["hyperparameters"]
+    assert (hyper["precision"], hyper["jit_compile"]) == (precision, jit)
