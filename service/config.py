@@ -110,6 +110,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "and exit before it is sent SIGKILL."),
     SettingSpec("FITJOBS_TRAINER_THREADS", "trainer_threads", "0", int,
                 "TensorFlow intra-op threads per trainer; 0 lets TensorFlow decide."),
+    SettingSpec("FITJOBS_WARM_TRAINERS", "warm_trainers", "1", _non_negative_int,
+                "Trainer processes a supervisor keeps started, with TensorFlow and transformers "
+                "imported, for its next jobs (only while a slot is free); 0 starts each trainer cold."),
     SettingSpec("FITJOBS_CHECKPOINT_STEPS", "checkpoint_steps", "0", _non_negative_int,
                 "Also checkpoint every this many steps (0: only at the end of each epoch)."),
     SettingSpec("FITJOBS_METRICS_FLUSH_SECONDS", "metrics_flush_seconds", "2", _non_negative_float,
@@ -155,6 +158,7 @@ class Settings:
     poll_interval: float
     shutdown_grace: float
     trainer_threads: int
+    warm_trainers: int
     checkpoint_steps: int
     metrics_flush_seconds: float
     lease_seconds: float

@@ -30,7 +30,11 @@ def die_with_parent() -> None:
 
 @dataclass
 class TrainerProcess:
-    """A running trainer child and what the supervisor did to it."""
+    """A running trainer child and what the supervisor did to it.
+
+    ``started`` is when it got its job: its spawn for a cold trainer, its assignment for a
+    warm one (service.supervisor.warm), whose process was started earlier.
+    """
 
     job_id: str
     attempt: int
@@ -42,6 +46,7 @@ class TrainerProcess:
     stop_reason: str | None = None
     term_sent_at: float | None = None
     kill_sent: bool = False
+    warm: bool = False
 
     @property
     def log_path(self) -> Path:

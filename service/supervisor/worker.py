@@ -17,9 +17,11 @@ from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import TrainerProcess, spawn_trainer
 from service.supervisor.gpus import GpuPool, detect_gpus
+from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, outcome_of_exit_status, read_outcome
 
 log = logging.getLogger(__name__)
+
 
 class Supervisor:
     """Runs up to ``max_concurrent_jobs`` trainer children for one node."""
@@ -31,6 +33,7 @@ class Supervisor:
         self.children: dict[str, TrainerProcess] = {}
         self.gpus = GpuPool(detect_gpus(settings.gpus))
         self.slots = settings.max_concurrent_jobs or max(1, len(self.gpus.ids))
+        self.warm = WarmPool(settings, settings.warm_trainers)
         self._stop = threading.Event()
         self._last_heartbeat = 0.0
         self._last_reap = 0.0
@@ -82,6 +85,7 @@ class Supervisor:
             self._heartbeat()
             self._reap_stale_jobs()
             if not self._stop.is_set():
+                self.warm.replenish(self.slots - len(self.children))
                 self._claim()
         except SQLAlchemyError as exc:
             # The children keep running; the next pass retries once the database is back.
@@ -90,9 +94,10 @@ class Supervisor:
             child.kill_if_overdue(self.settings.shutdown_grace)
 
     def shutdown(self) -> None:
-        """SIGTERM every child, SIGKILL those still alive after the grace period, finalise all."""
+        """SIGTERM every child and warm trainer, SIGKILL those alive after the grace period, finalise all."""
         for child in self.children.values():
             child.stop("shutdown")
+        self.warm.stop_all(self.settings.shutdown_grace)
         while self.children:
             for child in self.children.values():
                 child.kill_if_overdue(self.settings.shutdown_grace)
@@ -118,7 +123,7 @@ class Supervisor:
                 return
             gpu_ids = self.gpus.lend(job.id, job.gpus_needed(has_gpus))
             try:
-                child = spawn_trainer(self.settings, job, gpu_ids)
+                child = self._start_trainer(job, gpu_ids)
             except OSError as exc:
                 self.gpus.give_back(job.id)
                 log.exception("could not start a trainer for %s", job.id)
@@ -127,8 +132,27 @@ class Supervisor:
                            error=JobError(FailureCode.INTERNAL.value, f"Trainer start failed: {exc}"))
                 continue
             self.children[job.id] = child
-            log.info("job %s attempt %d started as pid %d on GPUs [%s]", job.id, job.attempt,
-                     child.popen.pid, ",".join(gpu_ids))
+            log.info("job %s attempt %d started as pid %d (%s) on GPUs [%s]", job.id, job.attempt,
+                     child.popen.pid, "warm" if child.warm else "cold", ",".join(gpu_ids))
+
+    def _start_trainer(self, job: Job, gpu_ids: tuple[str, ...]) -> TrainerProcess:
+        """Hand the job to an idle warm trainer that is alive, else spawn a cold one."""
+        warm = self.warm.take()
+        if warm is not None:
+            try:
+                child = warm.assign(self.settings, job, gpu_ids)
+            except WarmTrainerGone as exc:
+                # The job is ours already: a cold trainer takes it, it is never dropped.
+                log.warning("warm trainer pid %d could not take job %s: %s; starting it cold",
+                            warm.pid, job.id, exc)
+                warm.kill()
+            except OSError:
+                warm.kill()  # the attempt folder could not be made; a cold start fails the same way
+                raise
+            else:
+                self.warm.taken()
+                return child
+        return spawn_trainer(self.settings, job, gpu_ids)
 
     def _enforce_cancellations(self) -> None:
         if not self.children:
