@@ -23,8 +23,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+TRAINER_MODULES = (b"service.trainer", b"service.trainer.warm")
+
+
 def trainer_pids(job_id: str | None = None, home: Path | None = None) -> list[int]:
-    """Pids of live `python -m service.trainer` processes (of one job, or of one FITJOBS_HOME)."""
+    """Pids of live trainer processes, cold or warm (of one job, or of one FITJOBS_HOME).
+
+    A warm trainer's command line names no job; it works in the job's attempt folder instead.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -34,10 +40,15 @@ def trainer_pids(job_id: str | None = None, home: Path | None = None) -> list[in
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == "Z" or b"service.trainer" not in argv:
+        if state == "Z" or not any(module in argv for module in TRAINER_MODULES):
             continue
         if job_id is not None and job_id.encode() not in argv:
-            continue
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if f"/jobs/{job_id}/" not in cwd + "/":
+                continue
         if home is not None:
             try:
                 environ = (entry / "environ").read_bytes().split(b"\0")
