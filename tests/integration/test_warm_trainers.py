@@ -207,7 +207,8 @@ def test_a_drained_warm_job_is_requeued_free_and_finished_by_a_new_supervisor(
         workers = [spawn("worker", env, api.home / "worker-1.log")]
         try:
             pid = wait_for_ready_warm(api.home)
-            job = submit(api, {**spec(tiny_model_dir, rows=240, epochs=2, batch_size=2), "max_attempts": 1})
+            # 500 steps an epoch: the drain lands in epoch 1 however fast the steps are.
+            job = submit(api, {**spec(tiny_model_dir, rows=1000, epochs=2, batch_size=2), "max_attempts": 1})
             wait_for_step(api, job["id"], 10)
             assert trainer_pids(job["id"]) == [pid]
             workers[0].send_signal(signal.SIGTERM)
@@ -233,7 +234,8 @@ def test_a_drained_warm_job_is_requeued_free_and_finished_by_a_new_supervisor(
             assert api.stop() == 0
         assert trainer_pids(home=api.home) == []
     # The drained trainer checkpointed where it stood; attempt 2 went on from there.
-    assert checkpointed["data"]["steps_done"] >= 10 and resumed["data"] == checkpointed["data"]
+    assert checkpointed["data"]["epoch"] == 1 and checkpointed["data"]["steps_done"] >= 10, checkpointed
+    assert resumed["data"] == checkpointed["data"]
     assert first_start["warm"] is True and first_start["pid"] == pid
     # The new supervisor claimed the job while its warm trainer was still importing: the job waited.
     print(f"\nattempt 2 waited {second_start['imports_waited_seconds']} s for a warm trainer's imports")
