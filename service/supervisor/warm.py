@@ -58,7 +58,8 @@ class WarmTrainer:
         attempt_dir.mkdir(parents=True, exist_ok=True)
         assignment = Assignment(job_id=job.id, attempt=job.attempt, cuda_visible_devices=",".join(gpu_ids),
                                 log_path=attempt_dir / LOG_FILE, cwd=attempt_dir, assigned_at=time.time())
-        assert self.popen.stdin is not None
+        if self.popen.stdin is None:
+            raise WarmTrainerGone("it was started without a stdin pipe")
         try:
             self.popen.stdin.write(assignment.to_line())
             # Closing sends EOF after the line: nothing else will ever be asked of it.

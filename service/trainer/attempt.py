@@ -66,8 +66,10 @@ def process_started_at() -> float:
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED_AT
-    if not 0.0 <= age <= time.time() - _IMPORTED_AT + 3600:
-        return _IMPORTED_AT  # a clock that disagrees with /proc (e.g. a time namespace)
+    # Python starts and reaches this module within seconds; an age far beyond that means a
+    # clock that disagrees with /proc (a time namespace, say), so the import time is closer.
+    if not 0.0 <= age <= time.time() - _IMPORTED_AT + 60:
+        return _IMPORTED_AT
     return time.time() - age
 
 
