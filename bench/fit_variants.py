@@ -106,6 +106,7 @@ def run_plain(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     class FirstStep(tf_keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             marks.setdefault("first_step", time.time())
+            marks.setdefault("step_times", []).append(time.time())
 
     fit_started = time.time()
     history = model.fit(train_set, validation_data=validation_set, epochs=job["epochs"], callbacks=[FirstStep()])
@@ -137,7 +138,9 @@ def run_inprocess(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                           checkpoint_dir=out_dir / "checkpoint", publish_dir=out_dir / "model", reporter=reporter)
     saved = time.time()
     fit_started, fit_ended = reporter.first("event", "fit_started"), reporter.first("event", "publishing")
+    step_times = [call["time"] for call in reporter.calls if call["hook"] == "step_metrics"]
     return {"data_started": data_started, "first_step": reporter.first("progress"), "saved": saved,
+            "step_times": step_times,
             "fit_seconds": fit_ended - fit_started if fit_started and fit_ended else None,
             "val_accuracy": result.get("val_accuracy"), "padding_efficiency": result.get("padding_efficiency"),
             "result": result, "events": [call for call in reporter.calls if call["hook"] == "event"]}

@@ -118,9 +118,22 @@ def run_in_process(variant: str, job: BenchJob, work: Path) -> dict[str, Any]:
     figures = common_figures(job, out["fit_seconds"], out["saved"] - started, out["val_accuracy"],
                              out["padding_efficiency"], out["result"])
     figures["startup_seconds"] = out["first_step"] - started if out.get("first_step") else None
+    figures["steady_examples_per_second"] = steady_rate(job, out.get("step_times") or [])
     if variant == "inprocess":
         figures["wall_without_imports"] = out["saved"] - out["data_started"]
     return figures
+
+
+def steady_rate(job: BenchJob, step_times: list[float]) -> float | None:
+    """Training examples/s from the end of the first step to the end of the last one.
+
+    Leaves out the first step, whose time is mostly tracing the train step (10-20 s here,
+    the same for both recipes), so it measures the step itself. With several epochs the
+    validations between them count too.
+    """
+    if len(step_times) < 2:
+        return None
+    return (job.train_rows * job.epochs - job.batch_size) / (step_times[-1] - step_times[0])
 
 
 def common_figures(job: BenchJob, fit_seconds: float | None, wall_seconds: float, val_accuracy: float | None,
@@ -210,6 +223,8 @@ def add_ratios(figures: dict[str, dict[str, Any]]) -> None:
     plain = figures.get("plain", {})
     for variant, values in figures.items():
         values["speedup_examples"] = ratio(values["examples_per_second"], plain.get("examples_per_second"))
+        values["speedup_steady"] = ratio(values.get("steady_examples_per_second"),
+                                         plain.get("steady_examples_per_second"))
         values["speedup_wall"] = ratio(plain.get("wall_seconds"), values["wall_seconds"])
     if "api" in figures and "inprocess" in figures:
         figures["api"]["api_over_inprocess"] = ratio(figures["api"]["wall_seconds"],
@@ -227,7 +242,10 @@ def check_targets(set_name: str, figures: dict[str, dict[str, Any]]) -> list[dic
 
     speedups = SPEEDUP_TARGETS[set_name]
     if "inprocess" in figures and "plain" in figures:
-        target("in-process examples/s vs plain", figures["inprocess"]["speedup_examples"], speedups["inprocess"], True)
+        target("in-process examples/s vs plain (whole fit)", figures["inprocess"]["speedup_examples"],
+               speedups["inprocess"], True)
+        target("in-process examples/s vs plain (after the first step)", figures["inprocess"]["speedup_steady"],
+               speedups["inprocess"], True)
     if "api" in figures and "plain" in figures:
         target("API wall-to-wall speed-up vs plain", figures["api"]["speedup_wall"], speedups["api"], True)
     if "plain" in figures:
@@ -240,13 +258,15 @@ def check_targets(set_name: str, figures: dict[str, dict[str, Any]]) -> list[dic
         api = figures["api"]
         if "inprocess" in figures:
             target("API wall / in-process wall without imports", api["api_over_inprocess"], API_OVER_INPROCESS, False)
-        target("API submit -> first progress seen (s)", api["first_progress_seconds"], FIRST_STEP_SECONDS, False)
+        target("API submit -> fit_started, the first step begins (s)", api["startup_seconds"], FIRST_STEP_SECONDS,
+               False)
         target("GET /v1/jobs/{id} p99 during fit (ms)", api["get_p99_ms"], GET_P99_MS, False)
     return targets
 
 
 COLUMNS = (("set", "set", "{}"), ("variant", "variant", "{}"), ("ex/s", "examples_per_second", "{:.1f}"),
-           ("x plain", "speedup_examples", "{:.2f}x"), ("fit s", "fit_seconds", "{:.1f}"),
+           ("x plain", "speedup_examples", "{:.2f}x"), ("steady ex/s", "steady_examples_per_second", "{:.1f}"),
+           ("x plain", "speedup_steady", "{:.2f}x"), ("fit s", "fit_seconds", "{:.1f}"),
            ("wall s", "wall_seconds", "{:.1f}"), ("wall speed-up", "speedup_wall", "{:.2f}x"),
            ("val acc", "val_accuracy", "{:.4f}"), ("padding eff", "padding_efficiency", "{:.1%}"),
            ("start-up s", "startup_seconds", "{:.1f}"))

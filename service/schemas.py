@@ -136,7 +136,8 @@ class HyperparametersSchema(StrictSchema):
         load_default="auto", validate=validate.OneOf(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
         metadata={"description": "Numeric precision of the fit. `auto`: bfloat16 mixed precision on GPUs of "
                                  "compute capability 8.0 or later, float16 mixed precision with loss scaling "
-                                 "on 7.x, float32 on older GPUs and on CPU. The classification head and the "
+                                 "on 7.x, float32 on older GPUs; on CPU, bfloat16 mixed precision where the "
+                                 "CPU has bfloat16 instructions, else float32. The classification head and the "
                                  "loss always compute in float32."})
     jit_compile = JitCompileField(
         load_default="auto",

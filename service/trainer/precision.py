@@ -3,7 +3,9 @@
 ``auto`` picks what is fastest and safe: on NVIDIA GPUs, bfloat16 mixed precision from compute
 capability 8.0 (Ampere and later have bfloat16 tensor cores and need no loss scaling), float16
 mixed precision with dynamic loss scaling on 7.x (Volta, Turing), float32 before that, and
-XLA on every GPU. On CPU, float32 without XLA: XLA halved MiniLM's throughput on these CPUs.
+XLA on every GPU. On CPU, XLA stays off (it halved MiniLM's throughput on these CPUs), and the
+precision is bfloat16 mixed where the CPU has bfloat16 instructions (AVX512-BF16 or AMX), which
+made MiniLM's train step 1.4x faster here at 24 and at 256 tokens, and float32 elsewhere.
 Whatever the policy, the classification head and the loss compute in float32, so logits and
 the loss never lose range.
 """
@@ -24,11 +26,12 @@ class DeviceInfo:
     kind: str  # "gpu" or "cpu"
     names: tuple[str, ...] = ()
     compute_capability: tuple[int, int] | None = None
+    cpu_bfloat16: bool = False  # the CPU computes bfloat16 natively
 
     def describe(self) -> str:
         """'CPU', or 'GPU NVIDIA H100 (compute capability 9.0)' and the like."""
         if self.kind == "cpu":
-            return "CPU"
+            return "CPU with bfloat16 instructions" if self.cpu_bfloat16 else "CPU"
         names = ", ".join(sorted(set(self.names))) or "GPU"
         capability = ".".join(map(str, self.compute_capability)) if self.compute_capability else "unknown"
         return f"{len(self.names)} GPU(s) {names} (compute capability {capability})"
@@ -54,7 +57,7 @@ def detect_device() -> DeviceInfo:
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        return DeviceInfo("cpu")
+        return DeviceInfo("cpu", cpu_bfloat16=cpu_has_bfloat16())
     names, capabilities = [], []
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)
@@ -64,14 +67,32 @@ def detect_device() -> DeviceInfo:
     return DeviceInfo("gpu", tuple(names), min(capabilities) if capabilities else None)
 
 
+CPU_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU's flags include bfloat16 arithmetic (Linux; False where unknown)."""
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return bool(CPU_BFLOAT16_FLAGS & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
 def choose_compute(precision: str, jit_compile: str | bool, device: DeviceInfo) -> ComputePlan:
     """Resolve the spec's ``precision`` and ``jit_compile`` (each maybe ``auto``) for ``device``."""
     reasons = []
     if precision == "auto":
         capability = device.compute_capability or (0, 0)
-        if device.kind == "cpu":
+        if device.kind == "cpu" and device.cpu_bfloat16:
+            precision = "mixed_bfloat16"
+            reasons.append("bfloat16 mixed precision: this CPU has bfloat16 instructions")
+        elif device.kind == "cpu":
             precision = "float32"
-            reasons.append("float32 on CPU")
+            reasons.append("float32: this CPU has no bfloat16 instructions")
         elif capability >= (8, 0):
             precision = "mixed_bfloat16"
             reasons.append("bfloat16 mixed precision: compute capability 8.0 or later has bfloat16 tensor cores")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.trainer.precision import DeviceInfo, choose_compute
@@ -16,12 +18,13 @@ def gpu(capability: tuple[int, int]) -> DeviceInfo:
 
 @pytest.mark.parametrize(("device", "precision", "xla"), [
     (CPU, "float32", False),
+    (DeviceInfo("cpu", cpu_bfloat16=True), "mixed_bfloat16", False),
     (gpu((9, 0)), "mixed_bfloat16", True),
     (gpu((8, 0)), "mixed_bfloat16", True),
     (gpu((7, 5)), "mixed_float16", True),
     (gpu((7, 0)), "mixed_float16", True),
     (gpu((6, 1)), "float32", True),
-], ids=["cpu", "hopper", "ampere", "turing", "volta", "pascal"])
+], ids=["cpu", "cpu-bf16", "hopper", "ampere", "turing", "volta", "pascal"])
 def test_auto_picks_by_device(device: DeviceInfo, precision: str, xla: bool) -> None:
     plan = choose_compute("auto", "auto", device)
     assert (plan.precision, plan.jit_compile) == (precision, xla)
@@ -45,3 +48,15 @@ def test_explicit_settings_win_on_any_device(precision: str, jit: bool) -> None:
 def test_cpu_reason_says_why_xla_is_off() -> None:
     assert "XLA off" in choose_compute("auto", "auto", CPU).reason
     assert choose_compute("auto", "auto", CPU).as_dict()["device"] == "CPU"
+
+
+def test_cpu_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    from service.trainer.precision import cpu_has_bfloat16
+
+    with_bf16 = tmp_path / "with"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    without = tmp_path / "without"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert cpu_has_bfloat16(str(with_bf16)) is True
+    assert cpu_has_bfloat16(str(without)) is False
+    assert cpu_has_bfloat16(str(tmp_path / "missing")) is False
