@@ -94,6 +94,9 @@ def job_model_errors(job_id: str) -> Iterator[tuple[str, str]]:
         return
     if job.state is not JobState.SUCCEEDED:
         yield "model.job", f"Job {job_id} is {job.state.value}; only a succeeded job's model can be continued from."
+    elif job.reused_from is not None:
+        yield "model.job", (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; continue from "
+                            f"{{\"job\": \"{job.reused_from}\"}} instead.")
     elif not job_model_dir(current_settings().artifacts_dir, job_id).is_dir():
         yield "model.job", f"Job {job_id} has no published model."
 

@@ -157,3 +157,12 @@ def test_every_job_is_fingerprinted_so_a_later_reuse_finds_it(app: Flask, client
     assert source.fingerprint is not None and len(source.fingerprint) == 64
     _, job = submit(client, {**SPEC, "priority": 3})
     assert store.get_job(job["id"]).fingerprint == source.fingerprint
+
+
+def test_continuing_from_a_reused_job_names_the_job_that_trained(client: FlaskClient, trained: str) -> None:
+    _, reused = submit(client, {**SPEC, "reuse": True})
+    response = client.post("/v1/jobs", json={**SPEC, "model": {"job": reused["id"]}})
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    [message] = response.get_json()["errors"]["model.job"]
+    assert f'{{"job": "{trained}"}}' in message
+    assert client.post("/v1/jobs", json={**SPEC, "model": {"job": trained}}).status_code == 201
