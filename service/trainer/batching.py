@@ -4,7 +4,7 @@ Random batches of texts of mixed lengths are mostly padding. Each epoch the rows
 (seeded by the spec's seed and the epoch), cut into chunks of ``CHUNK_BATCHES`` batches, and
 each chunk is sorted by length before it is cut into batches, as Hugging Face's
 ``group_by_length`` does; the batches of the whole epoch are then shuffled again. A batch is
-padded to the smallest of ``padded_lengths(max_length)`` that holds its longest row, so the
+padded to the smallest of ``padded_lengths(...)`` that holds its longest row, so the
 train step is traced once (and XLA-compiled, where on, a handful of times).
 
 Batches are made in NumPy by a generator, not by tf.data's ragged ops: making a padded batch
@@ -25,17 +25,18 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CHUNK_BATCHES = 50
 
 
-def padded_lengths(max_length: int, coarse: bool = False) -> tuple[int, ...]:
-    """The lengths batches are padded to: multiples of 8 up to max_length, or fewer when ``coarse``.
+def padded_lengths(max_length: int, multiple: int = 8, coarse: bool = False) -> tuple[int, ...]:
+    """The lengths batches are padded to: multiples of ``multiple`` up to max_length, or fewer when ``coarse``.
 
-    Without XLA the train step is traced once for every shape (the batches' shapes are dynamic
-    in its signature), so the finest rounding wins. XLA compiles each shape anew, so with it
-    (``coarse``) the lengths are powers of two from 8 and the multiples of 8 halfway between
-    them: at most a third of padding from rounding, and ten lengths for max_length 256.
-    Every length is a multiple of 8 (what tensor cores want) except max_length itself.
+    Without XLA the train step is traced once whatever the shapes (they are dynamic in its
+    signature), so the finest rounding the device likes wins: multiples of 8 on GPUs (what
+    tensor cores want), every length (``multiple`` 1) on CPUs, which gain nothing from
+    rounding. XLA compiles each shape anew, so with it (``coarse``) the lengths are powers of
+    two from 8 and the multiples of 8 halfway between them: at most a third of padding from
+    rounding, and ten lengths for max_length 256. max_length itself is always one of them.
     """
     if not coarse:
-        return tuple(sorted({*range(8, max_length, 8), max_length}))
+        return tuple(sorted({*range(multiple, max_length, multiple), max_length}))
     lengths = {max_length}
     power = 8
     while power < max_length:
@@ -96,10 +97,10 @@ class BucketedBatches:
     """Padded (features, labels) batches of one split, grouped by length; shuffled per epoch when seeded."""
 
     def __init__(self, columns: TokenColumns, batch_size: int, max_length: int, pad_values: dict[str, int],
-                 seed: int | None = None, coarse: bool = False) -> None:
+                 seed: int | None = None, multiple: int = 8, coarse: bool = False) -> None:
         self.columns = columns
         self.batch_size = batch_size
-        self.lengths_allowed = np.asarray(padded_lengths(max_length, coarse))
+        self.lengths_allowed = np.asarray(padded_lengths(max_length, multiple, coarse))
         self.pad_values = pad_values
         self.seed = seed
         self.epoch = 0

@@ -68,7 +68,7 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
     reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}) on {replicas} "
                    f"device(s).", {"replicas": replicas})
     outcome = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter, checkpoint_dir,
-                  checkpoint_steps, stop, jit_compile=plan.jit_compile)
+                  checkpoint_steps, stop, jit_compile=plan.jit_compile, pad_to_multiple=plan.pad_to_multiple)
     phases.record("fit", outcome.train_seconds)
     phases.record("evaluate", outcome.evaluate_seconds)
     result: dict[str, Any] = {**outcome.final, **outcome.batching, "precision": plan.precision,
@@ -159,7 +159,7 @@ class FitOutcome:
 
 def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
         reporter: TrainingReporter, checkpoint_dir: Path, checkpoint_steps: int,
-        stop: StopSignal | None = None, jit_compile: bool = False) -> FitOutcome:
+        stop: StopSignal | None = None, jit_compile: bool = False, pad_to_multiple: int = 8) -> FitOutcome:
     """Compile and fit the Keras recipe on length-bucketed batches."""
     import tf_keras
 
@@ -173,10 +173,11 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0,
                   "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
     # XLA compiles every batch shape anew, so with it batches are padded to fewer lengths.
+    shapes = {"multiple": pad_to_multiple, "coarse": jit_compile}
     train_batches = BucketedBatches(TokenColumns.from_dataset(train_tokens), batch_size, hyper["max_length"],
-                                    pad_values, seed=hyper["seed"], coarse=jit_compile)
+                                    pad_values, seed=hyper["seed"], **shapes)
     validation_batches = BucketedBatches(TokenColumns.from_dataset(validation_tokens), batch_size,
-                                         hyper["max_length"], pad_values, coarse=jit_compile)
+                                         hyper["max_length"], pad_values, **shapes)
     batching = batching_figures(train_batches, validation_batches, epochs)
     reporter.event("batching", f"Length-bucketed batches: {batching['padding_efficiency']:.0%} of padded "
                    f"tokens are real; {batching['batch_shapes']} distinct batch shapes.", batching)

@@ -45,6 +45,8 @@ class ComputePlan:
     jit_compile: bool
     device: str
     reason: str
+    # Batches are padded to a multiple of this (see service.trainer.batching.padded_lengths).
+    pad_to_multiple: int = 8
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields, for an event and the job's result."""
@@ -110,8 +112,10 @@ def choose_compute(precision: str, jit_compile: str | bool, device: DeviceInfo) 
         reasons.append("XLA on for the GPU" if jit_compile else "XLA off: it halves training speed on CPU")
     else:
         reasons.append(f"XLA {'on' if jit_compile else 'off'} as the spec asks")
+    # Tensor cores want lengths in multiples of 8; a CPU gains nothing from rounding up.
+    pad_to_multiple = 8 if device.kind == "gpu" else 1
     return ComputePlan(precision=precision, jit_compile=bool(jit_compile), device=device.describe(),
-                       reason="; ".join(reasons) + ".")
+                       reason="; ".join(reasons) + ".", pad_to_multiple=pad_to_multiple)
 
 
 def apply_policy(plan: ComputePlan) -> None:

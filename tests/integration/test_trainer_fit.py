@@ -111,7 +111,9 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     # auto on CPU: XLA off; bfloat16 mixed precision where the CPU computes it natively.
     assert final["precision"] == ("mixed_bfloat16" if cpu_has_bfloat16() else "float32")
     assert final["jit_compile"] is False
-    assert 0.5 < final["padding_efficiency"] <= 1.0 and 1 <= final["batch_shapes"] <= 4
+    # On CPU each batch is padded to its own longest row: one trace serves every shape.
+    assert 0.8 < final["padding_efficiency"] <= 1.0 and 1 <= final["batch_shapes"] <= 12
+    assert final["train_step_traces"] <= 2
     assert set(final["phases"]) == {"data", "tokenize", "model_load", "fit", "evaluate", "publish"}
     assert final["phases"]["fit"] > 0 and final["examples_per_second"] > 0
     steps_per_epoch = math.ceil(160 / 8)

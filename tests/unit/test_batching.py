@@ -28,6 +28,7 @@ def skewed_lengths(rows: int, max_length: int, seed: int = 0) -> list[int]:
 
 def test_padded_lengths_are_multiples_of_8_or_a_coarse_set_for_xla() -> None:
     assert padded_lengths(128) == tuple(range(8, 129, 8))
+    assert padded_lengths(20, multiple=1) == tuple(range(1, 21))
     assert padded_lengths(100)[-2:] == (96, 100)
     assert padded_lengths(128, coarse=True) == (8, 16, 24, 32, 48, 64, 96, 128)
     assert padded_lengths(256, coarse=True)[-3:] == (128, 192, 256) and len(padded_lengths(256, coarse=True)) == 10
@@ -63,10 +64,11 @@ def test_order_is_seeded_and_changes_across_epochs() -> None:
     assert np.concatenate([b.rows for b in other_seed.plan(0)]).tolist() != orders[0]
 
 
-@pytest.mark.parametrize(("coarse", "least"), [(False, 0.8), (True, 0.72)])
-def test_bucketing_leaves_far_less_padding_than_random_batches_and_few_shapes(coarse: bool, least: float) -> None:
+@pytest.mark.parametrize(("multiple", "coarse", "least"), [(1, False, 0.9), (8, False, 0.8), (8, True, 0.72)])
+def test_bucketing_leaves_far_less_padding_than_random_batches_and_few_shapes(multiple: int, coarse: bool,
+                                                                              least: float) -> None:
     lengths = skewed_lengths(2000, 128)
-    batches = BucketedBatches(columns_of(lengths), 32, 128, PAD, seed=1, coarse=coarse)
+    batches = BucketedBatches(columns_of(lengths), 32, 128, PAD, seed=1, multiple=multiple, coarse=coarse)
     real, padded, shapes = batches.stats(range(3))
     rng = np.random.default_rng(1)
     random_padded = 0
@@ -77,7 +79,7 @@ def test_bucketing_leaves_far_less_padding_than_random_batches_and_few_shapes(co
     efficiency = real / padded
     assert efficiency > least, efficiency
     assert efficiency > 1.5 * real / random_padded
-    assert len(shapes) <= len(padded_lengths(128, coarse)) + 1
+    assert len(shapes) <= len(padded_lengths(128, multiple, coarse)) + 1
 
 
 def test_validation_batches_are_sorted_by_length_and_the_same_every_epoch() -> None:

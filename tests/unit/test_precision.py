@@ -28,6 +28,7 @@ def gpu(capability: tuple[int, int]) -> DeviceInfo:
 def test_auto_picks_by_device(device: DeviceInfo, precision: str, xla: bool) -> None:
     plan = choose_compute("auto", "auto", device)
     assert (plan.precision, plan.jit_compile) == (precision, xla)
+    assert plan.pad_to_multiple == (8 if device.kind == "gpu" else 1)
     assert plan.reason and plan.device == device.describe()
 
 
