@@ -103,6 +103,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     assert final["val_accuracy"] >= 0.8, final  # two balanced classes: chance is 0.5
     epochs = reporter.of("epoch_metrics")
     assert [call["epoch"] for call in epochs] == [1, 2]
+    assert epochs[1]["values"]["loss"] < epochs[0]["values"]["loss"], "the loss falls"
     for call in epochs:
         assert FINAL <= set(call["values"]) and call["values"]["learning_rate"] == pytest.approx(5e-3)
     assert {name: epochs[-1]["values"][name] for name in FINAL} == {name: final[name] for name in FINAL}

@@ -134,7 +134,9 @@ def test_a_job_starts_in_the_ready_warm_trainer_and_sees_its_gpus(
     assert phases["queued"] >= 0
 
     metrics = warm_service.get(f"/v1/jobs/{job['id']}/metrics").json()
-    assert [row["epoch"] for row in metrics["epochs"] if row["epoch"] >= 1] == [1, 2]
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    assert metrics["epochs"][1]["loss"] < metrics["epochs"][0]["loss"], "the loss falls"
+    assert set(metrics["phases"]) >= {"queued", "startup", "data", "tokenize", "model_load", "fit", "publish"}
     model_dir = warm_service.home / "artifacts" / job["id"] / "model"
     script = ("import os, json, sys; os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
               "import tensorflow as tf\n"
