@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -120,9 +121,6 @@ def tokenize(data: Any, spec: dict[str, Any], tokenizer: Any, cache_dir: Path | 
     With ``cache_dir`` (kept beside the job's checkpoint) the tokens are written once and a
     resumed attempt reads them back instead of tokenizing again.
     """
-    import hashlib
-    import os
-
     text, pair = spec["data"]["text_column"], spec["data"]["text_pair_column"]
     max_length = spec["hyperparameters"]["max_length"]
 
@@ -187,7 +185,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # Saves model and optimizer state; a later attempt resumes where this one stopped.
     checkpoints = StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter)
-    progress = ReportProgress(reporter, epochs, steps_per_epoch, len(train_batches.columns))
+    progress = ReportProgress(reporter, epochs, steps_per_epoch, len(train_batches.columns), batch_size)
     callbacks = [
         FollowEpochs(train_batches, checkpoints),
         # Metrics are recorded before the checkpoint is written: an epoch whose checkpoint

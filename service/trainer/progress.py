@@ -42,12 +42,14 @@ class ReportProgress(tf_keras.callbacks.Callback):
     the ETA adds the validations still to come at the pace of the last one.
     """
 
-    def __init__(self, reporter: TrainingReporter, epochs: int, steps_per_epoch: int, rows: int) -> None:
+    def __init__(self, reporter: TrainingReporter, epochs: int, steps_per_epoch: int, rows: int,
+                 batch_size: int) -> None:
         super().__init__()
         self.reporter = reporter
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.rows = rows
+        self.batch_size = batch_size
         self.epoch = 0
         self.train_seconds = 0.0
         self.evaluate_seconds = 0.0
@@ -62,8 +64,8 @@ class ReportProgress(tf_keras.callbacks.Callback):
         return round(self.examples / self.train_seconds, 2) if self.train_seconds > 0 else None
 
     def _batch_rows(self, batch: int) -> int:
-        batch_size = -(-self.rows // self.steps_per_epoch)
-        return min(batch_size, self.rows - batch * batch_size)
+        # Every batch is full but an epoch's last (service.trainer.batching keeps the short one last).
+        return min(self.batch_size, self.rows - batch * self.batch_size)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch = int(epoch) + 1  # a resumed fit passes NumPy integers
