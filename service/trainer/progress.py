@@ -84,15 +84,16 @@ class ReportProgress(tf_keras.callbacks.Callback):
         if logs and "loss" in logs:
             self.reporter.step_metrics(epoch=self.epoch, step=step, values={"loss": float(logs["loss"])})
         self.reporter.progress(epoch=self.epoch, epochs=self.epochs, step=batch + 1,
-                               steps_per_epoch=self.steps_per_epoch, **self._pace(step))
+                               steps_per_epoch=self.steps_per_epoch, **self._pace(step, validation_pending=True))
 
-    def _pace(self, step: int) -> dict[str, float | None]:
+    def _pace(self, step: int, validation_pending: bool) -> dict[str, float | None]:
+        """examples/s so far and the ETA; ``validation_pending``: this epoch's validation is still to run."""
         rate = self.examples_per_second
         if rate is None:
             return {"examples_per_second": None, "eta_seconds": None}
         steps_left = self.epochs * self.steps_per_epoch - step
         seconds_per_step = self.train_seconds / self.steps_done
-        validations_left = self.epochs - self.epoch + (1 if step % self.steps_per_epoch else 0)
+        validations_left = self.epochs - self.epoch + (1 if validation_pending else 0)
         eta = steps_left * seconds_per_step + validations_left * self.last_validation
         return {"examples_per_second": rate, "eta_seconds": round(eta, 1)}
 
@@ -111,5 +112,5 @@ class ReportProgress(tf_keras.callbacks.Callback):
             values["learning_rate"] = float(tf_keras.backend.get_value(learning_rate))
         step = epoch * self.steps_per_epoch + self.steps_per_epoch
         self.reporter.progress(epoch=epoch + 1, epochs=self.epochs, step=self.steps_per_epoch,
-                               steps_per_epoch=self.steps_per_epoch, **self._pace(step))
+                               steps_per_epoch=self.steps_per_epoch, **self._pace(step, validation_pending=False))
         self.reporter.epoch_metrics(epoch=epoch + 1, values=values)
