@@ -55,6 +55,8 @@ class FailureCode(str, enum.Enum):
     OWNER_LOST = "owner_lost"
     DISK_FULL = "disk_full"
     INTERNAL = "internal"
+    # Appended last: exit statuses stand for codes by their position (service.trainer.outcome).
+    BELOW_THRESHOLD = "below_threshold"
 
     @property
     def retryable(self) -> bool:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -233,20 +234,24 @@ class Supervisor:
                        f"Interrupted: supervisor {self.owner} stopped; the job is queued again "
                        "without spending an attempt.", attempt=child.attempt, free_attempt=True)
         else:
-            self._fail_or_retry(job, child.attempt, describe_failure(child, status, outcome, seconds))
+            # A job that trained but missed its acceptance threshold keeps what it measured.
+            kept = outcome.result if outcome is not None and outcome.result else None
+            self._fail_or_retry(job, child.attempt, describe_failure(child, status, outcome, seconds),
+                                result=kept)
 
-    def _fail_or_retry(self, job: Job, attempt: int, error: JobError) -> None:
-        """Requeue a retryable failure while attempts remain; otherwise fail the job."""
+    def _fail_or_retry(self, job: Job, attempt: int, error: JobError,
+                       result: dict[str, Any] | None = None) -> None:
+        """Requeue a retryable failure while attempts remain; otherwise fail the job, keeping ``result``."""
         if error.retryable and job.attempts_spent < job.max_attempts:
             self._move(job.id, JobState.QUEUED,
                        f"Attempt {attempt} failed ({error.code}: {error.message}); queued again "
                        f"({job.attempts_spent} of {job.max_attempts} attempts used).",
                        attempt=attempt, data={"code": error.code})
         else:
-            self._move(job.id, JobState.FAILED, error.message, attempt=attempt, error=error)
+            self._move(job.id, JobState.FAILED, error.message, attempt=attempt, error=error, result=result)
 
     def _move(self, job_id: str, target: JobState, message: str, *, attempt: int,
-              error: JobError | None = None, result: dict[str, float] | None = None,
+              error: JobError | None = None, result: dict[str, Any] | None = None,
               data: dict[str, object] | None = None, free_attempt: bool = False) -> None:
         try:
             self.store.transition(job_id, target, message, attempt=attempt, error=error, result=result,

@@ -152,7 +152,8 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
         return 4
     except TrainingFailure as failure:
         log.error("training failed: %s", failure)
-        return finish(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message))
+        return finish(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message,
+                                           result=failure.result or {}))
     except StaleAttempt as exc:
         log.error("stopping: %s", exc)
         return 3

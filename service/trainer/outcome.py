@@ -30,10 +30,14 @@ def failure_of_exit_status(status: int) -> FailureCode | None:
 
 @dataclass(frozen=True)
 class Outcome:
-    """``status`` is "succeeded" (with ``result``) or "failed" (with ``code`` and ``message``)."""
+    """``status`` is "succeeded" (with ``result``) or "failed" (with ``code`` and ``message``).
+
+    A failed outcome may carry a ``result`` too: a job that trained and published its model
+    but failed its acceptance threshold keeps what it measured.
+    """
 
     status: str
-    result: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
     code: str | None = None
     message: str | None = None
 

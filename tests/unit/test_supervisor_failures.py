@@ -1,12 +1,19 @@
-"""How the supervisor names a trainer's end: the OOM killer, exit 137, other signals, timeouts."""
+"""How the supervisor names a trainer's end: the OOM killer, exit 137, other signals, timeouts,
+and a failure that keeps the result it measured."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from service.supervisor.child import oom_kill_count
-from service.supervisor.worker import describe_failure
+from service.config import Settings
+from service.jobs import FailureCode, JobState
+from service.store import open_store
+from service.supervisor.child import TrainerProcess, oom_kill_count
+from service.supervisor.worker import Supervisor, describe_failure
+from service.trainer.outcome import FAILURE_EXIT_BASE, failure_exit_status, failure_of_exit_status
 
 
 def child(stop_reason: str | None = None, oom_killed: bool = False) -> SimpleNamespace:
@@ -41,3 +48,53 @@ def test_a_deadline_is_a_timeout_and_an_unexplained_exit_is_internal_with_the_lo
     assert describe_failure(child(stop_reason="timeout"), -15, None, 60.0).code == "timeout"
     internal = describe_failure(child(), 2, None, 1.0)
     assert internal.code == "internal" and "last line" in internal.message and not internal.retryable
+
+
+BELOW_THRESHOLD_TRAINER = """
+import sys
+from pathlib import Path
+from service.jobs import FailureCode
+from service.trainer.failures import TrainingFailure
+from service.trainer.outcome import Outcome, finish
+
+failure = TrainingFailure(FailureCode.BELOW_THRESHOLD, "val_macro_f1 0.41 is below the acceptance minimum 0.8.",
+                          result={"val_macro_f1": 0.41, "best_epoch": 2,
+                                  "acceptance": {"metric": "val_macro_f1", "min": 0.8, "value": 0.41,
+                                                 "passed": False}})
+sys.exit(finish(Path(sys.argv[1]), Outcome("failed", code=failure.code.value, message=failure.message,
+                                           result=failure.result or {})))
+"""
+
+
+def test_a_failed_outcome_with_a_result_fails_the_job_and_keeps_the_result(settings: Settings) -> None:
+    """A real child leaves a below_threshold outcome with a result, as a trainer that missed its bar does."""
+    settings.ensure_dirs()
+    store = open_store(settings.database_url)
+    try:
+        supervisor = Supervisor(settings, store)
+        created, _ = store.create_job({"model": "m"}, max_attempts=3)
+        job = store.claim_next_job(supervisor.owner)
+        assert job is not None and job.id == created.id
+        attempt_dir = settings.attempt_dir(job.id, job.attempt)
+        attempt_dir.mkdir(parents=True)
+        repo = Path(__file__).resolve().parents[2]
+        popen = subprocess.Popen([sys.executable, "-c", BELOW_THRESHOLD_TRAINER, str(attempt_dir)], cwd=repo,
+                                 start_new_session=True)
+        supervisor.children[job.id] = TrainerProcess(job.id, job.attempt, popen, attempt_dir)
+        assert popen.wait(timeout=60) == 1, "a written failed outcome exits with status 1"
+        supervisor._finish_exited()
+        ended = store.get_job(job.id)
+        assert ended.state is JobState.FAILED, "below_threshold is not retried"
+        assert ended.error is not None and (ended.error.code, ended.error.retryable) == ("below_threshold", False)
+        assert "below the acceptance minimum" in ended.error.message
+        assert ended.result == {"val_macro_f1": 0.41, "best_epoch": 2,
+                                "acceptance": {"metric": "val_macro_f1", "min": 0.8, "value": 0.41, "passed": False}}
+        assert supervisor.children == {}
+    finally:
+        store.engine.dispose()
+
+
+def test_below_threshold_is_appended_so_older_exit_statuses_keep_their_codes() -> None:
+    assert list(FailureCode)[-1] is FailureCode.BELOW_THRESHOLD and not FailureCode.BELOW_THRESHOLD.retryable
+    assert failure_exit_status(FailureCode.INTERNAL) == FAILURE_EXIT_BASE + 9
+    assert failure_of_exit_status(failure_exit_status(FailureCode.BELOW_THRESHOLD)) is FailureCode.BELOW_THRESHOLD
