@@ -5,6 +5,7 @@ The OpenAPI document is generated from these same classes, so they are the contr
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -17,6 +18,13 @@ MAX_RECORDS = 10_000
 MAX_MAX_LENGTH = 4096
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 JOB_ID = r"^job_[0-9a-f]{32}$"
+# Validation metrics an epoch can be chosen by (selection_metric, early_stopping.metric).
+SELECTION_METRICS: tuple[str, ...] = ("val_loss", "val_accuracy", "val_macro_f1")
+# Validation metrics an acceptance threshold can be set on (all in [0, 1], higher is better).
+ACCEPTANCE_METRICS: tuple[str, ...] = ("val_accuracy", "val_macro_f1", "val_weighted_f1", "val_roc_auc")
+DEFAULT_WEIGHT_DECAY = 0.01
+DEFAULT_WARMUP_RATIO = 0.06
+MAX_LABELS = 100_000
 
 
 class StrictSchema(Schema):
@@ -121,6 +129,60 @@ class JitCompileField(fields.Field):
         return value
 
 
+class ClassWeightField(fields.Field):
+    """`none`, `balanced`, or an object of label name -> weight (finite and > 0)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value in ("none", "balanced"):
+            return value
+        if isinstance(value, str):
+            raise ValidationError("Must be `none`, `balanced` or an object of label -> weight.")
+        if not isinstance(value, dict):
+            raise ValidationError("Must be `none`, `balanced` or an object of label -> weight.")
+        if not 1 <= len(value) <= MAX_LABELS:
+            raise ValidationError(f"Give between 1 and {MAX_LABELS} labels.")
+        weights: dict[str, float] = {}
+        for label, weight in value.items():
+            if not isinstance(label, str) or not 1 <= len(label) <= 512:
+                raise ValidationError("Labels must be names of 1 to 512 characters.")
+            # bool is an int in Python; `true` is no weight.
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                    or not math.isfinite(weight) or weight <= 0:
+                raise ValidationError(f"The weight of label {label!r} must be a finite number > 0, "
+                                      f"not {weight!r}.")
+            weights[label] = float(weight)
+        return weights
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
+class EarlyStoppingSchema(StrictSchema):
+    """When to end the fit before `epochs`: a validation metric that stopped improving."""
+
+    metric = fields.String(load_default="val_loss", validate=validate.OneOf(SELECTION_METRICS),
+                           metadata={"description": "The validation metric watched after each epoch."})
+    mode = fields.String(load_default="auto", validate=validate.OneOf(["auto", "min", "max"]),
+                         metadata={"description": "Whether lower (`min`) or higher (`max`) is better; `auto`: "
+                                                  "`min` for val_loss, `max` for the others."})
+    patience = fields.Integer(strict=True, load_default=2, validate=validate.Range(min=0, max=100),
+                              metadata={"description": "Epochs in a row without improvement after which the "
+                                                       "fit stops; 0 stops at the first epoch that does not "
+                                                       "improve."})
+    min_delta = fields.Float(load_default=0.0, validate=validate.Range(min=0.0, max=1e6),
+                             metadata={"description": "An epoch improves only when it beats the best value so "
+                                                      "far by more than this."})
+
+
+class AcceptanceSchema(StrictSchema):
+    """The score a job's selected model must reach on the validation set."""
+
+    metric = fields.String(required=True, validate=validate.OneOf(ACCEPTANCE_METRICS), metadata={
+        "description": "val_roc_auc only for two labels (its positive class is label id 1)."})
+    min = fields.Float(required=True, validate=validate.Range(min=0.0, max=1.0),
+                       metadata={"description": "The lowest acceptable value, in [0, 1]."})
+
+
 class HyperparametersSchema(StrictSchema):
     """Knobs of the fit; every number has a range."""
 
@@ -144,6 +206,65 @@ class HyperparametersSchema(StrictSchema):
         metadata={"description": "Compile the train step with XLA: `true`, `false`, or `auto` (on for GPUs, "
                                  "off on CPU, where it is slower).",
                   "oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "boolean"}]})
+    optimizer = fields.String(
+        load_default="adamw", validate=validate.OneOf(["adamw", "adam"]),
+        metadata={"description": "`adamw`: Adam with decoupled weight decay (see `weight_decay`); `adam`: "
+                                 "Adam without weight decay."})
+    weight_decay = fields.Float(
+        load_default=None, allow_none=True, validate=validate.Range(min=0.0, max=1.0),
+        metadata={"description": f"Decoupled weight decay of AdamW; omitted or null: {DEFAULT_WEIGHT_DECAY} "
+                                 "with `adamw`, 0 with `adam` (which refuses a non-zero value). "
+                                 "LayerNorm weights and biases are never decayed."})
+    lr_schedule = fields.String(
+        load_default="linear", validate=validate.OneOf(["linear", "cosine", "constant"]),
+        metadata={"description": "How the learning rate moves after warmup (a linear rise from 0 to "
+                                 "`learning_rate`): `linear` or `cosine` decay to 0 at the run's last update; "
+                                 "`constant` stays at `learning_rate`."})
+    warmup_ratio = fields.Float(
+        load_default=None, allow_none=True, validate=validate.Range(min=0.0, max=1.0, max_inclusive=False),
+        metadata={"description": "Share of the run's updates spent warming up; omitted or null: "
+                                 f"{DEFAULT_WARMUP_RATIO} (unless `warmup_steps` is given). Give one of "
+                                 "`warmup_ratio` and `warmup_steps`, not both."})
+    warmup_steps = fields.Integer(
+        strict=True, load_default=None, allow_none=True, validate=validate.Range(min=0, max=10_000_000),
+        metadata={"description": "Updates spent warming up, instead of `warmup_ratio`."})
+    max_grad_norm = fields.Float(
+        load_default=1.0, allow_none=True, validate=validate.Range(min=0.0, min_inclusive=False),
+        metadata={"description": "Gradients are clipped to this global norm before each update; null: no "
+                                 "clipping."})
+    gradient_accumulation_steps = fields.Integer(
+        strict=True, load_default=1, validate=validate.Range(min=1, max=1024),
+        metadata={"description": "Batches whose gradients are summed into one update: an update sees "
+                                 "batch_size × gradient_accumulation_steps rows, with the memory of one batch. "
+                                 "Warmup and schedules count updates."})
+    class_weight = ClassWeightField(
+        load_default="none",
+        metadata={"description": "How much each class's rows count in the training loss. `none`: equally; "
+                                 "`balanced`: each class weighs rows / (classes × rows of the class), as "
+                                 "scikit-learn does; or an object of label -> weight (finite, > 0), keyed by "
+                                 "label names (integer labels by their decimal string, e.g. \"0\"); labels "
+                                 "left out weigh 1. Every key must be a label of the training data (checked "
+                                 "at submit).",
+                  "oneOf": [{"type": "string", "enum": ["none", "balanced"]},
+                            {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                             "minProperties": 1}]})
+    early_stopping = fields.Nested(
+        EarlyStoppingSchema, load_default=None, allow_none=True,
+        metadata={"description": "Stop the fit when `metric` has not improved by more than `min_delta` for "
+                                 "`patience` epochs in a row; null (default): train every epoch."})
+    selection_metric = fields.String(
+        load_default="val_loss", validate=validate.OneOf(SELECTION_METRICS),
+        metadata={"description": "The published model is the epoch that is best by this validation metric "
+                                 "(lowest val_loss, highest of the others), whether or not the fit stopped "
+                                 "early."})
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("optimizer") == "adam" and data.get("weight_decay"):
+            raise ValidationError("Non-zero weight decay needs optimizer adamw; with adam, leave weight_decay "
+                                  "out or set it to 0.", "weight_decay")
+        if data.get("warmup_ratio") is not None and data.get("warmup_steps") is not None:
+            raise ValidationError("Give warmup_steps or warmup_ratio, not both.", "warmup_steps")
 
 
 class ResourcesSchema(StrictSchema):
@@ -247,6 +368,10 @@ class TrainingSpecSchema(StrictSchema):
     max_runtime_seconds = fields.Integer(strict=True, load_default=86_400,
                                          validate=validate.Range(min=1, max=30 * 86_400),
                                          metadata={"description": "An attempt running longer fails as `timeout`."})
+    acceptance = fields.Nested(AcceptanceSchema, load_default=None, allow_none=True, metadata={
+        "description": "A bar the selected model must clear: when its `metric` on the validation set is below "
+                       "`min`, the job ends failed with code `below_threshold`, and its evaluation report and "
+                       "model are still published. null (default): no bar."})
     reuse = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
         "description": "Reuse instead of retraining: when a job with the same spec (ignoring priority, "
                        "max_attempts, max_runtime_seconds and resources), the same data content and the same "

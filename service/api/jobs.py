@@ -21,7 +21,7 @@ from service.api.sources import check_spec_sources, current_check_runner, curren
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
 from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
-                            ValidationFailed)
+                            ValidationFailed, summarize_errors)
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, Job, MetricPoint
 from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
@@ -105,6 +105,34 @@ def reusable_job(fingerprint: str | None) -> Job | None:
     return source
 
 
+# Dry-run checks of spec settings against the training labels, and the spec field each one is about;
+# POST /v1/jobs refuses a spec they find fault with (other problems fail the job when it runs).
+LABEL_SETTING_CHECKS = {"class_weight": "hyperparameters.class_weight", "acceptance": "acceptance.metric"}
+
+
+def names_labels(spec: dict[str, Any]) -> bool:
+    """Whether a loaded spec has settings that only the training labels can check."""
+    acceptance = spec["acceptance"]
+    return (isinstance(spec["hyperparameters"]["class_weight"], dict)
+            or (acceptance is not None and acceptance["metric"] == "val_roc_auc"))
+
+
+def check_label_settings(spec: dict[str, Any]) -> None:
+    """Refuse (422) `class_weight` keys that are not training labels and val_roc_auc for more than 2 labels.
+
+    Reads the data through a dry run, so only specs that have such settings pay for it.
+    """
+    if not names_labels(spec):
+        return
+    errors: dict[str, list[str]] = {}
+    for problem in dry_run(spec)["problems"]:
+        field = LABEL_SETTING_CHECKS.get(problem["check"])
+        if field is not None:
+            errors.setdefault(field, []).append(problem["message"])
+    if errors:
+        raise ValidationFailed(summarize_errors(errors), errors=errors)
+
+
 def artifact_owner(job: Job) -> str:
     """The job whose published files are this job's: its reuse source, or itself."""
     return job.reused_from or job.id
@@ -148,11 +176,15 @@ class Jobs(MethodView):
         """Queue a training job; answers with the job and its URL in `Location`.
 
         With `reuse: true` and an identical job that succeeded, the job is created succeeded at
-        once with that job's result and artifacts, and `reused_from` names it.
+        once with that job's result and artifacts, and `reused_from` names it. A spec whose
+        `class_weight` names labels, or whose `acceptance` metric is val_roc_auc, is checked
+        against the training labels first (a dry run reads the data): a label the data lacks,
+        or val_roc_auc for more than two labels, is a 422.
         """
         key = headers.get("idempotency_key")
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"])
+        check_label_settings(spec)
         # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
         fingerprint = job_fingerprint(spec)
         source = reusable_job(fingerprint) if spec["reuse"] else None

@@ -1,9 +1,10 @@
 """The dry run: every check a job runs before its model loads, plus statistics, without training.
 
 Loads the data and the tokenizer and config (never the weights, never TensorFlow) and
-reports rows and labels per split, token lengths, truncation, train/validation duplicates
-and steps per epoch, with every problem found (which would fail the job) and warnings
-(which would not). Also checks uploaded files. Runs in the check server process
+reports rows and labels per split, token lengths, truncation, train/validation duplicates,
+class imbalance and steps per epoch, with every problem found (which would fail the job) and
+warnings (which would not). Checks the spec's settings that name labels (``class_weight``,
+an ``acceptance`` metric) against the training labels. Also checks uploaded files. Runs in the check server process
 (service.trainer.check_server), never in the API process.
 """
 
@@ -31,6 +32,10 @@ MAX_MEASURED_ROWS = 10_000
 TRUNCATION_WARNING_SHARE = 0.10
 TEXT_PROBLEMS = {"no_rows", "missing_column", "not_text", "empty_text"}
 MAX_DUPLICATE_ROWS_LISTED = 10
+# A training split whose smallest class has less than this share of the rows gets a warning.
+IMBALANCE_WARNING_SHARE = 0.10
+# Label names listed in a message before it is cut short.
+MAX_LABELS_LISTED = 20
 
 
 class TokenizerCache:
@@ -63,6 +68,8 @@ def dry_run(spec: dict[str, Any], locations: Locations, cache_dir: Path | None,
     hyper = spec["hyperparameters"]
     inspection = inspect_data(spec, locations, cache_dir)
     problems = [problem.as_dict() for problem in inspection.problems]
+    if inspection.label_names is not None:
+        problems += label_setting_problems(spec, inspection.label_names)
     model, tokenizer, model_problem = check_model(spec["model"], locations, tokenizers)
     if model_problem is not None:
         problems.append(model_problem)
@@ -71,6 +78,8 @@ def dry_run(spec: dict[str, Any], locations: Locations, cache_dir: Path | None,
     splits = {name: split_report(dataset, labels, texts, tokenizer, hyper["max_length"], hyper["seed"])
               for name, dataset, labels in report_splits(inspection)}
     warnings = truncation_warnings(splits, hyper["max_length"])
+    if hyper.get("class_weight", "none") == "none" and "train" in splits:
+        warnings += imbalance_warnings(splits["train"], spec["data"]["label_column"])
     duplicates = None
     train, validation = final_splits(inspection)
     if train is not None and validation is not None and texts_usable(inspection, "train") \
@@ -93,6 +102,52 @@ def dry_run(spec: dict[str, Any], locations: Locations, cache_dir: Path | None,
         "warnings": warnings,
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def listed_labels(names: list[str]) -> str:
+    """Label names for a message, cut short after MAX_LABELS_LISTED."""
+    shown = ", ".join(names[:MAX_LABELS_LISTED])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > MAX_LABELS_LISTED else "")
+
+
+def setting_problem(check: str, message: str, value: Any) -> dict[str, Any]:
+    """A problem with a spec setting that names labels the training data does not have."""
+    return {"code": "invalid_data", "check": check, "message": message, "split": "train", "column": None,
+            "row": None, "value": value}
+
+
+def label_setting_problems(spec: dict[str, Any], label_names: list[str]) -> list[dict[str, Any]]:
+    """Problems of `class_weight` keys that are not training labels, and of a val_roc_auc bar on > 2 labels."""
+    problems = []
+    class_weight = spec["hyperparameters"].get("class_weight")
+    if isinstance(class_weight, dict):
+        known = set(label_names)
+        problems += [setting_problem("class_weight", f"Unknown label {label!r}; the training labels are: "
+                                                     f"{listed_labels(label_names)}.", label)
+                     for label in class_weight if label not in known]
+    acceptance = spec.get("acceptance")
+    if acceptance and acceptance["metric"] == "val_roc_auc" and len(label_names) > 2:
+        problems.append(setting_problem(
+            "acceptance", f"val_roc_auc is measured for two labels only; the training data has "
+                          f"{len(label_names)}: {listed_labels(label_names)}. Use val_macro_f1, "
+                          "val_weighted_f1 or val_accuracy.", acceptance["metric"]))
+    return problems
+
+
+def imbalance_warnings(train: dict[str, Any], label_column: str) -> list[dict[str, Any]]:
+    """A warning when the training split's smallest class has under IMBALANCE_WARNING_SHARE of its rows."""
+    counts: dict[str, int] | None = train.get("labels")
+    if not counts or len(counts) < 2 or not train["rows"]:
+        return []
+    label, rows = min(counts.items(), key=lambda item: (item[1], item[0]))
+    share = rows / train["rows"]
+    if share >= IMBALANCE_WARNING_SHARE:
+        return []
+    return [{"code": "class_imbalance", "check": "class_imbalance", "split": "train", "column": label_column,
+             "row": None, "value": round(share, 4),
+             "message": f"train data: the smallest class, {label!r}, has {rows} of {train['rows']} rows "
+                        f"({share:.1%}); the model may rarely predict it. Consider `class_weight: balanced` "
+                        "and `selection_metric: val_macro_f1`"}]
 
 
 def check_model(model: Any, locations: Locations,

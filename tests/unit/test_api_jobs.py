@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -157,3 +158,38 @@ def test_events_stream_as_server_sent_events_until_the_job_ends(app: Flask, clie
     assert resumed.get_data(as_text=True).count("event: state") == 2
     plain = client.get(f"/v1/jobs/{job_id}/events?after=1").get_json()["events"]
     assert [event["state"] for event in plain] == ["running", "failed"]
+
+
+def labelled_spec(settings: Settings, labels: list[Any], **extra: Any) -> dict[str, Any]:
+    """A spec with inline rows of ``labels`` (in turn) and a model folder under a model root.
+
+    The folder does not exist: the dry run reports that as a problem of its own, which
+    POST /v1/jobs leaves for the job, and never goes to the Hub for it.
+    """
+    rows = [{"text": f"row {index}", "label": labels[index % len(labels)]} for index in range(12)]
+    return {"model": str(settings.home / "models" / "not-there"), "data": {"train": {"records": rows}}, **extra}
+
+
+def test_class_weight_labels_are_checked_against_the_training_labels(client: FlaskClient,
+                                                                     settings: Settings) -> None:
+    refused = client.post("/v1/jobs", json=labelled_spec(settings, ["pos", "neg"], hyperparameters={
+        "class_weight": {"pos": 2, "positive": 1}}))
+    assert refused.status_code == 422 and refused.mimetype == "application/problem+json"
+    assert refused.get_json()["errors"] == {
+        "hyperparameters.class_weight": ["Unknown label 'positive'; the training labels are: neg, pos."]}
+    assert client.get("/v1/jobs").get_json()["jobs"] == [], "a refused spec queues nothing"
+    numbered = client.post("/v1/jobs", json=labelled_spec(settings, [0, 1], hyperparameters={
+        "class_weight": {"0": 1, "1": 3.5}}))
+    assert numbered.status_code == 201, numbered.get_json()
+    assert numbered.get_json()["spec"]["hyperparameters"]["class_weight"] == {"0": 1.0, "1": 3.5}
+    report = client.post("/v1/jobs:validate", json=labelled_spec(settings, [0, 1], hyperparameters={
+        "class_weight": {"2": 1}})).get_json()["report"]
+    assert ["class_weight", "model_not_found"] == sorted(problem["check"] for problem in report["problems"])
+
+
+def test_roc_auc_acceptance_for_more_than_two_labels_is_422(client: FlaskClient, settings: Settings) -> None:
+    bar = {"metric": "val_roc_auc", "min": 0.9}
+    refused = client.post("/v1/jobs", json=labelled_spec(settings, ["a", "b", "c"], acceptance=bar))
+    assert refused.status_code == 422 and list(refused.get_json()["errors"]) == ["acceptance.metric"]
+    assert "two labels only" in refused.get_json()["errors"]["acceptance.metric"][0]
+    assert client.post("/v1/jobs", json=labelled_spec(settings, ["a", "b"], acceptance=bar)).status_code == 201

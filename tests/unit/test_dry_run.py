@@ -144,3 +144,65 @@ def test_token_lengths_of_a_large_split_come_from_a_seeded_sample(config_only_mo
     assert reports[0]["splits"]["validation"]["tokens"]["measured_rows"] == 10
     assert reports[0]["splits"] == reports[1]["splits"]
     assert reports[0]["duplicates"]["rows"] == 0 and reports[0]["splits"]["train"]["rows"] == 40
+
+
+def labelled_rows(counts: dict[Any, int]) -> list[dict[str, Any]]:
+    """Rows with ``counts[label]`` rows of each label, their texts drawn from the tiny model's words."""
+    rows = []
+    for label, count in counts.items():
+        rows += [{"text": f"{WORDS[index % len(WORDS)]} film", "label": label} for index in range(count)]
+    return rows
+
+
+def with_settings(spec: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """``spec`` with hyperparameters (and a top-level `acceptance`) changed."""
+    acceptance = settings.pop("acceptance", None)
+    return {**spec, "hyperparameters": {**spec["hyperparameters"], **settings}, "acceptance": acceptance}
+
+
+def test_a_training_split_with_a_rare_class_is_warned_about(config_only_model: Path, tmp_path: Path) -> None:
+    where = locations_in(tmp_path, config_only_model)
+    skewed = spec_for(config_only_model, labelled_rows({"common": 95, "rare": 5}), labelled_rows({"common": 4,
+                                                                                                   "rare": 2}))
+    report = dry_run(skewed, where, None, TokenizerCache())
+    assert report["splits"]["train"]["labels"] == {"common": 95, "rare": 5}, "the class balance stays reported"
+    imbalance = [w for w in report["warnings"] if w["code"] == "class_imbalance"]
+    assert len(imbalance) == 1 and report["valid"], report
+    assert imbalance[0]["check"] == "class_imbalance" and imbalance[0]["value"] == 0.05
+    assert "'rare'" in imbalance[0]["message"] and "5.0%" in imbalance[0]["message"]
+    assert "class_weight: balanced" in imbalance[0]["message"]
+    weighted = dry_run(with_settings(skewed, class_weight="balanced"), where, None, TokenizerCache())
+    assert "class_imbalance" not in [w["code"] for w in weighted["warnings"]], "already weighted: nothing to say"
+    even = spec_for(config_only_model, labelled_rows({"common": 50, "rare": 50}), labelled_rows({"common": 3,
+                                                                                                 "rare": 3}))
+    assert "class_imbalance" not in [w["code"] for w in dry_run(even, where, None, TokenizerCache())["warnings"]]
+
+
+def test_class_weight_keys_must_be_training_labels(config_only_model: Path, tmp_path: Path) -> None:
+    where = locations_in(tmp_path, config_only_model)
+    spec = spec_for(config_only_model, sentiment_rows(20, seed=1), sentiment_rows(6, seed=2))
+    known = dry_run(with_settings(spec, class_weight={"positive": 2.0}), where, None, TokenizerCache())
+    assert known["valid"], known["problems"]
+    unknown = dry_run(with_settings(spec, class_weight={"positive": 2.0, "pos": 1.0, "neg": 3.0}), where, None,
+                      TokenizerCache())
+    assert [(p["check"], p["column"], p["value"]) for p in unknown["problems"]] == [
+        ("class_weight", None, "pos"), ("class_weight", None, "neg")]
+    assert unknown["problems"][0]["message"] == "Unknown label 'pos'; the training labels are: negative, positive."
+    numbered = spec_for(config_only_model, labelled_rows({0: 10, 1: 10}), labelled_rows({0: 3, 1: 3}))
+    assert dry_run(with_settings(numbered, class_weight={"1": 4.0}), where, None, TokenizerCache())["valid"]
+    assert dry_run(with_settings(numbered, class_weight={"2": 4.0}), where, None, TokenizerCache())["problems"][0][
+        "message"] == "Unknown label '2'; the training labels are: 0, 1."
+
+
+def test_roc_auc_acceptance_needs_two_labels(config_only_model: Path, tmp_path: Path) -> None:
+    where = locations_in(tmp_path, config_only_model)
+    bar = {"metric": "val_roc_auc", "min": 0.8}
+    two = spec_for(config_only_model, labelled_rows({"a": 10, "b": 10}), labelled_rows({"a": 3, "b": 3}))
+    assert dry_run(with_settings(two, acceptance=bar), where, None, TokenizerCache())["valid"]
+    three = spec_for(config_only_model, labelled_rows({"a": 10, "b": 10, "c": 10}),
+                     labelled_rows({"a": 3, "b": 3, "c": 3}))
+    problems = dry_run(with_settings(three, acceptance=bar), where, None, TokenizerCache())["problems"]
+    assert [(p["check"], p["value"]) for p in problems] == [("acceptance", "val_roc_auc")]
+    assert "3: a, b, c" in problems[0]["message"]
+    f1_bar = {"metric": "val_macro_f1", "min": 0.8}
+    assert dry_run(with_settings(three, acceptance=f1_bar), where, None, TokenizerCache())["valid"]

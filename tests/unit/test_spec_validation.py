@@ -125,7 +125,12 @@ def test_valid_spec_is_queued_with_defaults(client: FlaskClient) -> None:
     assert job["state"] == "queued"
     spec = job["spec"]
     assert spec["hyperparameters"] == {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5,
-                                       "max_length": 128, "seed": 42, "precision": "auto", "jit_compile": "auto"}
+                                       "max_length": 128, "seed": 42, "precision": "auto", "jit_compile": "auto",
+                                       "optimizer": "adamw", "weight_decay": None, "lr_schedule": "linear",
+                                       "warmup_ratio": None, "warmup_steps": None, "max_grad_norm": 1.0,
+                                       "gradient_accumulation_steps": 1, "class_weight": "none",
+                                       "early_stopping": None, "selection_metric": "val_loss"}
+    assert spec["acceptance"] is None
     assert spec["data"]["validation"] == {"split_fraction": 0.1}
     assert spec["data"]["text_column"] == "text" and spec["data"]["label_column"] == "label"
     assert spec["num_labels"] is None
@@ -166,3 +171,86 @@ def test_precision_and_jit_compile_settings_are_kept(client: FlaskClient, precis
     assert response.status_code == 201, response.get_json()
     hyper = response.get_json()["spec"]["hyperparameters"]
     assert (hyper["precision"], hyper["jit_compile"]) == (precision, jit)
+
+
+FIT_FIELD_CASES = [
+    ("warmup_ratio 2", {"warmup_ratio": 2}, "hyperparameters.warmup_ratio"),
+    ("warmup_ratio 1", {"warmup_ratio": 1}, "hyperparameters.warmup_ratio"),
+    ("warmup_steps negative", {"warmup_steps": -1}, "hyperparameters.warmup_steps"),
+    ("both warmup fields", {"warmup_ratio": 0.1, "warmup_steps": 10}, "hyperparameters.warmup_steps"),
+    ("weight_decay with adam", {"optimizer": "adam", "weight_decay": 0.01}, "hyperparameters.weight_decay"),
+    ("weight_decay above 1", {"weight_decay": 1.5}, "hyperparameters.weight_decay"),
+    ("unknown optimizer", {"optimizer": "sgd"}, "hyperparameters.optimizer"),
+    ("unknown lr_schedule", {"lr_schedule": "step"}, "hyperparameters.lr_schedule"),
+    ("max_grad_norm zero", {"max_grad_norm": 0}, "hyperparameters.max_grad_norm"),
+    ("gradient_accumulation_steps zero", {"gradient_accumulation_steps": 0},
+     "hyperparameters.gradient_accumulation_steps"),
+    ("gradient_accumulation_steps huge", {"gradient_accumulation_steps": 2048},
+     "hyperparameters.gradient_accumulation_steps"),
+    ("unknown selection_metric", {"selection_metric": "val_f1"}, "hyperparameters.selection_metric"),
+    ("patience -1", {"early_stopping": {"patience": -1}}, "hyperparameters.early_stopping.patience"),
+    ("unknown early_stopping metric", {"early_stopping": {"metric": "accuracy"}},
+     "hyperparameters.early_stopping.metric"),
+    ("unknown early_stopping mode", {"early_stopping": {"mode": "up"}}, "hyperparameters.early_stopping.mode"),
+    ("negative min_delta", {"early_stopping": {"min_delta": -0.1}}, "hyperparameters.early_stopping.min_delta"),
+    ("unknown early_stopping field", {"early_stopping": {"epochs": 3}}, "hyperparameters.early_stopping.epochs"),
+    ("class_weight zero", {"class_weight": {"pos": 0}}, "hyperparameters.class_weight"),
+    ("class_weight negative", {"class_weight": {"pos": 2, "neg": -1.5}}, "hyperparameters.class_weight"),
+    ("class_weight a boolean weight", {"class_weight": {"pos": True}}, "hyperparameters.class_weight"),
+    ("class_weight a string weight", {"class_weight": {"pos": "2"}}, "hyperparameters.class_weight"),
+    ("class_weight a bad string", {"class_weight": "balance"}, "hyperparameters.class_weight"),
+    ("class_weight empty", {"class_weight": {}}, "hyperparameters.class_weight"),
+    ("class_weight a list", {"class_weight": [1, 2]}, "hyperparameters.class_weight"),
+]
+
+
+@pytest.mark.parametrize("name,hyper,field", FIT_FIELD_CASES, ids=[case[0] for case in FIT_FIELD_CASES])
+def test_bad_fit_settings_are_422_naming_the_field(client: FlaskClient, name: str, hyper: dict, field: str) -> None:
+    problem = assert_problem(client.post("/v1/jobs", json={**VALID, "hyperparameters": hyper}), 422)
+    assert list(problem["errors"]) == [field], problem
+    assert field in problem["detail"]
+    assert client.get("/v1/jobs").get_json()["jobs"] == []
+
+
+def test_weight_decay_with_adam_says_it_needs_adamw(client: FlaskClient) -> None:
+    spec = {**VALID, "hyperparameters": {"optimizer": "adam", "weight_decay": 0.1}}
+    problem = assert_problem(client.post("/v1/jobs", json=spec), 422)
+    assert "weight decay needs optimizer adamw" in problem["errors"]["hyperparameters.weight_decay"][0]
+
+
+ACCEPTANCE_CASES = [
+    ("unknown metric", {"metric": "val_f1", "min": 0.5}, "acceptance.metric"),
+    ("val_loss is no acceptance metric", {"metric": "val_loss", "min": 0.5}, "acceptance.metric"),
+    ("min 1.5", {"metric": "val_accuracy", "min": 1.5}, "acceptance.min"),
+    ("min negative", {"metric": "val_accuracy", "min": -0.1}, "acceptance.min"),
+    ("min missing", {"metric": "val_accuracy"}, "acceptance.min"),
+    ("metric missing", {"min": 0.5}, "acceptance.metric"),
+    ("unknown field", {"metric": "val_accuracy", "min": 0.5, "max": 1}, "acceptance.max"),
+]
+
+
+@pytest.mark.parametrize("name,acceptance,field", ACCEPTANCE_CASES, ids=[case[0] for case in ACCEPTANCE_CASES])
+def test_bad_acceptance_is_422_naming_the_field(client: FlaskClient, name: str, acceptance: dict,
+                                                field: str) -> None:
+    problem = assert_problem(client.post("/v1/jobs", json={**VALID, "acceptance": acceptance}), 422)
+    assert list(problem["errors"]) == [field], problem
+
+
+def test_fit_settings_are_kept_and_nested_defaults_filled_in(client: FlaskClient, settings: Settings) -> None:
+    # Labels in class_weight send the spec through a dry run: a local model keeps it off the Hub.
+    local = with_change("model", str(settings.home / "models" / "not-there"))
+    hyper = {"optimizer": "adam", "weight_decay": 0, "lr_schedule": "cosine", "warmup_steps": 0,
+             "max_grad_norm": None, "gradient_accumulation_steps": 4, "class_weight": {"pos": 2, "neg": 0.5},
+             "early_stopping": {"metric": "val_macro_f1"}, "selection_metric": "val_accuracy"}
+    spec = {**local, "hyperparameters": hyper, "acceptance": {"metric": "val_macro_f1", "min": 0.7}}
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 201, response.get_json()
+    loaded = response.get_json()["spec"]
+    assert {key: loaded["hyperparameters"][key] for key in hyper} == {
+        **hyper, "weight_decay": 0.0, "class_weight": {"pos": 2.0, "neg": 0.5},
+        "early_stopping": {"metric": "val_macro_f1", "mode": "auto", "patience": 2, "min_delta": 0.0}}
+    assert loaded["acceptance"] == {"metric": "val_macro_f1", "min": 0.7}
+    balanced = client.post("/v1/jobs", json={**VALID, "hyperparameters": {"class_weight": "balanced",
+                                                                          "warmup_ratio": 0.0}})
+    assert balanced.status_code == 201, balanced.get_json()
+    assert balanced.get_json()["spec"]["hyperparameters"]["class_weight"] == "balanced"
