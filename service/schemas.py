@@ -235,12 +235,12 @@ class HyperparametersSchema(StrictSchema):
     gradient_accumulation_steps = fields.Integer(
         strict=True, load_default=1, validate=validate.Range(min=1, max=1024),
         metadata={"description": "Batches whose gradients are summed into one update: an update sees "
-                                 "batch_size × gradient_accumulation_steps rows, with the memory of one batch. "
+                                 "batch_size * gradient_accumulation_steps rows, with the memory of one batch. "
                                  "Warmup and schedules count updates."})
     class_weight = ClassWeightField(
         load_default="none",
         metadata={"description": "How much each class's rows count in the training loss. `none`: equally; "
-                                 "`balanced`: each class weighs rows / (classes × rows of the class), as "
+                                 "`balanced`: each class weighs rows / (classes * rows of the class), as "
                                  "scikit-learn does; or an object of label -> weight (finite, > 0), keyed by "
                                  "label names (integer labels by their decimal string, e.g. \"0\"); labels "
                                  "left out weigh 1. Every key must be a label of the training data (checked "
@@ -391,7 +391,9 @@ class ProgressSchema(Schema):
 
 
 class JobErrorSchema(Schema):
-    code = fields.String(metadata={"description": "invalid_data, model_load_failed, killed, internal, ..."})
+    code = fields.String(metadata={"description": "invalid_data, model_load_failed, killed, internal, "
+                                                  "below_threshold (the model missed the spec's acceptance "
+                                                  "threshold; its result, report and model are kept), ..."})
     message = fields.String()
     retryable = fields.Boolean(metadata={"description": "Whether submitting the same spec again may succeed."})
 
@@ -412,11 +414,18 @@ class JobSchema(Schema):
     progress = fields.Nested(ProgressSchema)
     error = fields.Nested(JobErrorSchema, allow_none=True)
     result = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
-        "description": "Once succeeded: the final metrics (loss, accuracy, val_loss, val_accuracy), and how "
-                       "the fit ran: padding_efficiency (real tokens / padded tokens), batch_shapes (distinct "
-                       "padded batch shapes), precision, jit_compile, compute_reason, examples_per_second and "
-                       "phases (seconds per phase: queued, startup, data, tokenize, model_load, fit, "
-                       "evaluate, publish)."})
+        "description": "Once succeeded (and for a job that failed as below_threshold): the final metrics (loss, "
+                       "accuracy, val_loss, val_accuracy); which epoch was published and why: best_epoch (from "
+                       "1, the best by selection_metric), epochs_trained, stopped_early (boolean), stop_reason "
+                       "(why early stopping ended the fit, in words; null when every epoch ran), "
+                       "selection_metric; "
+                       "evaluation (the evaluation report of the published epoch, as GET "
+                       "/v1/jobs/{id}/evaluation serves it); acceptance ({metric, min, value, passed}, when the "
+                       "spec set a threshold; value is null where the metric is undefined, which fails it); "
+                       "and how the fit ran: padding_efficiency (real tokens / padded tokens), batch_shapes "
+                       "(distinct padded batch shapes), precision, jit_compile, compute_reason, "
+                       "examples_per_second and phases (seconds per phase: queued, startup, data, tokenize, "
+                       "model_load, fit, evaluate, publish)."})
     spec = fields.Nested(TrainingSpecSchema)
     reused_from = fields.String(allow_none=True, metadata={
         "description": "The succeeded job whose result and artifacts this job reused (spec `reuse`); "
@@ -452,8 +461,10 @@ class EpochMetricsSchema(Schema):
     epoch = fields.Integer()
     loss = fields.Float()
     accuracy = fields.Float()
+    macro_f1 = fields.Float(metadata={"description": "Macro F1 on the training batches of the epoch."})
     val_loss = fields.Float()
     val_accuracy = fields.Float()
+    val_macro_f1 = fields.Float(metadata={"description": "Macro F1 on the validation set."})
     learning_rate = fields.Float()
 
 
@@ -461,6 +472,7 @@ class StepMetricsSchema(Schema):
     step = fields.Integer()
     epoch = fields.Integer()
     loss = fields.Float()
+    learning_rate = fields.Float(metadata={"description": "The learning rate the step's update used."})
 
 
 class MetricsSchema(Schema):
@@ -498,6 +510,66 @@ class ArtifactListSchema(Schema):
     artifacts = fields.List(fields.Nested(ArtifactSchema))
 
 
+class ClassScoresSchema(Schema):
+    precision = fields.Float()
+    recall = fields.Float()
+    f1 = fields.Float()
+    support = fields.Integer(metadata={"description": "Validation rows of this class."})
+
+
+class ConfusionMatrixSchema(Schema):
+    labels = fields.List(fields.String(), metadata={"description": "Label names in id order."})
+    matrix = fields.List(fields.List(fields.Integer()), metadata={
+        "description": "Row counts: row i holds the rows whose true label is labels[i], column j those "
+                       "predicted as labels[j]."})
+
+
+class ConfidentErrorSchema(Schema):
+    row = fields.Integer(metadata={"description": "Validation row number, from 1, in the validation set's "
+                                                  "order (a held-out split's own, shuffled order)."})
+    text = fields.String(metadata={"description": "The row's text, cut at 1000 characters."})
+    text_pair = fields.String(metadata={"description": "Its pair text; absent for single texts."})
+    true_label = fields.String()
+    predicted_label = fields.String()
+    probability = fields.Float(metadata={"description": "The probability the model gave its wrong label."})
+
+
+class EvaluationMetricsSchema(Schema):
+    """The report's headline numbers under the names `acceptance` and `selection_metric` use."""
+
+    val_accuracy = fields.Float(allow_none=True)
+    val_macro_f1 = fields.Float(allow_none=True)
+    val_weighted_f1 = fields.Float(allow_none=True)
+    val_roc_auc = fields.Float(allow_none=True)
+    val_loss = fields.Float(allow_none=True)
+
+
+class EvaluationSchema(Schema):
+    """How the published model scores on the validation set (the file evaluation.json)."""
+
+    rows = fields.Integer(metadata={"description": "Validation rows evaluated."})
+    labels = fields.List(fields.String(), metadata={"description": "Label names in id order."})
+    accuracy = fields.Float(allow_none=True)
+    macro_f1 = fields.Float(allow_none=True, metadata={
+        "description": "F1 averaged over the classes, each counting the same whatever its size."})
+    weighted_f1 = fields.Float(allow_none=True, metadata={
+        "description": "F1 averaged over the classes, each weighted by its rows."})
+    macro_precision = fields.Float(allow_none=True)
+    macro_recall = fields.Float(allow_none=True)
+    per_class = fields.Dict(keys=fields.String(), values=fields.Nested(ClassScoresSchema), metadata={
+        "description": "Precision, recall, F1 and support of each label, by label name."})
+    confusion_matrix = fields.Nested(ConfusionMatrixSchema)
+    roc_auc = fields.Float(allow_none=True, metadata={
+        "description": "Area under the ROC curve of the probability of label id 1; two labels only, and null "
+                       "when there are more or the validation rows hold only one of them."})
+    loss = fields.Float(allow_none=True, metadata={"description": "Cross-entropy of the predicted probabilities "
+                                                                 "(unweighted)."})
+    most_confident_errors = fields.List(fields.Nested(ConfidentErrorSchema), metadata={
+        "description": "Misclassified validation rows (at most 20), the most confidently wrong first."})
+    metrics = fields.Nested(EvaluationMetricsSchema)
+    epoch = fields.Integer(allow_none=True, metadata={"description": "The evaluated (selected) epoch, from 1."})
+
+
 class DatasetSchema(Schema):
     """An uploaded dataset."""
 
@@ -533,9 +605,13 @@ class FindingSchema(Schema):
 
     code = fields.String(metadata={"description": "For problems, the failure code the job would get "
                                                   "(invalid_data, model_not_found, unsupported_model, "
-                                                  "model_load_failed); for warnings, truncation or duplicates."})
+                                                  "model_load_failed); for warnings, truncation, duplicates "
+                                                  "or class_imbalance."})
     check = fields.String(metadata={"description": "Which check found it: missing_column, empty_text, "
-                                                   "unknown_label, single_class, file_not_found, ..."})
+                                                   "unknown_label, single_class, file_not_found, ..., "
+                                                   "class_weight (a class_weight key that is not a training "
+                                                   "label) and acceptance (val_roc_auc for more than two "
+                                                   "labels), which POST /v1/jobs refuses with 422."})
     message = fields.String()
     split = fields.String(allow_none=True)
     column = fields.String(allow_none=True)

@@ -1,10 +1,13 @@
-"""Artifacts of succeeded jobs: the list, single files and the model tarball.
+"""Artifacts of jobs: the list, single files, the model tarball and the evaluation report.
 
-A job that reused another job's result serves that job's published files: nothing is copied.
+A succeeded job has published artifacts, and so has a job that failed as below_threshold
+(its model and report are published before the threshold is checked). A job that reused
+another job's result serves that job's published files: nothing is copied.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Response, send_file
@@ -15,18 +18,20 @@ from service.api.context import current_settings
 from service.api.jobs import artifact_owner, load_job
 from service.artifacts import ArtifactNotFound, artifact_path, list_artifacts, model_tarball
 from service.errors import NotFound
-from service.schemas import ArtifactListSchema
+from service.schemas import ArtifactListSchema, EvaluationSchema
 
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
 BINARY = {"content": {"application/octet-stream": {}}}
+# The published file holding the evaluation report (written by service.trainer.fit).
+EVALUATION_FILE = "evaluation.json"
 
 
 @blp.route("/<job_id>/artifacts")
 class JobArtifacts(MethodView):
     @blp.response(200, ArtifactListSchema)
     def get(self, job_id: str) -> dict[str, Any]:
-        """Every published file with its size; empty until the job succeeds."""
+        """Every published file with its size; empty until the job publishes its model."""
         found = list_artifacts(current_settings().artifacts_dir, artifact_owner(load_job(job_id)))
         return {"artifacts": [{"name": a.name, "size": a.size} for a in found]}
 
@@ -59,3 +64,24 @@ class JobModelTarball(MethodView):
             raise NotFound(f"Job {job_id} is {job.state.value}; it has no model to download.") from exc
         return send_file(tarball, mimetype="application/gzip", as_attachment=True,
                          download_name=f"{job_id}.model.tar.gz", conditional=True)
+
+
+@blp.route("/<job_id>/evaluation")
+class JobEvaluation(MethodView):
+    @blp.response(200, EvaluationSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The evaluation report: how the published model scores on the validation set.
+
+        Accuracy, macro and weighted F1, per-class scores, the confusion matrix, ROC AUC (two
+        labels), loss and the most confidently wrong rows, of the selected epoch. There for a
+        succeeded job and for one that failed its acceptance threshold (below_threshold); a job
+        that reused another's result serves that job's report.
+        """
+        job = load_job(job_id)
+        try:
+            path = artifact_path(current_settings().artifacts_dir, artifact_owner(job), EVALUATION_FILE)
+            report: dict[str, Any] = json.loads(path.read_text())
+        except (ArtifactNotFound, FileNotFoundError) as exc:
+            still = "" if job.state.is_terminal else " yet"
+            raise NotFound(f"Job {job_id} is {job.state.value}; it has no evaluation{still}.") from exc
+        return report
