@@ -235,8 +235,8 @@ class JobValidation(MethodView):
 
         Takes the same body as POST /v1/jobs. Loads the data and the model's tokenizer and config
         (no weights) and reports rows and labels per split, token lengths and truncation at
-        max_length, validation rows duplicating training rows, steps per epoch, problems (the job
-        would fail; answered with 422) and warnings (it would not).
+        max_length, validation rows duplicating training rows, a rare class, steps per epoch,
+        problems (the job would fail; answered with 422) and warnings (it would not).
         """
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"])
@@ -277,7 +277,7 @@ class JobCancel(MethodView):
 class JobMetrics(MethodView):
     @blp.response(200, MetricsSchema)
     def get(self, job_id: str) -> dict[str, Any]:
-        """Per-epoch loss/accuracy/val_loss/val_accuracy and per-step loss, as recorded so far.
+        """Per-epoch loss, accuracy and macro F1 (and their val_ twins), per-step loss and learning rate, so far.
 
         A job that reused another's result shows that job's series, which its result summarizes.
         """
