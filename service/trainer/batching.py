@@ -10,6 +10,12 @@ train step is traced once (and XLA-compiled, where on, a handful of times).
 Batches are made in NumPy by a generator, not by tf.data's ragged ops: making a padded batch
 of 32 rows costs microseconds, while ragged batching and a prefetch thread competed with the
 train step for the two cores these machines have.
+
+With gradient accumulation (``accumulate`` > 1) the rows are grouped as for batches of
+``batch_size × accumulate`` rows, one optimizer update each, and every such group is cut into
+micro-batches of ``batch_size``: the update sees exactly the rows one big batch would. Each
+micro-batch then also carries its share of the update's rows (``update_weight``) and whether it
+is the update's last (``apply_update``), for service.trainer.accumulation's train step.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from typing import Any, Iterator
 import numpy as np
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Extra features of a micro-batch when gradients are accumulated (see the module docstring).
+UPDATE_WEIGHT = "update_weight"
+APPLY_UPDATE = "apply_update"
 # Sorted chunks of this many batches: large enough that a chunk's batches hold rows of nearly
 # one length, small enough that every epoch still mixes rows from across the data.
 CHUNK_BATCHES = 50
@@ -53,6 +62,8 @@ class Batch:
 
     rows: np.ndarray
     length: int
+    update_rows: int = 0  # rows of the optimizer update this batch belongs to (0: the batch's own)
+    ends_update: bool = True  # whether the update is applied after this batch
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,10 @@ class BucketedBatches:
     """Padded (features, labels) batches of one split, grouped by length; shuffled per epoch when seeded."""
 
     def __init__(self, columns: TokenColumns, batch_size: int, max_length: int, pad_values: dict[str, int],
-                 seed: int | None = None, multiple: int = 8, coarse: bool = False) -> None:
+                 seed: int | None = None, multiple: int = 8, coarse: bool = False, accumulate: int = 1) -> None:
         self.columns = columns
         self.batch_size = batch_size
+        self.accumulate = accumulate
         self.lengths_allowed = np.asarray(padded_lengths(max_length, multiple, coarse))
         self.pad_values = pad_values
         self.seed = seed
@@ -115,10 +127,37 @@ class BucketedBatches:
         self.epoch = int(epoch)
         self.skip = int(skip)
 
+    def updates(self) -> int:
+        """Optimizer updates per epoch."""
+        return -(-len(self.columns) // (self.batch_size * self.accumulate))
+
+    def ends_update(self, epoch: int, batch: int) -> bool:
+        """Whether batch ``batch`` (0-based) of ``epoch`` is the last of its optimizer update."""
+        if self.accumulate == 1:
+            return True
+        if getattr(self, "_ends_epoch", None) != epoch:
+            self._ends = [planned.ends_update for planned in self.plan(epoch)]
+            self._ends_epoch = epoch
+        return self._ends[batch]
+
     def plan(self, epoch: int) -> list[Batch]:
         """The batches of ``epoch``: the same for the same seed and epoch, different across epochs."""
+        groups = self._groups(epoch, self.batch_size * self.accumulate)
+        if self.accumulate == 1:
+            return [self._batch(group) for group in groups]
+        batches = []
+        for group in groups:
+            micro = [group[at:at + self.batch_size] for at in range(0, len(group), self.batch_size)]
+            batches += [self._batch(rows, len(group), index == len(micro) - 1) for index, rows in enumerate(micro)]
+        return batches
+
+    def _batch(self, rows: np.ndarray, update_rows: int = 0, ends_update: bool = True) -> Batch:
+        length = self._padded_length(int(self.columns.lengths[rows].max()))
+        return Batch(rows=rows, length=length, update_rows=update_rows or len(rows), ends_update=ends_update)
+
+    def _groups(self, epoch: int, size: int) -> list[np.ndarray]:
+        """Row groups of ``size`` (one batch, or one update's micro-batches), grouped by length."""
         lengths = self.columns.lengths
-        size = self.batch_size
         if self.seed is None:
             # Validation: order is irrelevant, so sort everything for the least padding.
             order = np.argsort(-lengths, kind="stable")
@@ -136,7 +175,7 @@ class BucketedBatches:
             full = [group for group in groups if len(group) == size]
             short = [group for group in groups if len(group) < size]
             groups = [full[i] for i in rng.permutation(len(full))] + short
-        return [Batch(rows=group, length=self._padded_length(int(lengths[group].max()))) for group in groups]
+        return groups
 
     def _padded_length(self, longest: int) -> int:
         index = int(np.searchsorted(self.lengths_allowed, longest))
@@ -152,6 +191,9 @@ class BucketedBatches:
                 start, end = offsets[row], offsets[row + 1]
                 padded[slot, :end - start] = flat[start:end]
             features[name] = padded
+        if self.accumulate > 1:
+            features[UPDATE_WEIGHT] = np.float32(len(batch.rows) / batch.update_rows)
+            features[APPLY_UPDATE] = np.bool_(batch.ends_update)
         return features, self.columns.labels[batch.rows]
 
     def _generate(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -170,8 +212,11 @@ class BucketedBatches:
         import tensorflow as tf
 
         names = list(self.columns.values)
-        signature = ({name: tf.TensorSpec(shape=(None, None), dtype=tf.int32) for name in names},
-                     tf.TensorSpec(shape=(None,), dtype=tf.int32))
+        features = {name: tf.TensorSpec(shape=(None, None), dtype=tf.int32) for name in names}
+        if self.accumulate > 1:
+            features[UPDATE_WEIGHT] = tf.TensorSpec(shape=(), dtype=tf.float32)
+            features[APPLY_UPDATE] = tf.TensorSpec(shape=(), dtype=tf.bool)
+        signature = (features, tf.TensorSpec(shape=(None,), dtype=tf.int32))
         dataset = tf.data.Dataset.from_generator(self._generate, output_signature=signature)
         return dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
 

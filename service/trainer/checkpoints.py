@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import tf_keras
 
@@ -23,7 +23,8 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, backup_dir: str, steps_per_epoch: int, every_steps: int = 0,
-                 stop: StopSignal | None = None, reporter: TrainingReporter | None = None) -> None:
+                 stop: StopSignal | None = None, reporter: TrainingReporter | None = None,
+                 ends_update: Callable[[int, int], bool] | None = None) -> None:
         # An integer save_freq makes restore resume at the saved step (the "epoch" mode only
         # remembers epochs); the base class's own counting is replaced below.
         # The checkpoint outlives the fit until the model is published (see fit.run_training).
@@ -34,8 +35,11 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         self.reporter = reporter
         # Per-epoch metrics of every finished epoch, this attempt's and earlier ones', kept
         # beside the checkpoint so a resumed fit still reports the whole run.
-        self.history_path = Path(backup_dir) / "epochs.json"
+        self.history_path = history_path(backup_dir)
         self.history: list[dict[str, float]] = []
+        # With gradient accumulation, checkpoints fall only between optimizer updates: the
+        # gradients summed so far are not saved, so a step inside an update would lose them.
+        self.ends_update = ends_update or (lambda epoch, batch: True)
         # (0-based epoch, steps of it already trained) when resuming inside an epoch.
         self.restored: tuple[int, int] | None = None
 
@@ -64,6 +68,8 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         batch = int(batch)
         step = self._current_epoch * self.steps_per_epoch + batch + 1
         last_of_epoch = batch == self.steps_per_epoch - 1
+        if not self.ends_update(self._current_epoch, batch):
+            return
         if self.stop is not None and self.stop.requested:
             self._fence()
             self._backup(epoch=self._current_epoch, batch=batch)
@@ -101,3 +107,16 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         self._training_state._ckpt_saved_batch.assign(self.steps_per_epoch - 1)
         self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
 
+
+
+def history_path(backup_dir: str | Path) -> Path:
+    """The file beside a checkpoint that holds the per-epoch metrics of every finished epoch."""
+    return Path(backup_dir) / "epochs.json"
+
+
+def read_history(backup_dir: str | Path) -> list[dict[str, float]]:
+    """The finished epochs' metrics recorded beside a checkpoint (empty when there is none)."""
+    try:
+        return json.loads(history_path(backup_dir).read_text())
+    except (OSError, ValueError):
+        return []

@@ -16,7 +16,8 @@ from service.trainer.reporter import TrainingReporter
 from service.trainer.stop import StopSignal
 from service.trainer.tf_runtime import prepare_tensorflow
 
-FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "macro_f1", "val_macro_f1")
+EVALUATION_FILE = "evaluation.json"
 
 
 def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,
@@ -68,22 +69,103 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
     replicas = strategy.num_replicas_in_sync
     reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}) on {replicas} "
                    f"device(s).", {"replicas": replicas})
+    weights = training_class_weights(data, hyper.get("class_weight", "none"))
+    if weights is not None:
+        reporter.event("class_weights", "Class weights: " + ", ".join(
+            f"{data.id2label[label]} {weight:.3g}" for label, weight in sorted(weights.items())) + ".",
+                       {data.id2label[label]: weight for label, weight in weights.items()})
     outcome = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter, checkpoint_dir,
-                  checkpoint_steps, stop, jit_compile=plan.jit_compile, pad_to_multiple=plan.pad_to_multiple)
+                  checkpoint_steps, stop, jit_compile=plan.jit_compile, pad_to_multiple=plan.pad_to_multiple,
+                  class_weight=weights)
     phases.record("fit", outcome.train_seconds)
-    phases.record("evaluate", outcome.evaluate_seconds)
-    result: dict[str, Any] = {**outcome.final, **outcome.batching, "precision": plan.precision,
-                              "jit_compile": plan.jit_compile, "compute_reason": plan.reason,
-                              "examples_per_second": outcome.examples_per_second}
+    started = time.monotonic()
+    report = evaluate(model, outcome, data, spec)
+    # Validation during the fit and the final report of the selected epoch.
+    phases.record("evaluate", outcome.evaluate_seconds + time.monotonic() - started)
+    result: dict[str, Any] = {**outcome.final, **outcome.selection, **outcome.batching,
+                              "precision": plan.precision, "jit_compile": plan.jit_compile,
+                              "compute_reason": plan.reason, "examples_per_second": outcome.examples_per_second,
+                              "evaluation": report}
+    acceptance = spec.get("acceptance")
+    if acceptance:
+        from service.trainer.evaluation import acceptance_check
+
+        result["acceptance"] = acceptance_check(report, acceptance["metric"], acceptance["min"])
+    reporter.event("evaluated", f"Epoch {report['epoch']} on {report['rows']} validation rows: accuracy "
+                   f"{report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}.", report["metrics"])
     reporter.event("publishing", "Writing the model and its files.")
     with phases.measure("publish"):
         # Staged beside the published folder (same file system, so the rename is atomic).
         staging = publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
-        publish(model, tokenizer, spec, outcome.history, {**result, "phases": phases.seconds}, staging,
-                publish_dir)
-    reporter.event("artifacts_published", "Model, tokenizer, metrics.json and spec.json published.")
+        summary = {name: value for name, value in result.items() if name != "evaluation"}
+        publish(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
+                publish_dir, evaluation=report)
+    reporter.event("artifacts_published", "Model, tokenizer, evaluation.json, metrics.json and spec.json "
+                                          "published.")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return {**result, "phases": phases.seconds}
+    result["phases"] = phases.seconds
+    if acceptance and not result["acceptance"]["passed"]:
+        from service.jobs import FailureCode
+        from service.trainer.failures import TrainingFailure
+
+        check = result["acceptance"]
+        value = "undefined" if check["value"] is None else f"{check['value']:.4f}"
+        raise TrainingFailure(FailureCode.BELOW_THRESHOLD,
+                              f"The selected model (epoch {report['epoch']}) has {check['metric']} {value}, below "
+                              f"the acceptance minimum {check['min']:g}; its model and evaluation are kept for "
+                              "inspection.", result=result)
+    return result
+
+
+def training_class_weights(data: Any, setting: Any) -> dict[int, float] | None:
+    """Class weights by label id for the spec's ``class_weight``; invalid_data for a label the data lacks."""
+    import numpy as np
+
+    from service.jobs import FailureCode
+    from service.trainer.evaluation import class_weights
+    from service.trainer.failures import TrainingFailure
+
+    try:
+        return class_weights(np.asarray(data.train["labels"]), data.num_labels, setting, data.label2id)
+    except KeyError as exc:
+        names = ", ".join(data.id2label[i] for i in range(data.num_labels))
+        raise TrainingFailure(FailureCode.INVALID_DATA, f"class_weight names label {exc.args[0]!r}, which the "
+                                                        f"training data does not have; its labels are: {names}.") \
+            from exc
+
+
+def evaluate(model: Any, outcome: "FitOutcome", data: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation report of the model (the selected epoch's weights) on the validation rows."""
+    import numpy as np
+
+    from service.trainer.evaluation import evaluation_report
+
+    logits = predict_logits(model, outcome.validation_batches)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    columns = spec["data"]
+    pair = columns.get("text_pair_column")
+    return evaluation_report(np.asarray(data.validation["labels"]), probabilities, data.id2label,
+                             data.validation[columns["text_column"]],
+                             data.validation[pair] if pair else None, epoch=outcome.selection["best_epoch"])
+
+
+def predict_logits(model: Any, batches: Any) -> Any:
+    """Logits (float32, in row order) of every row of ``batches``, with one traced forward pass."""
+    import numpy as np
+    import tensorflow as tf
+
+    signature = [{name: tf.TensorSpec(shape=(None, None), dtype=tf.int32) for name in batches.columns.values}]
+
+    @tf.function(input_signature=signature)
+    def forward(features: Any) -> Any:
+        return tf.cast(model(features, training=False).logits, tf.float32)
+
+    logits = np.zeros((len(batches.columns), model.config.num_labels), dtype=np.float32)
+    for batch in batches.plan(0):
+        features, _ = batches.arrays(batch)
+        logits[batch.rows] = forward(features).numpy()
+    return logits
 
 
 class PhaseClock:
@@ -148,63 +230,104 @@ class FitOutcome:
     """What a fit produced: per-epoch history, the final metrics, timings and batching figures."""
 
     history: list[dict[str, float]]
-    final: dict[str, float]
+    final: dict[str, float]  # the selected epoch's metrics
+    selection: dict[str, Any]  # best_epoch, epochs_trained, stopped_early, stop_reason, selection_metric
     batching: dict[str, Any]
     train_seconds: float
     evaluate_seconds: float
     examples_per_second: float | None
+    validation_batches: Any
 
 
 def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
         reporter: TrainingReporter, checkpoint_dir: Path, checkpoint_steps: int,
-        stop: StopSignal | None = None, jit_compile: bool = False, pad_to_multiple: int = 8) -> FitOutcome:
-    """Compile and fit the Keras recipe on length-bucketed batches."""
+        stop: StopSignal | None = None, jit_compile: bool = False, pad_to_multiple: int = 8,
+        class_weight: dict[int, float] | None = None) -> FitOutcome:
+    """Compile and fit the recipe on length-bucketed batches; the model ends with the best epoch's weights.
+
+    The recipe: AdamW (or Adam) on a warmup-then-decay schedule with gradient clipping, optional
+    gradient accumulation and class weights, early stopping, and the epoch that is best by
+    ``selection_metric`` kept on disk and loaded back at the end.
+    """
     import tf_keras
 
+    from service.trainer.accumulation import install_accumulating_train_step
     from service.trainer.batching import BucketedBatches, TokenColumns
-    from service.trainer.checkpoints import StepCheckpoints
+    from service.trainer.checkpoints import StepCheckpoints, read_history
+    from service.trainer.metrics import SparseMacroF1
+    from service.trainer.optimization import build_optimizer
     from service.trainer.precision import float32_loss
     from service.trainer.progress import FollowEpochs, ReportProgress
+    from service.trainer.selection import BEST_FOLDER, KeepBestEpoch, best_epoch, early_stop, read_best
 
     tf_keras.utils.set_random_seed(hyper["seed"])
     batch_size, epochs = hyper["batch_size"], hyper["epochs"]
+    accumulate = hyper.get("gradient_accumulation_steps") or 1
+    selection_metric = hyper.get("selection_metric") or "val_loss"
+    early_stopping = hyper.get("early_stopping")
     pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0,
                   "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
     # XLA compiles every batch shape anew, so with it batches are padded to fewer lengths.
     shapes = {"multiple": pad_to_multiple, "coarse": jit_compile}
     train_batches = BucketedBatches(TokenColumns.from_dataset(train_tokens), batch_size, hyper["max_length"],
-                                    pad_values, seed=hyper["seed"], **shapes)
+                                    pad_values, seed=hyper["seed"], accumulate=accumulate, **shapes)
     validation_batches = BucketedBatches(TokenColumns.from_dataset(validation_tokens), batch_size,
                                          hyper["max_length"], pad_values, **shapes)
     batching = batching_figures(train_batches, validation_batches, epochs)
     reporter.event("batching", f"Length-bucketed batches: {batching['padding_efficiency']:.0%} of padded "
                    f"tokens are real; {batching['batch_shapes']} distinct batch shapes.", batching)
     steps_per_epoch = len(train_batches)
-    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=hyper["learning_rate"]),
-                  loss=float32_loss(), metrics=["accuracy"], jit_compile=jit_compile)
+    with model.distribute_strategy.scope():
+        # Optimizer and metrics belong to the strategy the model's variables were made in.
+        optimizer = build_optimizer(hyper, train_batches.updates(), epochs)
+        model.compile(optimizer=optimizer, loss=float32_loss(),
+                      metrics=["accuracy", SparseMacroF1(num_classes=model.config.num_labels)],
+                      jit_compile=jit_compile)
+    if accumulate > 1:
+        install_accumulating_train_step(model)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # Saves model and optimizer state; a later attempt resumes where this one stopped.
-    checkpoints = StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter)
+    checkpoints = StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter,
+                                  ends_update=train_batches.ends_update)
     progress = ReportProgress(reporter, epochs, steps_per_epoch, len(train_batches.columns), batch_size)
+    keep_best = KeepBestEpoch(checkpoint_dir / BEST_FOLDER, lambda: checkpoints.history, selection_metric,
+                              early_stopping, reporter)
     callbacks = [
         FollowEpochs(train_batches, checkpoints),
-        # Metrics are recorded before the checkpoint is written: an epoch whose checkpoint
-        # exists always has its metrics, and one redone after a crash overwrites them.
+        # Metrics are recorded before the best weights and the checkpoint are written: an
+        # epoch whose checkpoint exists always has its metrics and, if it was the best, its weights.
         progress,
+        keep_best,
         checkpoints,
     ]
-    reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
-                   {"epochs": epochs, "steps_per_epoch": steps_per_epoch})
-    model.fit(train_batches.dataset(), validation_data=validation_batches.dataset(), epochs=epochs,
-              callbacks=callbacks, verbose=2)
-    # From the checkpoint's record, so epochs finished by an earlier attempt are included.
-    history = checkpoints.history
-    final = {name: history[-1][name] for name in FINAL_METRICS if history and name in history[-1]}
-    # Batch shapes are dynamic in the train step's signature: one trace serves them all.
-    batching["train_step_traces"] = model.train_function.experimental_get_tracing_count()
-    return FitOutcome(history=history, final=final, batching=batching, train_seconds=progress.train_seconds,
-                      evaluate_seconds=progress.evaluate_seconds,
-                      examples_per_second=progress.examples_per_second)
+    # An attempt resumed after the run already stopped early trains no further.
+    stopped = early_stop(read_history(checkpoint_dir), early_stopping)
+    if stopped is None:
+        reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
+                       {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "updates_per_epoch":
+                        train_batches.updates(), "gradient_accumulation_steps": accumulate})
+        model.fit(train_batches.dataset(), validation_data=validation_batches.dataset(), epochs=epochs,
+                  callbacks=callbacks, verbose=2, class_weight=class_weight)
+        stopped = keep_best.stopped
+        history = checkpoints.history  # from the checkpoint's record: earlier attempts' epochs too
+        # Batch shapes are dynamic in the train step's signature: one trace serves them all.
+        batching["train_step_traces"] = model.train_function.experimental_get_tracing_count()
+    else:
+        history = read_history(checkpoint_dir)
+    best = read_best(checkpoint_dir / BEST_FOLDER)
+    chosen = best_epoch(history, selection_metric)
+    if best is not None and chosen is not None and best["epoch"] == chosen["epoch"]:
+        model.load_weights(best["weights"])
+    elif chosen is not None and history and chosen["epoch"] != history[-1]["epoch"]:
+        raise RuntimeError(f"the weights of the best epoch ({chosen['epoch']}) are missing from the checkpoint")
+    chosen = chosen or (history[-1] if history else {})
+    final = {name: chosen[name] for name in FINAL_METRICS if name in chosen}
+    selection = {"best_epoch": int(chosen.get("epoch", 0)) or None, "epochs_trained": len(history),
+                 "stopped_early": stopped is not None, "stop_reason": stopped.reason if stopped else None,
+                 "selection_metric": selection_metric}
+    return FitOutcome(history=history, final=final, selection=selection, batching=batching,
+                      train_seconds=progress.train_seconds, evaluate_seconds=progress.evaluate_seconds,
+                      examples_per_second=progress.examples_per_second, validation_batches=validation_batches)
 
 
 def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]:
@@ -218,7 +341,8 @@ def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]
 
 
 def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
-            final: dict[str, float], staging: Path, publish_dir: Path) -> None:
+            final: dict[str, float], staging: Path, publish_dir: Path,
+            evaluation: dict[str, Any] | None = None) -> None:
     """Write everything to ``staging``, then rename it into place, so no reader sees half a model."""
     if staging.exists():
         shutil.rmtree(staging)
@@ -227,6 +351,8 @@ def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict
         model.save_pretrained(str(staging / "model"))
         tokenizer.save_pretrained(str(staging / "model"))
         (staging / "metrics.json").write_text(json.dumps({"epochs": history, "final": final}, indent=2))
+        if evaluation is not None:
+            (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
         (staging / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
         publish_dir.parent.mkdir(parents=True, exist_ok=True)
         if publish_dir.exists():

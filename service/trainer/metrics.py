@@ -16,7 +16,9 @@ import tf_keras
 class SparseMacroF1(tf_keras.metrics.F1Score):
     """Macro-averaged F1 over `num_classes` classes from integer labels and logits."""
 
-    def __init__(self, num_classes: int, name: str = "macro_f1", dtype: Any = None) -> None:
+    def __init__(self, num_classes: int, name: str = "macro_f1", dtype: Any = "float32") -> None:
+        # float32 whatever the global mixed-precision policy: its counts would otherwise be
+        # autocast variables, which a mirrored strategy cannot sum across devices.
         super().__init__(average="macro", threshold=None, name=name, dtype=dtype)
         self.num_classes = int(num_classes)
         # Built here rather than on the first update_state, which may run inside a tf.function.

@@ -82,9 +82,21 @@ class ReportProgress(tf_keras.callbacks.Callback):
         self.steps_done += 1
         step = (self.epoch - 1) * self.steps_per_epoch + batch + 1
         if logs and "loss" in logs:
-            self.reporter.step_metrics(epoch=self.epoch, step=step, values={"loss": float(logs["loss"])})
+            values = {"loss": float(logs["loss"])}
+            rate = self._last_update_rate()
+            if rate is not None:
+                values["learning_rate"] = rate
+            self.reporter.step_metrics(epoch=self.epoch, step=step, values=values)
         self.reporter.progress(epoch=self.epoch, epochs=self.epochs, step=batch + 1,
                                steps_per_epoch=self.steps_per_epoch, **self._pace(step, validation_pending=True))
+
+    def _last_update_rate(self) -> float | None:
+        """The learning rate of the optimizer's latest update (None before the first)."""
+        from service.trainer.optimization import learning_rate_of_update
+
+        optimizer = self.model.optimizer
+        updates = int(tf_keras.backend.get_value(optimizer.iterations))
+        return learning_rate_of_update(optimizer, updates - 1) if updates > 0 else None
 
     def _pace(self, step: int, validation_pending: bool) -> dict[str, float | None]:
         """examples/s so far and the ETA; ``validation_pending``: this epoch's validation is still to run."""
@@ -107,9 +119,9 @@ class ReportProgress(tf_keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         epoch = int(epoch)
         values = {name: float(value) for name, value in (logs or {}).items()}
-        learning_rate = getattr(self.model.optimizer, "learning_rate", None)
-        if learning_rate is not None and not callable(learning_rate):
-            values["learning_rate"] = float(tf_keras.backend.get_value(learning_rate))
+        rate = self._last_update_rate()
+        if rate is not None:
+            values["learning_rate"] = rate
         step = epoch * self.steps_per_epoch + self.steps_per_epoch
         self.reporter.progress(epoch=epoch + 1, epochs=self.epochs, step=self.steps_per_epoch,
                                steps_per_epoch=self.steps_per_epoch, **self._pace(step, validation_pending=False))
