@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FOLDER = "model"
+# The evaluation report of the published model, beside it (GET /v1/jobs/{id}/evaluation).
+EVALUATION_FILE = "evaluation.json"
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,13 @@ from flask_smorest import Blueprint
 
 from service.api.context import current_settings
 from service.api.jobs import artifact_owner, load_job
-from service.artifacts import ArtifactNotFound, artifact_path, list_artifacts, model_tarball
+from service.artifacts import EVALUATION_FILE, ArtifactNotFound, artifact_path, list_artifacts, model_tarball
 from service.errors import NotFound
 from service.schemas import ArtifactListSchema, EvaluationSchema
 
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
 BINARY = {"content": {"application/octet-stream": {}}}
-# The published file holding the evaluation report (written by service.trainer.fit).
-EVALUATION_FILE = "evaluation.json"
 
 
 @blp.route("/<job_id>/artifacts")

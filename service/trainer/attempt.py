@@ -90,6 +90,7 @@ def import_training_libraries(threads: int = 0) -> None:
     from transformers import TFAutoModelForSequenceClassification  # noqa: F401
     from transformers.models.bert import modeling_tf_bert  # noqa: F401 - the usual architecture
 
+    import service.trainer.evaluation  # noqa: F401 - scikit-learn's metrics, for the evaluation report
     import service.trainer.fit  # noqa: F401
     import service.trainer.data  # noqa: F401
     import service.trainer.modeling  # noqa: F401
@@ -152,6 +153,13 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
         return 4
     except TrainingFailure as failure:
         log.error("training failed: %s", failure)
+        if failure.result:
+            # A model that trained but failed its gate: its last metrics and events are kept too.
+            try:
+                reporter.close(FINAL_FLUSH_SECONDS)
+            except StaleAttempt as exc:
+                log.error("stopping: %s", exc)
+                return 3
         return finish(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message,
                                            result=failure.result or {}))
     except StaleAttempt as exc:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from service.artifacts import EVALUATION_FILE
 from service.trainer.reporter import TrainingReporter
 from service.trainer.stop import StopSignal
 from service.trainer.tf_runtime import prepare_tensorflow
 
 FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "macro_f1", "val_macro_f1")
-EVALUATION_FILE = "evaluation.json"
 
 
 def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,

@@ -61,7 +61,15 @@ def test_tiny_bert_trains_and_its_model_reloads(service: RunningService, tiny_mo
     for row in metrics["epochs"]:
         assert EPOCH_SERIES <= set(row), row
     assert metrics["steps"] and all("loss" in row for row in metrics["steps"])
-    assert metrics["epochs"][-1]["val_loss"] == pytest.approx(done["result"]["val_loss"])
+    # The result is the published epoch's: the one with the lowest val_loss.
+    best = min(metrics["epochs"], key=lambda row: row["val_loss"])
+    assert done["result"]["best_epoch"] == best["epoch"]
+    assert best["val_loss"] == pytest.approx(done["result"]["val_loss"])
+    assert all("learning_rate" in row for row in metrics["steps"])
+    evaluation = service.get(f"/v1/jobs/{job['id']}/evaluation")
+    assert evaluation.status_code == 200, evaluation.text
+    assert evaluation.json() == done["result"]["evaluation"]
+    assert evaluation.json()["rows"] == 60 and evaluation.json()["epoch"] == best["epoch"]
 
     artifacts = {a["name"]: a["size"] for a in service.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"]}
     assert {"metrics.json", "spec.json", "model/config.json"} <= set(artifacts)
@@ -232,3 +240,25 @@ def test_malformed_requests_get_problem_json_from_the_live_server(
     assert problem["status"] == status and problem["title"] and problem["type"]
     assert named in problem["detail"] or named in problem.get("errors", {}), problem
     assert "Traceback" not in response.text
+
+
+def test_a_model_below_its_acceptance_minimum_fails_and_keeps_its_evaluation(
+        service: RunningService, tiny_model_dir: Path, data_files: Path) -> None:
+    # One epoch at a tiny rate cannot separate the classes perfectly.
+    spec = tiny_spec(tiny_model_dir, epochs=1, learning_rate=1e-6)
+    spec["acceptance"] = {"metric": "val_macro_f1", "min": 0.99}
+    job = submit(service, spec)
+    done = service.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert done["state"] == "failed", done
+    assert done["error"]["code"] == "below_threshold" and done["error"]["retryable"] is False
+    assert "val_macro_f1" in done["error"]["message"]
+    check = done["result"]["acceptance"]
+    assert check["passed"] is False and check["value"] < 0.99 and check["metric"] == "val_macro_f1"
+    evaluation = service.get(f"/v1/jobs/{job['id']}/evaluation")
+    assert evaluation.status_code == 200
+    assert evaluation.json()["macro_f1"] == pytest.approx(check["value"])
+    assert set(evaluation.json()["per_class"]) == {"negative", "positive"}
+    # The model is kept for inspection.
+    names = {a["name"] for a in service.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"]}
+    assert {"evaluation.json", "model/config.json", "model/tf_model.h5"} <= names
+    assert service.get(f"/v1/jobs/{job['id']}/model.tar.gz").status_code == 200
