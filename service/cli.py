@@ -70,10 +70,17 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run this node's supervisor until SIGTERM/SIGINT."""
     from service.store import open_store
+    from service.supervisor.gpus import GpusNotVisible
     from service.supervisor.worker import Supervisor
 
     settings.ensure_dirs()
-    Supervisor(settings, open_store(settings.database_url, migrate=True)).run()
+    store = open_store(settings.database_url, migrate=True)
+    try:
+        supervisor = Supervisor(settings, store)
+    except GpusNotVisible as exc:
+        print(f"fitjobs worker: not starting: {exc}", file=sys.stderr)
+        return 3
+    supervisor.run()
     return 0
 
 

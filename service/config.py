@@ -43,6 +43,13 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be more than 0, got {number}")
+    return number
+
+
 def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -102,7 +109,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "0", _non_negative_int,
                 "Training jobs one supervisor runs at once; 0 means one per GPU, or 1 without GPUs."),
     SettingSpec("FITJOBS_GPUS", "gpus", "auto", _gpu_list,
-                "GPUs this supervisor hands out: `auto` (ask nvidia-smi), `none`, or ids like `0,1`."),
+                "GPUs this supervisor hands out: `auto` (discovered with nvidia-smi, and with TensorFlow "
+                "where nvidia-smi is missing or disagrees), `none` (no discovery), or ids like `0,1`. With "
+                "`auto`, a worker whose environment says it was given GPUs (NVIDIA_VISIBLE_DEVICES, "
+                "CUDA_VISIBLE_DEVICES) but that can see none refuses to start."),
+    SettingSpec("FITJOBS_GPU_DISCOVERY_TIMEOUT", "gpu_discovery_timeout", "120", _positive_float,
+                "Seconds the TensorFlow GPU probe (a short-lived subprocess at worker start) may take."),
     SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
                 "Seconds between two passes of the supervisor loop (claim, heartbeat, cancel)."),
     SettingSpec("FITJOBS_SHUTDOWN_GRACE", "shutdown_grace", "30", _non_negative_float,
@@ -155,6 +167,7 @@ class Settings:
     api_tokens: tuple[str, ...]
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
+    gpu_discovery_timeout: float
     poll_interval: float
     shutdown_grace: float
     trainer_threads: int

@@ -17,7 +17,7 @@ from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import TrainerProcess, spawn_trainer
-from service.supervisor.gpus import GpuPool, detect_gpus
+from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, outcome_of_exit_status, read_outcome
 
@@ -25,14 +25,21 @@ log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    """Runs up to ``max_concurrent_jobs`` trainer children for one node."""
+    """Runs up to ``max_concurrent_jobs`` trainer children for one node.
 
-    def __init__(self, settings: Settings, store: JobStore, owner: str | None = None) -> None:
+    ``gpu_ids`` None discovers the GPUs from FITJOBS_GPUS (service.supervisor.gpus), which
+    raises GpusNotVisible for a worker that was given GPUs and sees none.
+    """
+
+    def __init__(self, settings: Settings, store: JobStore, owner: str | None = None,
+                 gpu_ids: tuple[str, ...] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.children: dict[str, TrainerProcess] = {}
-        self.gpus = GpuPool(detect_gpus(settings.gpus))
+        if gpu_ids is None:
+            gpu_ids = discover_gpus(settings.gpus, settings.environ, timeout=settings.gpu_discovery_timeout)
+        self.gpus = GpuPool(gpu_ids)
         self.slots = settings.max_concurrent_jobs or max(1, len(self.gpus.ids))
         self.warm = WarmPool(settings, settings.warm_trainers)
         self._stop = threading.Event()
