@@ -8,6 +8,7 @@ reference in the documentation is checked against that table.
 from __future__ import annotations
 
 import os
+import socket
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "How often a running trainer writes buffered step metrics and progress."),
     SettingSpec("FITJOBS_LEASE_SECONDS", "lease_seconds", "60", _non_negative_float,
                 "A running job whose heartbeat is older than this is requeued by any supervisor."),
+    SettingSpec("FITJOBS_WORKER_HEARTBEAT_FILE", "worker_heartbeat_file", "", str,
+                "File the supervisor loop touches on every pass, read by `fitjobs worker --check`; "
+                "empty means $FITJOBS_HOME/workers/HOSTNAME.heartbeat."),
+    SettingSpec("FITJOBS_WORKER_HEALTH_SECONDS", "worker_health_seconds", "60", _positive_float,
+                "`fitjobs worker --check` fails when the supervisor loop has not completed a pass for "
+                "this long; the supervisor then also stops renewing its jobs' leases, so a hung loop "
+                "loses its jobs to other supervisors."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
     SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
@@ -175,6 +183,8 @@ class Settings:
     checkpoint_steps: int
     metrics_flush_seconds: float
     lease_seconds: float
+    worker_heartbeat_file: Path
+    worker_health_seconds: float
     max_request_bytes: int
     max_upload_bytes: int
     model_roots: tuple[Path, ...]
@@ -204,6 +214,15 @@ class Settings:
                                if data_root else home / "data")
         if not values["model_roots"]:
             values["model_roots"] = (home / "models", Path(sysconfig.get_paths()["purelib"]))
+        heartbeat_file = values["worker_heartbeat_file"]
+        # Named after the host: worker pods of a cluster share FITJOBS_HOME on one volume.
+        values["worker_heartbeat_file"] = (Path(heartbeat_file).expanduser().absolute()  # type: ignore[arg-type]
+                                           if heartbeat_file
+                                           else home / "workers" / f"{socket.gethostname()}.heartbeat")
+        if values["worker_health_seconds"] <= 2 * values["poll_interval"]:  # type: ignore[operator]
+            raise ConfigError(f"FITJOBS_WORKER_HEALTH_SECONDS={values['worker_health_seconds']} must be more "
+                              f"than twice FITJOBS_POLL_INTERVAL={values['poll_interval']}: the loop beats "
+                              "once per pass")
         return cls(environ=env, **values)  # type: ignore[arg-type]
 
     @property
