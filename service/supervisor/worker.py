@@ -91,6 +91,7 @@ class Supervisor:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:
             log.warning("could not deregister: %s", exc)
+        self.loop_heartbeat.clear()  # a stopped worker is not a healthy one
         log.info("supervisor %s stopped", self.owner)
 
     def running_attempts(self) -> list[Lease]:
