@@ -148,7 +148,8 @@ def query_tensorflow(environ: Mapping[str, str], command: Sequence[str] | None =
     detail = "found no GPU"
     if found is not None and found.get("built_with_cuda") is False:
         detail += " (this TensorFlow is built without CUDA)"
-    hints = [line.strip() for line in done.stderr.splitlines() if CUDA_FAILURE_HINT.search(line)]
+    # Without the log line's prefix (severity, time, thread, source file).
+    hints = [line.split("] ", 1)[-1].strip() for line in done.stderr.splitlines() if CUDA_FAILURE_HINT.search(line)]
     if hints:
         detail += f" ({hints[-1]})"
     return SourceReport("tensorflow", (), detail)
