@@ -149,7 +149,8 @@ def query_tensorflow(environ: Mapping[str, str], command: Sequence[str] | None =
     if found is not None and found.get("built_with_cuda") is False:
         detail += " (this TensorFlow is built without CUDA)"
     # Without the log line's prefix (severity, time, thread, source file).
-    hints = [line.split("] ", 1)[-1].strip() for line in done.stderr.splitlines() if CUDA_FAILURE_HINT.search(line)]
+    hints = [line.split("] ", 1)[-1].strip() for line in done.stderr.splitlines()
+             if CUDA_FAILURE_HINT.search(line)]
     if hints:
         detail += f" ({hints[-1]})"
     return SourceReport("tensorflow", (), detail)

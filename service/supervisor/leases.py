@@ -52,6 +52,10 @@ class LeaseRenewer:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def is_alive(self) -> bool:
+        """Whether the renewing thread runs."""
+        return self._thread.is_alive()
+
     def take_lost(self) -> set[Lease]:
         """Attempts whose lease could not be renewed (no longer current) since the last call."""
         with self._lock:

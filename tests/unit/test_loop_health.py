@@ -110,7 +110,7 @@ def test_a_slow_claim_keeps_the_leases_and_a_hung_one_loses_them(hang_settings: 
         lapsed_after = time.monotonic() - hung_at
         assert lapsed_after >= HEALTH_SECONDS - 1
         assert [expired.id for expired in sqlite_store.expired_jobs()] == [job.id]
-        assert supervisor.leases._thread.is_alive(), "the renewer is alive, and holds back on purpose"
+        assert supervisor.leases.is_alive(), "the renewer is alive, and holds back on purpose"
         report = check_heartbeat(hang_settings.worker_heartbeat_file, HEALTH_SECONDS)
         assert not report.healthy and "more than FITJOBS_WORKER_HEALTH_SECONDS=4" in report.message
         live = sqlite_store.live_workers(since=utcnow() - timedelta(seconds=LEASE_SECONDS))
@@ -130,5 +130,5 @@ def test_a_slow_claim_keeps_the_leases_and_a_hung_one_loses_them(hang_settings: 
         if trainer.poll() is None:
             os.killpg(trainer.pid, signal.SIGKILL)
             trainer.wait()
-    assert not loop.is_alive() and not supervisor.leases._thread.is_alive()
+    assert not loop.is_alive() and not supervisor.leases.is_alive()
     assert trainer.returncode == -signal.SIGTERM, "the shutdown stopped the trainer"
