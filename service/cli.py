@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +70,57 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Run this node's supervisor until SIGTERM/SIGINT."""
+    """Run this node's supervisor until SIGTERM/SIGINT (or, with --check, report its health)."""
+    if args.check:
+        return check_worker(settings)
     from service.store import open_store
+    from service.supervisor.gpus import GpusNotVisible
     from service.supervisor.worker import Supervisor
 
     settings.ensure_dirs()
-    Supervisor(settings, open_store(settings.database_url, migrate=True)).run()
+    store = open_store(settings.database_url, migrate=True)
+    try:
+        supervisor = Supervisor(settings, store)
+    except GpusNotVisible as exc:
+        print(f"fitjobs worker: not starting: {exc}", file=sys.stderr)
+        return 3
+    supervisor.run()
+    return 0
+
+
+def check_worker(settings: Settings) -> int:
+    """Exit status of `fitjobs worker --check`: 0 when the supervisor loop beat recently."""
+    from service.supervisor.health import check_heartbeat
+
+    report = check_heartbeat(settings.worker_heartbeat_file, settings.worker_health_seconds)
+    if report.healthy:
+        print(f"fitjobs worker: healthy: {report.message}")
+        return 0
+    print(f"fitjobs worker: unhealthy: {report.message}", file=sys.stderr)
+    return 1
+
+
+def check_serve(settings: Settings) -> int:
+    """Exit status of `fitjobs serve --check`: the supervisor's loop beat recently and the API answers."""
+    if check_worker(settings) != 0:
+        return 1
+    # A wildcard listen address is reached on the loopback address of its family.
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = response.status
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"fitjobs serve: unhealthy: the API at {url} does not answer: {exc}", file=sys.stderr)
+        return 1
+    print(f"fitjobs serve: healthy: the API at {url} answered {status}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """API and supervisor together on this machine; Ctrl-C or SIGTERM stops both."""
+    if args.check:
+        return check_serve(settings)
     from service.store import open_store
     from service.supervisor.child import die_with_parent
 
@@ -255,7 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
         command = add(name, func, text)
         command.add_argument("--host", help="listen address (FITJOBS_HOST)")
         command.add_argument("--port", type=int, help="listen port (FITJOBS_PORT)")
-    add("worker", cmd_worker, "Run this node's supervisor (claims and trains jobs).")
+        if name == "serve":
+            command.add_argument("--check", action="store_true",
+                                 help="instead of serving, exit 0 when the local supervisor loop completed a "
+                                      "pass within FITJOBS_WORKER_HEALTH_SECONDS and the API answers /healthz, "
+                                      "1 otherwise (a probe)")
+    add("worker", cmd_worker, "Run this node's supervisor (claims and trains jobs).").add_argument(
+        "--check", action="store_true",
+        help="instead of running, exit 0 when this node's supervisor loop completed a pass within "
+             "FITJOBS_WORKER_HEALTH_SECONDS (FITJOBS_WORKER_HEARTBEAT_FILE), 1 otherwise (a probe)")
     add("migrate", cmd_migrate, "Upgrade the database schema.")
     add("openapi", cmd_openapi, "Print the OpenAPI document.").add_argument("--output", "-o")
 

@@ -8,6 +8,7 @@ reference in the documentation is checked against that table.
 from __future__ import annotations
 
 import os
+import socket
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,13 @@ def _non_negative_float(value: str) -> float:
     number = float(value)
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be more than 0, got {number}")
     return number
 
 
@@ -102,7 +110,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "0", _non_negative_int,
                 "Training jobs one supervisor runs at once; 0 means one per GPU, or 1 without GPUs."),
     SettingSpec("FITJOBS_GPUS", "gpus", "auto", _gpu_list,
-                "GPUs this supervisor hands out: `auto` (ask nvidia-smi), `none`, or ids like `0,1`."),
+                "GPUs this supervisor hands out: `auto` (discovered with nvidia-smi, and with TensorFlow "
+                "where nvidia-smi is missing or disagrees), `none` (no discovery), or ids like `0,1`. With "
+                "`auto`, a worker whose environment says it was given GPUs (NVIDIA_VISIBLE_DEVICES, "
+                "CUDA_VISIBLE_DEVICES) but that can see none refuses to start."),
+    SettingSpec("FITJOBS_GPU_DISCOVERY_TIMEOUT", "gpu_discovery_timeout", "120", _positive_float,
+                "Seconds the TensorFlow GPU probe (a short-lived subprocess at worker start) may take."),
     SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
                 "Seconds between two passes of the supervisor loop (claim, heartbeat, cancel)."),
     SettingSpec("FITJOBS_SHUTDOWN_GRACE", "shutdown_grace", "30", _non_negative_float,
@@ -119,6 +132,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "How often a running trainer writes buffered step metrics and progress."),
     SettingSpec("FITJOBS_LEASE_SECONDS", "lease_seconds", "60", _non_negative_float,
                 "A running job whose heartbeat is older than this is requeued by any supervisor."),
+    SettingSpec("FITJOBS_WORKER_HEARTBEAT_FILE", "worker_heartbeat_file", "", str,
+                "File the supervisor loop touches on every pass, read by `fitjobs worker --check`; "
+                "empty means $FITJOBS_HOME/workers/HOSTNAME.heartbeat."),
+    SettingSpec("FITJOBS_WORKER_HEALTH_SECONDS", "worker_health_seconds", "60", _positive_float,
+                "`fitjobs worker --check` fails when the supervisor loop has not completed a pass for "
+                "this long; the supervisor then also stops renewing its jobs' leases, so a hung loop "
+                "loses its jobs to other supervisors."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
     SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
@@ -155,6 +175,7 @@ class Settings:
     api_tokens: tuple[str, ...]
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
+    gpu_discovery_timeout: float
     poll_interval: float
     shutdown_grace: float
     trainer_threads: int
@@ -162,6 +183,8 @@ class Settings:
     checkpoint_steps: int
     metrics_flush_seconds: float
     lease_seconds: float
+    worker_heartbeat_file: Path
+    worker_health_seconds: float
     max_request_bytes: int
     max_upload_bytes: int
     model_roots: tuple[Path, ...]
@@ -191,6 +214,15 @@ class Settings:
                                if data_root else home / "data")
         if not values["model_roots"]:
             values["model_roots"] = (home / "models", Path(sysconfig.get_paths()["purelib"]))
+        heartbeat_file = values["worker_heartbeat_file"]
+        # Named after the host: worker pods of a cluster share FITJOBS_HOME on one volume.
+        values["worker_heartbeat_file"] = (Path(heartbeat_file).expanduser().absolute()  # type: ignore[arg-type]
+                                           if heartbeat_file
+                                           else home / "workers" / f"{socket.gethostname()}.heartbeat")
+        if values["worker_health_seconds"] <= 2 * values["poll_interval"]:  # type: ignore[operator]
+            raise ConfigError(f"FITJOBS_WORKER_HEALTH_SECONDS={values['worker_health_seconds']} must be more "
+                              f"than twice FITJOBS_POLL_INTERVAL={values['poll_interval']}: the loop beats "
+                              "once per pass")
         return cls(environ=env, **values)  # type: ignore[arg-type]
 
     @property

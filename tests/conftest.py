@@ -17,8 +17,11 @@ from tests.support.postgres import temporary_database
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings whose home, database and data root live in a fresh temporary folder."""
-    return Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home")})
+    """Settings whose home, database and data root live in a fresh temporary folder.
+
+    No GPU discovery: a supervisor made from these never probes this machine's GPUs.
+    """
+    return Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home"), "FITJOBS_GPUS": "none"})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

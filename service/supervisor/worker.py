@@ -1,4 +1,8 @@
-"""The supervisor loop: claim -> spawn child -> monitor -> finalise, plus the stale-job reaper."""
+"""The supervisor loop: claim -> spawn child -> monitor -> finalise, plus the stale-job reaper.
+
+The loop beats (service.supervisor.health) once per pass; leases are renewed beside it by
+service.supervisor.leases, which stops renewing when those beats stop.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import TrainerProcess, spawn_trainer
-from service.supervisor.gpus import GpuPool, detect_gpus
+from service.supervisor.gpus import GpuPool, discover_gpus
+from service.supervisor.health import LoopHeartbeat
+from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, outcome_of_exit_status, read_outcome
 
@@ -25,18 +31,33 @@ log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    """Runs up to ``max_concurrent_jobs`` trainer children for one node."""
+    """Runs up to ``max_concurrent_jobs`` trainer children for one node.
 
-    def __init__(self, settings: Settings, store: JobStore, owner: str | None = None) -> None:
+    ``gpu_ids`` None discovers the GPUs from FITJOBS_GPUS (service.supervisor.gpus), which
+    raises GpusNotVisible for a worker that was given GPUs and sees none.
+    """
+
+    def __init__(self, settings: Settings, store: JobStore, owner: str | None = None,
+                 gpu_ids: tuple[str, ...] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.loop_heartbeat = LoopHeartbeat(settings.worker_heartbeat_file)
+        self.loop_heartbeat.clear()
         self.children: dict[str, TrainerProcess] = {}
-        self.gpus = GpuPool(detect_gpus(settings.gpus))
+        # The lease renewer reads the children from its own thread.
+        self._children_lock = threading.Lock()
+        if gpu_ids is None:
+            gpu_ids = discover_gpus(settings.gpus, settings.environ, timeout=settings.gpu_discovery_timeout)
+        self.gpus = GpuPool(gpu_ids)
         self.slots = settings.max_concurrent_jobs or max(1, len(self.gpus.ids))
         self.warm = WarmPool(settings, settings.warm_trainers)
+        self.leases = LeaseRenewer(store, self.owner, lease_seconds=settings.lease_seconds,
+                                   interval=self.heartbeat_interval,
+                                   health_seconds=settings.worker_health_seconds,
+                                   seconds_since_loop_beat=self.loop_heartbeat.seconds_since_beat,
+                                   leases=self.running_attempts)
         self._stop = threading.Event()
-        self._last_heartbeat = 0.0
         self._last_reap = 0.0
 
     @property
@@ -52,21 +73,37 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT, then stop every child and requeue its job."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        self.serve()
+
+    def serve(self) -> None:
+        """The loop itself, until request_stop(); then stop every child and requeue its job."""
         log.info("supervisor %s started: %d slot(s), GPUs %s", self.owner, self.slots,
                  ",".join(self.gpus.ids) or "none")
         self._register()
+        self.leases.start()
         while not self._stop.is_set():
             self.tick()
+            self.loop_heartbeat.beat()
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
+        self.leases.stop()
         try:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:
             log.warning("could not deregister: %s", exc)
+        self.loop_heartbeat.clear()  # a stopped worker is not a healthy one
         log.info("supervisor %s stopped", self.owner)
+
+    def running_attempts(self) -> list[Lease]:
+        """(job id, attempt) of each child still running; safe to call from any thread."""
+        with self._children_lock:
+            # returncode, not poll(): reaping a child is left to the loop's thread.
+            return [(child.job_id, child.attempt) for child in self.children.values()
+                    if child.popen.returncode is None]
 
     def _register(self) -> None:
         while not self._stop.is_set():
+            self.loop_heartbeat.beat()  # retrying is progress: a database outage is no hang
             try:
                 self.store.register_worker(self.owner, socket.gethostname(), len(self.gpus.ids), self.slots)
                 return
@@ -79,11 +116,11 @@ class Supervisor:
         self.request_stop()
 
     def tick(self) -> None:
-        """One pass: finalise exited children, enforce cancels, heartbeat, reap, claim."""
+        """One pass: finalise exited children, enforce cancels and lost leases, reap, claim."""
         try:
+            self._stop_lost()
             self._finish_exited()
             self._enforce_cancellations()
-            self._heartbeat()
             self._reap_stale_jobs()
             if not self._stop.is_set():
                 self.warm.replenish(self.slots - len(self.children))
@@ -100,6 +137,7 @@ class Supervisor:
             child.stop("shutdown")
         self.warm.stop_all(self.settings.shutdown_grace)
         while self.children:
+            self.loop_heartbeat.beat()  # draining is progress
             for child in self.children.values():
                 child.kill_if_overdue(self.settings.shutdown_grace)
             try:
@@ -109,7 +147,8 @@ class Supervisor:
                 for child in list(self.children.values()):
                     if child.poll() is not None:
                         child.kill_group()
-                        del self.children[child.job_id]
+                        with self._children_lock:
+                            del self.children[child.job_id]
                         self.gpus.give_back(child.job_id)
             time.sleep(0.1)
 
@@ -132,7 +171,8 @@ class Supervisor:
                            attempt=job.attempt,
                            error=JobError(FailureCode.INTERNAL.value, f"Trainer start failed: {exc}"))
                 continue
-            self.children[job.id] = child
+            with self._children_lock:
+                self.children[job.id] = child
             log.info("job %s attempt %d started as pid %d (%s) on GPUs [%s]", job.id, job.attempt,
                      child.popen.pid, "warm" if child.warm else "cold", ",".join(gpu_ids))
 
@@ -169,15 +209,11 @@ class Supervisor:
                   and time.monotonic() - child.started > job.max_runtime_seconds):
                 child.stop("timeout")
 
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if now - self._last_heartbeat < self.heartbeat_interval:
-            return
-        self._last_heartbeat = now
-        self.store.worker_heartbeat(self.owner)
-        for child in self.children.values():
-            if child.poll() is None and not self.store.heartbeat(child.job_id, child.attempt,
-                                                                 self.settings.lease_seconds):
+    def _stop_lost(self) -> None:
+        """Stop the children whose lease renewal found their attempt no longer current."""
+        for job_id, attempt in self.leases.take_lost():
+            child = self.children.get(job_id)
+            if child is not None and child.attempt == attempt:
                 child.stop("lost")
 
     def _reap_stale_jobs(self) -> None:
@@ -210,7 +246,8 @@ class Supervisor:
                 continue
             child.kill_group()
             self._finalise(child, status)
-            del self.children[job_id]
+            with self._children_lock:
+                del self.children[job_id]
             self.gpus.give_back(job_id)
 
     def _finalise(self, child: TrainerProcess, status: int) -> None:

@@ -246,14 +246,49 @@ def test_http_pods_are_probed_and_others_have_no_http_probes(rendered: Rendered)
                                                              "startupProbe")}
             if component(workload) in HTTP_COMPONENTS:
                 assert "http" in ports
-                assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
                 assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+                if component(workload) == "api":
+                    assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
             elif component(workload) == "worker":
-                # No HTTP server and no health command in the CLI: no probe at all.
-                assert not ports and not any(probes.values())
+                # No HTTP server: no readiness, and exec probes only (the next test).
+                assert not ports and probes["readinessProbe"] is None
+                assert all("httpGet" not in probe for probe in filter(None, probes.values()))
             else:
                 for probe in filter(None, probes.values()):
                     assert "httpGet" not in probe
+
+
+def test_supervisor_pods_are_probed_with_the_worker_check(rendered: Rendered) -> None:
+    """Every container running a supervisor (`serve` or `worker`) is restarted when its loop hangs:
+    startup and liveness exec probes run `fitjobs serve|worker --check`, which the CLI accepts."""
+    config = Settings.from_env(rendered.config())
+    probed = 0
+    for workload in fitjobs_workloads(rendered):
+        spec = pod_spec(workload)
+        for container in containers(spec):
+            role = container["command"][1]
+            if role not in ("serve", "worker"):
+                continue
+            probed += 1
+            name = f"{workload['metadata']['name']}/{container['name']}"
+            for kind in ("startupProbe", "livenessProbe"):
+                probe = container[kind]
+                assert probe["exec"]["command"] == ["fitjobs", role, "--check"], name
+                assert build_parser().parse_args(probe["exec"]["command"][1:]).check is True
+                # A Python process answers: more than the default 1 s, on a busy node.
+                assert probe["timeoutSeconds"] >= 5, f"{name} {kind}"
+            startup, liveness = container["startupProbe"], container["livenessProbe"]
+            # Before the first beat: GPU discovery, which may ask TensorFlow, then migrations.
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= config.gpu_discovery_timeout + 60, name
+            # The check itself waits FITJOBS_WORKER_HEALTH_SECONDS; liveness adds no hair trigger.
+            assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30, name
+            env = {v["name"]: v.get("value") for v in container.get("env", [])}
+            heartbeat = Settings.from_env({**rendered.config(), **env}).worker_heartbeat_file
+            mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container["volumeMounts"]}
+            mount = next(m for m in sorted(mounts, key=len, reverse=True) if str(heartbeat).startswith(m + "/"))
+            volume = next(v for v in spec["volumes"] if v["name"] == mounts[mount])
+            assert "emptyDir" in volume, f"{name}: the heartbeat file {heartbeat} belongs to this pod alone"
+    assert probed, "some container runs a supervisor"
 
 
 def test_every_container_requests_cpu_and_memory(rendered: Rendered) -> None:

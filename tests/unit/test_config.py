@@ -60,3 +60,22 @@ def test_gpu_setting(value: str, parsed: object) -> None:
 def test_bad_gpu_setting_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="FITJOBS_GPUS"):
         Settings.from_env({"FITJOBS_GPUS": value})
+
+
+def test_worker_health_settings_default_under_home_per_host(tmp_path: Path) -> None:
+    import socket
+
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path)})
+    assert settings.worker_heartbeat_file == tmp_path / "workers" / f"{socket.gethostname()}.heartbeat"
+    assert (settings.worker_health_seconds, settings.gpu_discovery_timeout) == (60, 120)
+    custom = Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_WORKER_HEARTBEAT_FILE": "/tmp/w/beat",
+                                "FITJOBS_WORKER_HEALTH_SECONDS": "5", "FITJOBS_POLL_INTERVAL": "2"})
+    assert (custom.worker_heartbeat_file, custom.worker_health_seconds) == (Path("/tmp/w/beat"), 5)
+
+
+@pytest.mark.parametrize("environ", [{"FITJOBS_WORKER_HEALTH_SECONDS": "0"},
+                                     {"FITJOBS_WORKER_HEALTH_SECONDS": "3", "FITJOBS_POLL_INTERVAL": "2"},
+                                     {"FITJOBS_GPU_DISCOVERY_TIMEOUT": "0"}])
+def test_health_windows_that_could_never_pass_are_refused(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(environ))):
+        Settings.from_env(environ)
