@@ -37,6 +37,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+# States a job is created in: queued, or succeeded at once when it reuses the result of an
+# identical job that succeeded (service.fingerprint) and so never waits or runs.
+INITIAL_STATES = frozenset({JobState.QUEUED, JobState.SUCCEEDED})
+
+
 def sources_of(target: JobState) -> frozenset[JobState]:
     """States from which a job may move to ``target``."""
     return frozenset(state for state, targets in TRANSITIONS.items() if target in targets)
