@@ -8,14 +8,10 @@ API's cancel endpoint does, from several threads at once.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,60 +19,19 @@ import pytest
 from service.jobs import TRANSITIONS, Job, JobEvent, JobState
 from service.store import InvalidTransition, JobStore, open_store
 from tests.support.postgres import temporary_database
-from tests.support.quick_supervisor import read_marks
-from tests.support.service import REPO_ROOT, service_env
+from tests.support.quick_supervisor import QuickCluster, quick_cluster, read_marks
 
 ROUNDS = 200
 CLIENTS = 4
 # Cancels land anywhere from before the claim to after the trainer finished.
 CANCEL_DELAY_SECONDS = (0.0, 0.3)
 TRAINER_SECONDS = (0.02, 0.3)
-POLL_INTERVAL = "0.05"
-
-
-@dataclass
-class QuickCluster:
-    """Supervisors with fake trainers sharing one PostgreSQL database and one home."""
-
-    home: Path
-    database_url: str
-    store: JobStore
-    supervisors: list[subprocess.Popen[bytes]]
-
-    def start_supervisor(self, **extra_env: str) -> subprocess.Popen[bytes]:
-        env = service_env(self.home, None, {
-            "FITJOBS_DATABASE_URL": self.database_url, "FITJOBS_WARM_TRAINERS": "0",
-            "FITJOBS_POLL_INTERVAL": POLL_INTERVAL, "FITJOBS_LEASE_SECONDS": "30", **extra_env})
-        log = self.home / f"supervisor-{len(self.supervisors) + 1}.log"
-        with open(log, "ab") as out:
-            process = subprocess.Popen([sys.executable, "-m", "tests.support.quick_supervisor"], env=env,
-                                       stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        self.supervisors.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.supervisors:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.supervisors:
-            assert process.wait(timeout=30) == 0, (self.home / "supervisor-1.log").read_text()[-3000:]
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-2000:] for path in sorted(self.home.glob("supervisor-*.log")))
 
 
 @pytest.fixture
-def quick_cluster(tmp_path: Path) -> Iterator[QuickCluster]:
-    with temporary_database() as url:
-        store = open_store(url)
-        home = tmp_path / "home"
-        home.mkdir()
-        cluster = QuickCluster(home, url, store, [])
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-            store.engine.dispose()
+def cluster(tmp_path: Path) -> Iterator[QuickCluster]:
+    with temporary_database() as url, quick_cluster(tmp_path / "home", url) as running:
+        yield running
 
 
 def wait_until_all_ended(store: JobStore, timeout: float) -> None:
@@ -125,10 +80,10 @@ def contradictions(job: Job, events: list[JobEvent], attempt_dirs: dict[int, Pat
     return found
 
 
-def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(quick_cluster: QuickCluster) -> None:
-    store = quick_cluster.store
-    quick_cluster.start_supervisor(FITJOBS_MAX_CONCURRENT_JOBS="2")
-    quick_cluster.start_supervisor(FITJOBS_MAX_CONCURRENT_JOBS="2")
+def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(cluster: QuickCluster) -> None:
+    store = cluster.store
+    cluster.start_supervisor(FITJOBS_MAX_CONCURRENT_JOBS="2", FITJOBS_LEASE_SECONDS="30")
+    cluster.start_supervisor(FITJOBS_MAX_CONCURRENT_JOBS="2", FITJOBS_LEASE_SECONDS="30")
     replies: Counter[str] = Counter()
     job_ids: list[str] = []
     lock = threading.Lock()
@@ -136,7 +91,7 @@ def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(quick_clu
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        own = open_store(quick_cluster.database_url, migrate=False)  # a replica of the API has its own pool
+        own = open_store(cluster.database_url, migrate=False)  # a replica of the API has its own pool
         try:
             for _ in range(ROUNDS // CLIENTS):
                 job, _ = own.create_job({"model": "fake", "fake_seconds": round(rng.uniform(*TRAINER_SECONDS), 3)})
@@ -159,7 +114,7 @@ def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(quick_clu
         thread.join()
     wait_until_all_ended(store, timeout=30)
     elapsed = time.monotonic() - started
-    quick_cluster.stop()
+    cluster.stop()
 
     problems: dict[str, list[str]] = {}
     outcomes: Counter[str] = Counter()
@@ -167,7 +122,7 @@ def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(quick_clu
     for job_id in job_ids:
         job = store.get_job(job_id)
         events = store.list_events(job_id)
-        attempt_dirs = {n: quick_cluster.home / "jobs" / job_id / f"attempt-{n}" for n in range(1, job.attempt + 1)}
+        attempt_dirs = {n: cluster.home / "jobs" / job_id / f"attempt-{n}" for n in range(1, job.attempt + 1)}
         found = contradictions(job, events, attempt_dirs)
         if found:
             problems[job_id] = found
@@ -175,7 +130,7 @@ def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(quick_clu
         outcomes[f"{job.state.value}{' after running' if job.attempt else ''}"] += 1
     print(f"\n{len(job_ids)} rounds in {elapsed:.1f} s; cancel replies {dict(replies)}; jobs {dict(outcomes)}")
     assert len(job_ids) == ROUNDS
-    assert not problems, f"{len(problems)} jobs contradict their events: {problems}\n{quick_cluster.logs()}"
+    assert not problems, f"{len(problems)} jobs contradict their events: {problems}\n{cluster.logs()}"
     # The rounds covered the cases that matter: cancels of queued jobs, of running ones, and too late.
     assert outcomes["cancelled"] > 0 and outcomes["cancelled after running"] > 0, outcomes
     assert len(owners) == 2, f"both supervisors claimed jobs: {owners}"

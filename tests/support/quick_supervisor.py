@@ -17,16 +17,21 @@ Run as ``python -m tests.support.quick_supervisor`` with the FITJOBS_* environme
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import Settings
 from service.jobs import Job
 from service.logconfig import configure_logging
-from service.store import open_store
+from service.store import JobStore, open_store
 from service.supervisor.child import LOG_FILE, TrainerProcess, die_with_parent
 from service.supervisor.worker import Supervisor
+from tests.support.service import REPO_ROOT, service_env
 
 MARKS_FILE = "marks"
 FAKE_TRAINER = r"""
@@ -78,6 +83,53 @@ def read_marks(attempt_dir: Path) -> list[Mark]:
         what, at, *gpus = line.split(" ")
         marks.append(Mark(what, float(at), gpus[0] if gpus else ""))
     return marks
+
+
+@dataclass
+class QuickCluster:
+    """Supervisors with fake trainers sharing one database and one home."""
+
+    home: Path
+    database_url: str
+    store: JobStore
+    supervisors: list[subprocess.Popen[bytes]]
+
+    def start_supervisor(self, **extra_env: str) -> subprocess.Popen[bytes]:
+        """Start a supervisor process; ``extra_env`` adds or overrides FITJOBS_* settings."""
+        env = service_env(self.home, None, {
+            "FITJOBS_DATABASE_URL": self.database_url, "FITJOBS_WARM_TRAINERS": "0",
+            "FITJOBS_POLL_INTERVAL": "0.05", **extra_env})
+        log = self.home / f"supervisor-{len(self.supervisors) + 1}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen([sys.executable, "-m", "tests.support.quick_supervisor"], env=env,
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        self.supervisors.append(process)
+        return process
+
+    def stop(self) -> None:
+        """SIGTERM every supervisor still running and check that each stopped cleanly."""
+        for process in self.supervisors:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.supervisors:
+            assert process.wait(timeout=30) == 0, self.logs()
+
+    def logs(self) -> str:
+        """The end of every supervisor's log, for failure messages."""
+        return "\n".join(path.read_text(errors="replace")[-2000:] for path in sorted(self.home.glob("supervisor-*.log")))
+
+
+@contextmanager
+def quick_cluster(home: Path, database_url: str) -> Iterator[QuickCluster]:
+    """A QuickCluster on a migrated database, its supervisors stopped on the way out."""
+    store = open_store(database_url)
+    home.mkdir(parents=True, exist_ok=True)
+    cluster = QuickCluster(home, database_url, store, [])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        store.engine.dispose()
 
 
 def main() -> None:
