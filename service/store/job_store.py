@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -208,20 +208,27 @@ class JobStore:
         return page, None
 
     def claim_next_job(self, owner: str, lease_seconds: float = 60.0, *,
-                       free_gpus: int = 0, node_has_gpus: bool = False) -> Job | None:
-        """Move the next queued job (highest priority, then oldest) that fits to running.
+                       free_gpus: int = 0, node_gpus: int = 0) -> Job | None:
+        """Move the job this node runs next to running, if its GPUs are free; None otherwise.
 
-        A job fits when its GPUs are free (a job without a request takes one GPU on a GPU
-        node and none elsewhere). Counts an attempt and gives ``owner`` a lease it must
-        renew by heartbeating. Returns None when no queued job fits.
+        The job a node runs next is the first queued job, by priority (highest first) and then
+        age, that the node could run at all: one needing at most ``node_gpus`` GPUs (a job
+        without a request takes one GPU on a GPU node and none on a node without GPUs). When
+        that job needs more than ``free_gpus``, nothing is claimed: the node holds its GPUs for
+        it as they free up and takes no smaller job that would delay it. There is no backfill:
+        without an estimate of how long a job runs, no smaller job is known to end in time.
+        Counts an attempt and gives ``owner`` a lease it must renew by heartbeating.
         """
-        needed = func.coalesce(jobs.c.gpus, 1 if node_has_gpus else 0)
+        needed = func.coalesce(jobs.c.gpus, 1 if node_gpus else 0)
         with self._write() as conn:
+            # SKIP LOCKED passes over a job another claimer holds at this instant, as every
+            # PostgreSQL queue does; the job after it is then this node's next.
             candidate = conn.execute(
-                select(jobs.c.id, jobs.c.attempt).where(jobs.c.state == JobState.QUEUED.value, needed <= free_gpus)
+                select(jobs.c.id, jobs.c.attempt, needed.label("needed"))
+                .where(jobs.c.state == JobState.QUEUED.value, needed <= node_gpus)
                 .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
                 .with_for_update(skip_locked=True)).first()
-            if candidate is None:
+            if candidate is None or candidate.needed > free_gpus:
                 return None
             now = utcnow()
             attempt = candidate.attempt + 1
@@ -310,6 +317,21 @@ class JobStore:
             rows = conn.execute(select(jobs).where(jobs.c.owner == owner,
                                                    jobs.c.state == JobState.RUNNING.value))
             return [_job_from_row(row) for row in rows]
+
+    def count_queued_ahead(self, job: Job, max_gpus: int) -> int:
+        """Queued jobs claimed before ``job`` (higher priority, or as high and older) that need at
+        most ``max_gpus`` GPUs, so that some worker can run them."""
+        runnable = or_(jobs.c.gpus.is_(None), jobs.c.gpus <= max_gpus)
+        ahead = or_(jobs.c.priority > job.priority, and_(jobs.c.priority == job.priority, jobs.c.seq < job.seq))
+        with self._read() as conn:
+            return conn.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.state == JobState.QUEUED.value, runnable, ahead)).scalar_one()
+
+    def running_gpu_requests(self) -> list[tuple[str | None, int | None]]:
+        """(owner, GPU request) of every running job; a None request takes one GPU on a GPU node."""
+        with self._read() as conn:
+            rows = conn.execute(select(jobs.c.owner, jobs.c.gpus).where(jobs.c.state == JobState.RUNNING.value))
+            return [(row.owner, row.gpus) for row in rows]
 
     def expired_jobs(self, now: datetime | None = None) -> list[Job]:
         """Running jobs whose lease ran out: their owner stopped heartbeating."""

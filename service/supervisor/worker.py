@@ -119,7 +119,7 @@ class Supervisor:
         has_gpus = bool(self.gpus.ids)
         while len(self.children) < self.slots:
             job = self.store.claim_next_job(self.owner, self.settings.lease_seconds,
-                                            free_gpus=len(self.gpus.free), node_has_gpus=has_gpus)
+                                            free_gpus=len(self.gpus.free), node_gpus=len(self.gpus.ids))
             if job is None:
                 return
             gpu_ids = self.gpus.lend(job.id, job.gpus_needed(has_gpus))
