@@ -1,4 +1,4 @@
-"""A real supervisor whose trainers are a few lines of shell, for tests of claims, cancels and fairness.
+"""A real supervisor whose trainers are a few lines of bash, for tests of claims, cancels and fairness.
 
 Fake: the trainer only. A real trainer imports TensorFlow for seconds, and these tests need
 hundreds of attempts that start in milliseconds. Everything else is the real thing: the
@@ -34,14 +34,16 @@ from service.supervisor.worker import Supervisor
 from tests.support.service import REPO_ROOT, service_env
 
 MARKS_FILE = "marks"
+# bash for $EPOCHREALTIME: a `date` child would be in the process group the supervisor
+# signals, and die before it printed the time.
 FAKE_TRAINER = r"""
-trap 'echo "stopped $(date +%s.%N)" >> marks; exit 4' TERM
-echo "started $(date +%s.%N) $CUDA_VISIBLE_DEVICES" >> marks
+trap 'echo "stopped $EPOCHREALTIME" >> marks; exit 4' TERM
+echo "started $EPOCHREALTIME $CUDA_VISIBLE_DEVICES" >> marks
 sleep "$1" & wait $!
 trap '' TERM
 printf '{"status": "succeeded", "result": {"fake_seconds": %s}}' "$1" > outcome.json.tmp
 mv outcome.json.tmp outcome.json
-echo "finished $(date +%s.%N)" >> marks
+echo "finished $EPOCHREALTIME" >> marks
 """
 
 
@@ -55,7 +57,7 @@ class QuickSupervisor(Supervisor):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         seconds = str(float(job.spec.get("fake_seconds", 0.1)))
         with open(attempt_dir / LOG_FILE, "ab") as log:
-            popen = subprocess.Popen(["sh", "-c", FAKE_TRAINER, "fake-trainer", seconds],
+            popen = subprocess.Popen(["bash", "-c", FAKE_TRAINER, "fake-trainer", seconds],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=attempt_dir, env=env, start_new_session=True,
                                      preexec_fn=die_with_parent)
