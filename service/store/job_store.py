@@ -461,11 +461,12 @@ class JobStore:
               values: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> Job | None:
         """Move a job to ``target`` in one guarded UPDATE and log the move, in the caller's transaction.
 
-        Every change of a job's state goes through here. The UPDATE matches only while the job
-        is in one of ``sources`` (by default every state the transition table allows a move to
-        ``target`` from) and, with ``attempt``, at that attempt; ``values`` are further columns
-        to set. Returns the moved job, or None when the guard did not match: the job is in
-        another state, or another writer moved it first, and nothing was written.
+        Every move of a job's state goes through here (a new job's first state is written by
+        _insert_job). The UPDATE matches only while the job is in one of ``sources`` (by default
+        every state the transition table allows a move to ``target`` from) and, with ``attempt``,
+        at that attempt; ``values`` are further columns to set. Returns the moved job, or None
+        when the guard did not match: the job is in another state, or another writer moved it
+        first, and nothing was written.
         """
         allowed = sources_of(target)
         guarded = allowed if sources is None else frozenset(sources)
