@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
 }
+
+
+# States a job is created in: queued, or succeeded at once when it reuses the result of an
+# identical job that succeeded (service.fingerprint) and so never waits or runs.
+INITIAL_STATES = frozenset({JobState.QUEUED, JobState.SUCCEEDED})
 
 
 def sources_of(target: JobState) -> frozenset[JobState]:
@@ -168,3 +174,42 @@ class Worker:
     slots: int
     started_at: datetime
     heartbeat_at: datetime
+
+
+class QueueReason(str, enum.Enum):
+    """Why a queued job has not started yet."""
+
+    # Jobs ahead of it go first, or running jobs hold the GPUs (or slots) it needs; first in
+    # line with room free, it starts on a worker's next pass.
+    WAITING_FOR_GPUS = "waiting_for_gpus"
+    # First in line and larger than what any worker has free: workers hold their GPUs for it as
+    # they free up and start no smaller job that would delay it.
+    RESERVED = "reserved"
+    # No live worker has as many GPUs as it needs; it starts once one registers.
+    NO_WORKER_LARGE_ENOUGH = "no_worker_large_enough"
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued job stands: how many jobs workers take before it, and why it waits."""
+
+    position: int
+    reason: QueueReason
+
+
+def place_in_queue(job: Job, ahead: int, workers: Sequence[Worker],
+                   running: Sequence[tuple[str | None, int | None]]) -> QueuePlace:
+    """The place of a queued job, given the ``ahead`` jobs workers take before it, the live
+    ``workers`` and the (owner, GPU request) of every running job."""
+    able = [worker for worker in workers if job.gpus_needed(worker.gpus > 0) <= worker.gpus]
+    if not able:
+        return QueuePlace(ahead, QueueReason.NO_WORKER_LARGE_ENOUGH)
+    if ahead:
+        return QueuePlace(ahead, QueueReason.WAITING_FOR_GPUS)
+
+    def has_room(worker: Worker) -> bool:
+        held = [gpus for owner, gpus in running if owner == worker.id]
+        used = sum(gpus if gpus is not None else (1 if worker.gpus else 0) for gpus in held)
+        return len(held) < worker.slots and worker.gpus - used >= job.gpus_needed(worker.gpus > 0)
+
+    return QueuePlace(0, QueueReason.WAITING_FOR_GPUS if any(map(has_room, able)) else QueueReason.RESERVED)

@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from service.jobs import JobState
+from service.jobs import JobState, QueueReason
 from service.locations import DATASET_ID, PathRefused, check_path_text
 
 MAX_RECORDS = 10_000
@@ -398,6 +398,18 @@ class JobErrorSchema(Schema):
     retryable = fields.Boolean(metadata={"description": "Whether submitting the same spec again may succeed."})
 
 
+class QueueSchema(Schema):
+    position = fields.Integer(metadata={
+        "description": "Queued jobs that workers take before this one: those of a higher priority, or of the same "
+                       "priority and older, that a live worker can run. 0: it is next."})
+    reason = fields.Enum(QueueReason, by_value=True, metadata={
+        "description": "Why it waits. waiting_for_gpus: the jobs ahead of it go first, or running jobs hold the "
+                       "GPUs (or slots) it needs; next in line with room free, it starts on a worker's next pass. "
+                       "reserved: it is next and needs more GPUs than any worker has free; workers hold GPUs for "
+                       "it as they free up and start no smaller job meanwhile (no backfill). "
+                       "no_worker_large_enough: no live worker has as many GPUs as it needs."})
+
+
 class JobSchema(Schema):
     """A job as the API shows it."""
 
@@ -430,6 +442,9 @@ class JobSchema(Schema):
     reused_from = fields.String(allow_none=True, metadata={
         "description": "The succeeded job whose result and artifacts this job reused (spec `reuse`); "
                        "null for a job that trains."})
+    queue = fields.Nested(QueueSchema, allow_none=True, metadata={
+        "description": "A queued job's place in line and why it waits, in GET /v1/jobs/{job_id}; null once it "
+                       "started, and in lists and other answers."})
 
 
 class IdempotencyHeaderSchema(Schema):

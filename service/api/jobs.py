@@ -23,7 +23,7 @@ from service.check_runner import CheckFailed
 from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
                             ValidationFailed, summarize_errors)
 from service.fingerprint import spec_fingerprint
-from service.jobs import PHASE_METRIC, Job, MetricPoint
+from service.jobs import PHASE_METRIC, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
 from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
                              EventSchema, IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
                              MetricsSchema, ProblemSchema, TrainingSpecSchema)
@@ -61,19 +61,35 @@ def load_job(job_id: str) -> Job:
         raise NotFound(f"No job has the id {job_id!r}.") from exc
 
 
-def job_document(job: Job) -> dict[str, Any]:
-    """The API representation of a job, ready for JobSchema."""
+def job_document(job: Job, queue: QueuePlace | None = None) -> dict[str, Any]:
+    """The API representation of a job, ready for JobSchema; ``queue`` is its place while queued."""
     document = asdict(job)
     document["error"] = asdict(job.error) if job.error else None
+    document["queue"] = asdict(queue) if queue is not None else None
     return document
+
+
+def registered_workers() -> list[Worker]:
+    """Workers that heartbeated recently enough to count as registered."""
+    window = max(300.0, 3 * current_settings().lease_seconds)
+    return current_store().live_workers(since=utcnow() - timedelta(seconds=window))
+
+
+def queue_place(job: Job) -> QueuePlace | None:
+    """A queued job's position among the jobs workers take before it, and why it waits; None once it left."""
+    if job.state is not JobState.QUEUED:
+        return None
+    store = current_store()
+    workers = registered_workers()
+    largest = max((worker.gpus for worker in workers), default=0)
+    return place_in_queue(job, store.count_queued_ahead(job, largest), workers, store.running_gpu_requests())
 
 
 def check_gpus_available(gpus: int | None) -> None:
     """Refuse a GPU request that no registered worker could ever serve."""
     if not gpus:
         return
-    window = max(300.0, 3 * current_settings().lease_seconds)
-    live = current_store().live_workers(since=utcnow() - timedelta(seconds=window))
+    live = registered_workers()
     largest = max((worker.gpus for worker in live), default=0)
     if gpus > largest:
         message = (f"No registered worker has {gpus} GPU(s); the largest has {largest}."
@@ -255,8 +271,9 @@ class JobValidation(MethodView):
 class JobResource(MethodView):
     @blp.response(200, JobSchema)
     def get(self, job_id: str) -> dict[str, Any]:
-        """A job's state, progress, timestamps, error or result."""
-        return job_document(load_job(job_id))
+        """A job's state, progress, timestamps, error or result; while queued, its place in line and why it waits."""
+        job = load_job(job_id)
+        return job_document(job, queue_place(job))
 
 
 @blp.route("/jobs/<job_id>/cancel")

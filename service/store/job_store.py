@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from service.jobs import (Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker,
+from service.jobs import (INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker,
                           sources_of)
 from service.store.tables import job_events, jobs, metrics, workers
 
@@ -33,7 +33,10 @@ class IdempotencyConflict(RuntimeError):
 
 
 class InvalidTransition(RuntimeError):
-    """The job is not in a state that allows the requested move."""
+    """The job is not in a state that allows the requested move, or another writer moved it first.
+
+    ``job`` is the job as it is now, for the caller to decide what that means.
+    """
 
     def __init__(self, job: Job, target: JobState) -> None:
         super().__init__(f"job {job.id} is {job.state.value}; it cannot become {target.value}")
@@ -136,11 +139,8 @@ class JobStore:
                 source = (self._reusable(conn, reuse_of.id, fingerprint)
                           if reuse_of is not None and fingerprint is not None else None)
                 if source is None:
-                    conn.execute(insert(jobs).values(state=JobState.QUEUED.value, progress={}, **values))
-                    self._append_event(conn, job_id, "state", "Job queued.", state=JobState.QUEUED)
-                else:
-                    self._insert_reused(conn, values, source)
-                return self._get(conn, job_id), True
+                    return self._insert_job(conn, JobState.QUEUED, "Job queued.", {**values, "progress": {}}), True
+                return self._insert_reused(conn, values, source), True
         except IntegrityError:
             # Another request with the same key won the race; answer with its job.
             if idempotency_key is None:
@@ -167,19 +167,17 @@ class JobStore:
         row = conn.execute(self._reusable_query(fingerprint).where(jobs.c.id == job_id)).first()
         return _job_from_row(row) if row is not None else None
 
-    def _insert_reused(self, conn: Connection, values: dict[str, Any], source: Job) -> None:
+    def _insert_reused(self, conn: Connection, values: dict[str, Any], source: Job) -> Job:
         # Created in its final state rather than moved there: the job never waits or runs, so
         # no transition applies. The source was read in this transaction and succeeded is
         # terminal, so its result cannot change before this commits.
-        job_id = values["id"]
-        conn.execute(insert(jobs).values(
-            state=JobState.SUCCEEDED.value, finished_at=values["created_at"], progress=source.progress.__dict__,
-            result=source.result, reused_from=source.id, **values))
-        self._append_event(conn, job_id, "reused",
-                           f"The same spec, data and model as job {source.id}, which succeeded: its result "
-                           "and artifacts are reused and nothing is trained.", data={"source_job": source.id})
-        self._append_event(conn, job_id, "state", f"Succeeded at once, reusing job {source.id}.",
-                           state=JobState.SUCCEEDED, data={"reused_from": source.id})
+        reused = (f"The same spec, data and model as job {source.id}, which succeeded: its result "
+                  "and artifacts are reused and nothing is trained.")
+        return self._insert_job(
+            conn, JobState.SUCCEEDED, f"Succeeded at once, reusing job {source.id}.",
+            {**values, "finished_at": values["created_at"], "progress": source.progress.__dict__,
+             "result": source.result, "reused_from": source.id},
+            data={"reused_from": source.id}, preceded_by=[("reused", reused, {"source_job": source.id})])
 
     def _find_by_key(self, key: str, digest: str) -> Job | None:
         with self._read() as conn:
@@ -210,33 +208,37 @@ class JobStore:
         return page, None
 
     def claim_next_job(self, owner: str, lease_seconds: float = 60.0, *,
-                       free_gpus: int = 0, node_has_gpus: bool = False) -> Job | None:
-        """Move the next queued job (highest priority, then oldest) that fits to running.
+                       free_gpus: int = 0, node_gpus: int = 0) -> Job | None:
+        """Move the job this node runs next to running, if its GPUs are free; None otherwise.
 
-        A job fits when its GPUs are free (a job without a request takes one GPU on a GPU
-        node and none elsewhere). Counts an attempt and gives ``owner`` a lease it must
-        renew by heartbeating. Returns None when no queued job fits.
+        The job a node runs next is the first queued job, by priority (highest first) and then
+        age, that the node could run at all: one needing at most ``node_gpus`` GPUs (a job
+        without a request takes one GPU on a GPU node and none on a node without GPUs). When
+        that job needs more than ``free_gpus``, nothing is claimed: the node holds its GPUs for
+        it as they free up and takes no smaller job that would delay it. There is no backfill:
+        without an estimate of how long a job runs, no smaller job is known to end in time.
+        Counts an attempt and gives ``owner`` a lease it must renew by heartbeating.
         """
-        needed = func.coalesce(jobs.c.gpus, 1 if node_has_gpus else 0)
+        needed = func.coalesce(jobs.c.gpus, 1 if node_gpus else 0)
         with self._write() as conn:
+            # SKIP LOCKED passes over a job another claimer holds at this instant, as every
+            # PostgreSQL queue does; the job after it is then this node's next.
             candidate = conn.execute(
-                select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value, needed <= free_gpus)
+                select(jobs.c.id, jobs.c.attempt, needed.label("needed"))
+                .where(jobs.c.state == JobState.QUEUED.value, needed <= node_gpus)
                 .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
                 .with_for_update(skip_locked=True)).first()
-            if candidate is None:
+            if candidate is None or candidate.needed > free_gpus:
                 return None
             now = utcnow()
-            claimed = conn.execute(
-                update(jobs).where(jobs.c.id == candidate.id, jobs.c.state == JobState.QUEUED.value)
-                .values(state=JobState.RUNNING.value, attempt=jobs.c.attempt + 1, owner=owner,
-                        started_at=now, heartbeat_at=now, updated_at=now, progress={},
-                        lease_expires_at=now + timedelta(seconds=lease_seconds)))
-            if claimed.rowcount != 1:
-                return None
-            job = self._get(conn, candidate.id)
-            self._append_event(conn, job.id, "state", f"Attempt {job.attempt} started on {owner}.",
-                               state=JobState.RUNNING, data={"attempt": job.attempt, "owner": owner})
-            return job
+            attempt = candidate.attempt + 1
+            # Fenced by the attempt read above as well as by the state: a claim never lands on
+            # a job that was claimed, ended and queued again in between.
+            return self._move(conn, candidate.id, JobState.RUNNING, f"Attempt {attempt} started on {owner}.",
+                              attempt=candidate.attempt,
+                              values=dict(attempt=attempt, owner=owner, started_at=now, heartbeat_at=now,
+                                          progress={}, lease_expires_at=now + timedelta(seconds=lease_seconds)),
+                              data={"attempt": attempt, "owner": owner})
 
     def transition(self, job_id: str, target: JobState, message: str, *,
                    attempt: int | None = None, error: JobError | None = None,
@@ -246,14 +248,12 @@ class JobStore:
 
         With ``attempt`` the move only happens while that attempt is the current one, so a
         stale owner cannot overwrite a newer attempt. ``free_attempt`` stops the ending attempt
-        from counting against max_attempts. Raises InvalidTransition when refused.
+        from counting against max_attempts. A job whose cancel was requested is never queued
+        again: that move is refused too. Raises InvalidTransition when refused.
         """
-        now = utcnow()
-        values: dict[str, Any] = {"state": target.value, "updated_at": now}
-        if target.is_terminal:
-            values["finished_at"] = now
+        values: dict[str, Any] = {}
         if target is JobState.QUEUED:
-            values.update(owner=None, heartbeat_at=None, lease_expires_at=None, cancel_requested=False)
+            values.update(owner=None, heartbeat_at=None, lease_expires_at=None)
         if error is not None:
             values.update(error_code=error.code, error_message=error.message,
                           error_retryable=error.retryable)
@@ -261,46 +261,45 @@ class JobStore:
             values["result"] = result
         if free_attempt:
             values["free_attempts"] = jobs.c.free_attempts + 1
+        event_data = dict(data or {})
+        if error is not None:
+            event_data.update(code=error.code, retryable=error.retryable)
         with self._write() as conn:
-            condition = [jobs.c.id == job_id,
-                         jobs.c.state.in_([s.value for s in sources_of(target)])]
-            if attempt is not None:
-                condition.append(jobs.c.attempt == attempt)
-            moved = conn.execute(update(jobs).where(*condition).values(**values))
-            job = self._get(conn, job_id)
-            if moved.rowcount != 1:
-                raise InvalidTransition(job, target)
-            event_data = dict(data or {})
-            if error is not None:
-                event_data.update(code=error.code, retryable=error.retryable)
-            self._append_event(conn, job_id, "state", message, state=target,
-                               data=event_data or None)
+            job = self._move(conn, job_id, target, message, attempt=attempt, values=values,
+                             data=event_data or None)
+            if job is None:
+                raise InvalidTransition(self._get(conn, job_id), target)
             return job
 
     def request_cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or flag a running one for its supervisor to stop.
 
         Idempotent for jobs already cancelled or flagged; raises InvalidTransition for jobs
-        that already succeeded or failed.
+        that already succeeded or failed. A queued job that a supervisor claims while this
+        runs is not cancelled under its trainer: its running attempt is flagged instead.
         """
         with self._write() as conn:
-            job = self._get(conn, job_id)
-            if job.state is JobState.CANCELLED or (job.state is JobState.RUNNING and job.cancel_requested):
-                return job
-            if job.state is JobState.QUEUED:
-                now = utcnow()
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-                    state=JobState.CANCELLED.value, finished_at=now, updated_at=now))
-                self._append_event(conn, job_id, "state", "Cancelled before it started.",
-                                   state=JobState.CANCELLED)
-                return self._get(conn, job_id)
-            if job.state is JobState.RUNNING:
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-                    cancel_requested=True, updated_at=utcnow()))
-                self._append_event(conn, job_id, "cancel_requested",
-                                   "Cancellation requested; stopping the trainer.")
-                return self._get(conn, job_id)
-            raise InvalidTransition(job, JobState.CANCELLED)
+            while True:
+                cancelled = self._move(conn, job_id, JobState.CANCELLED, "Cancelled before it started.",
+                                       sources={JobState.QUEUED})
+                if cancelled is not None:
+                    return cancelled
+                # Not queued, or no longer: a claim may have just won, so its attempt is flagged for
+                # the supervisor, which stops the trainer and records the cancel itself.
+                flagged = conn.execute(update(jobs).where(
+                    jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.cancel_requested.is_(False))
+                    .values(cancel_requested=True, updated_at=utcnow()).returning(*jobs.c)).first()
+                if flagged is not None:
+                    job = _job_from_row(flagged)
+                    self._append_event(conn, job_id, "cancel_requested",
+                                       "Cancellation requested; stopping the trainer.", data={"attempt": job.attempt})
+                    return job
+                job = self._get(conn, job_id)
+                if job.state is JobState.CANCELLED or (job.state is JobState.RUNNING and job.cancel_requested):
+                    return job
+                if job.state is not JobState.QUEUED:
+                    raise InvalidTransition(job, JobState.CANCELLED)
+                # Queued again between the two statements (its attempt was interrupted): once more.
 
     def heartbeat(self, job_id: str, attempt: int, lease_seconds: float = 60.0) -> bool:
         """Mark the attempt alive and renew its lease; False when it is no longer current."""
@@ -318,6 +317,21 @@ class JobStore:
             rows = conn.execute(select(jobs).where(jobs.c.owner == owner,
                                                    jobs.c.state == JobState.RUNNING.value))
             return [_job_from_row(row) for row in rows]
+
+    def count_queued_ahead(self, job: Job, max_gpus: int) -> int:
+        """Queued jobs claimed before ``job`` (higher priority, or as high and older) that need at
+        most ``max_gpus`` GPUs, so that some worker can run them."""
+        runnable = or_(jobs.c.gpus.is_(None), jobs.c.gpus <= max_gpus)
+        ahead = or_(jobs.c.priority > job.priority, and_(jobs.c.priority == job.priority, jobs.c.seq < job.seq))
+        with self._read() as conn:
+            return conn.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.state == JobState.QUEUED.value, runnable, ahead)).scalar_one()
+
+    def running_gpu_requests(self) -> list[tuple[str | None, int | None]]:
+        """(owner, GPU request) of every running job; a None request takes one GPU on a GPU node."""
+        with self._read() as conn:
+            rows = conn.execute(select(jobs.c.owner, jobs.c.gpus).where(jobs.c.state == JobState.RUNNING.value))
+            return [(row.owner, row.gpus) for row in rows]
 
     def expired_jobs(self, now: datetime | None = None) -> list[Job]:
         """Running jobs whose lease ran out: their owner stopped heartbeating."""
@@ -425,6 +439,55 @@ class JobStore:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
             raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    def _insert_job(self, conn: Connection, state: JobState, message: str, values: dict[str, Any], *,
+                    data: dict[str, Any] | None = None,
+                    preceded_by: Sequence[tuple[str, str, dict[str, Any] | None]] = ()) -> Job:
+        """Insert a job in one of its initial states and log that state, in the caller's transaction.
+
+        ``preceded_by`` are (kind, message, data) events logged before the state event.
+        """
+        if state not in INITIAL_STATES:
+            raise ValueError(f"a job is never created {state.value}")
+        row = conn.execute(insert(jobs).values(state=state.value, **values).returning(*jobs.c)).one()
+        for kind, text, event_data in preceded_by:
+            self._append_event(conn, values["id"], kind, text, data=event_data)
+        self._append_event(conn, values["id"], "state", message, state=state, data=data)
+        return _job_from_row(row)
+
+    def _move(self, conn: Connection, job_id: str, target: JobState, message: str, *,
+              sources: frozenset[JobState] | set[JobState] | None = None, attempt: int | None = None,
+              values: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> Job | None:
+        """Move a job to ``target`` in one guarded UPDATE and log the move, in the caller's transaction.
+
+        Every move of a job's state goes through here (a new job's first state is written by
+        _insert_job). The UPDATE matches only while the job is in one of ``sources`` (by default
+        every state the transition table allows a move to ``target`` from) and, with ``attempt``,
+        at that attempt; ``values`` are further columns to set. Returns the moved job, or None
+        when the guard did not match: the job is in another state, or another writer moved it
+        first, and nothing was written.
+        """
+        allowed = sources_of(target)
+        guarded = allowed if sources is None else frozenset(sources)
+        if not guarded <= allowed:
+            raise ValueError(f"no transition leads from {sorted(s.value for s in guarded - allowed)} "
+                             f"to {target.value}")
+        now = utcnow()
+        changes: dict[str, Any] = {"updated_at": now, **(values or {}), "state": target.value}
+        if target.is_terminal:
+            changes.setdefault("finished_at", now)
+        condition = [jobs.c.id == job_id, jobs.c.state.in_(sorted(s.value for s in guarded))]
+        if attempt is not None:
+            condition.append(jobs.c.attempt == attempt)
+        if target is JobState.QUEUED:
+            # A job whose cancel was requested never waits for another attempt; the caller
+            # cancels it instead.
+            condition.append(jobs.c.cancel_requested.is_(False))
+        row = conn.execute(update(jobs).where(*condition).values(**changes).returning(*jobs.c)).first()
+        if row is None:
+            return None
+        self._append_event(conn, job_id, "state", message, state=target, data=data)
         return _job_from_row(row)
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import enum
 import os
 import signal
 import subprocess
@@ -28,6 +29,15 @@ def die_with_parent() -> None:
         pass
 
 
+class StopReason(str, enum.Enum):
+    """Why the supervisor stopped a trainer; it decides what the attempt's end means."""
+
+    CANCEL = "cancel"  # the job's cancel was requested
+    SHUTDOWN = "shutdown"  # the supervisor is stopping (a node drain): the job is queued again
+    TIMEOUT = "timeout"  # the attempt outran the job's max_runtime_seconds
+    LOST = "lost"  # the attempt is no longer the job's current one here: nothing is recorded
+
+
 @dataclass
 class TrainerProcess:
     """A running trainer child and what the supervisor did to it.
@@ -43,7 +53,7 @@ class TrainerProcess:
     started: float = field(default_factory=time.monotonic)
     gpu_ids: tuple[str, ...] = ()
     oom_kills_at_start: int = 0
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     term_sent_at: float | None = None
     kill_sent: bool = False
     warm: bool = False
@@ -57,7 +67,7 @@ class TrainerProcess:
         """The exit status (negative for a signal) or None while it runs."""
         return self.popen.poll()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Ask the child's whole process group to end (SIGTERM); remembers why."""
         if self.stop_reason is None:
             self.stop_reason = reason

@@ -13,19 +13,19 @@ import socket
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
-from service.supervisor.child import TrainerProcess, spawn_trainer
+from service.supervisor.child import StopReason, TrainerProcess, spawn_trainer
+from service.supervisor.ending import AttemptEnd, error_of, move_for
 from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.warm import WarmPool, WarmTrainerGone
-from service.trainer.outcome import Outcome, outcome_of_exit_status, read_outcome
+from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Supervisor:
     def shutdown(self) -> None:
         """SIGTERM every child and warm trainer, SIGKILL those alive after the grace period, finalise all."""
         for child in self.children.values():
-            child.stop("shutdown")
+            child.stop(StopReason.SHUTDOWN)
         self.warm.stop_all(self.settings.shutdown_grace)
         while self.children:
             self.loop_heartbeat.beat()  # draining is progress
@@ -158,7 +158,7 @@ class Supervisor:
         has_gpus = bool(self.gpus.ids)
         while len(self.children) < self.slots:
             job = self.store.claim_next_job(self.owner, self.settings.lease_seconds,
-                                            free_gpus=len(self.gpus.free), node_has_gpus=has_gpus)
+                                            free_gpus=len(self.gpus.free), node_gpus=len(self.gpus.ids))
             if job is None:
                 return
             gpu_ids = self.gpus.lend(job.id, job.gpus_needed(has_gpus))
@@ -167,9 +167,8 @@ class Supervisor:
             except OSError as exc:
                 self.gpus.give_back(job.id)
                 log.exception("could not start a trainer for %s", job.id)
-                self._move(job.id, JobState.FAILED, f"The trainer could not be started: {exc}",
-                           attempt=job.attempt,
-                           error=JobError(FailureCode.INTERNAL.value, f"Trainer start failed: {exc}"))
+                self.record_attempt_end(job, job.attempt, AttemptEnd.failed(
+                    error_of(FailureCode.INTERNAL, f"The trainer could not be started: {exc}")))
                 continue
             with self._children_lock:
                 self.children[job.id] = child
@@ -202,19 +201,19 @@ class Supervisor:
         for job_id, child in self.children.items():
             job = owned.get(job_id)
             if job is None or job.attempt != child.attempt:
-                child.stop("lost")
+                child.stop(StopReason.LOST)
             elif job.cancel_requested:
-                child.stop("cancel")
+                child.stop(StopReason.CANCEL)
             elif (job.max_runtime_seconds is not None
                   and time.monotonic() - child.started > job.max_runtime_seconds):
-                child.stop("timeout")
+                child.stop(StopReason.TIMEOUT)
 
     def _stop_lost(self) -> None:
         """Stop the children whose lease renewal found their attempt no longer current."""
         for job_id, attempt in self.leases.take_lost():
             child = self.children.get(job_id)
             if child is not None and child.attempt == attempt:
-                child.stop("lost")
+                child.stop(StopReason.LOST)
 
     def _reap_stale_jobs(self) -> None:
         now = time.monotonic()
@@ -224,20 +223,9 @@ class Supervisor:
         for job in self.store.expired_jobs():
             if job.id in self.children:
                 continue
-            self._requeue_or_fail_lost(job)
-
-    def _requeue_or_fail_lost(self, job: Job) -> None:
-        who = job.owner or "an unknown supervisor"
-        # Bounded: a job that keeps bringing its node down must not loop forever.
-        if job.attempts_spent >= job.max_attempts:
-            self._move(job.id, JobState.FAILED,
-                       f"{who} stopped heartbeating; attempt {job.attempt} was the last allowed.",
-                       attempt=job.attempt,
-                       error=JobError(FailureCode.OWNER_LOST.value,
-                                      f"The node running this job stopped responding {job.attempt} times."))
-        else:
-            self._move(job.id, JobState.QUEUED,
-                       f"{who} stopped heartbeating; the job is queued again.", attempt=job.attempt)
+            # Retryable, so bounded by max_attempts: a job that keeps bringing its node down
+            # must not loop forever.
+            self.record_attempt_end(job, job.attempt, AttemptEnd.owner_lost(job.owner, job.attempt))
 
     def _finish_exited(self) -> None:
         for job_id, child in list(self.children.items()):
@@ -251,56 +239,54 @@ class Supervisor:
             self.gpus.give_back(job_id)
 
     def _finalise(self, child: TrainerProcess, status: int) -> None:
-        if child.stop_reason == "lost":
+        if child.stop_reason is StopReason.LOST:
             log.warning("job %s attempt %d is no longer ours; not recording its end",
                         child.job_id, child.attempt)
             return
+        end = self._attempt_end(child, status)
+        self.record_attempt_end(self.store.get_job(child.job_id), child.attempt, end)
+
+    def _attempt_end(self, child: TrainerProcess, status: int) -> AttemptEnd:
+        """How a trainer's attempt ended: its outcome file (or exit status), and why it was stopped."""
         outcome = (read_outcome(child.attempt_dir)
                    or outcome_of_exit_status(status, self.settings.artifacts_dir / child.job_id))
         seconds = round(time.monotonic() - child.started, 1)
         if outcome is not None and outcome.status == "succeeded":
-            self._move(child.job_id, JobState.SUCCEEDED, f"Training finished in {seconds} s.",
-                       attempt=child.attempt, result=outcome.result)
-            return
-        job = self.store.get_job(child.job_id)
-        if child.stop_reason == "cancel" or job.cancel_requested:
-            self._move(job.id, JobState.CANCELLED, "Cancelled while running; the trainer was stopped.",
-                       attempt=child.attempt)
-        elif child.stop_reason == "shutdown":
-            self._move(job.id, JobState.QUEUED,
-                       f"Interrupted: supervisor {self.owner} stopped; the job is queued again "
-                       "without spending an attempt.", attempt=child.attempt, free_attempt=True)
-        else:
-            # A job that trained but missed its acceptance threshold keeps what it measured.
-            kept = outcome.result if outcome is not None and outcome.result else None
-            self._fail_or_retry(job, child.attempt, describe_failure(child, status, outcome, seconds),
-                                result=kept)
+            return AttemptEnd.succeeded(f"Training finished in {seconds} s.", outcome.result)
+        if child.stop_reason is StopReason.CANCEL:
+            return AttemptEnd.cancelled("Cancelled while running; the trainer was stopped.")
+        if child.stop_reason is StopReason.SHUTDOWN:
+            return AttemptEnd.requeued(f"Interrupted: supervisor {self.owner} stopped; the job is queued again "
+                                       "without spending an attempt.")
+        # A job that trained but missed its acceptance threshold keeps what it measured.
+        kept = outcome.result if outcome is not None and outcome.result else None
+        return AttemptEnd.failed(describe_failure(child, status, outcome, seconds), result=kept)
 
-    def _fail_or_retry(self, job: Job, attempt: int, error: JobError,
-                       result: dict[str, Any] | None = None) -> None:
-        """Requeue a retryable failure while attempts remain; otherwise fail the job, keeping ``result``."""
-        if error.retryable and job.attempts_spent < job.max_attempts:
-            self._move(job.id, JobState.QUEUED,
-                       f"Attempt {attempt} failed ({error.code}: {error.message}); queued again "
-                       f"({job.attempts_spent} of {job.max_attempts} attempts used).",
-                       attempt=attempt, data={"code": error.code})
-        else:
-            self._move(job.id, JobState.FAILED, error.message, attempt=attempt, error=error, result=result)
+    def record_attempt_end(self, job: Job, attempt: int, end: AttemptEnd) -> None:
+        """Record how ``attempt`` of the job ended; the one place the supervisor moves a job.
 
-    def _move(self, job_id: str, target: JobState, message: str, *, attempt: int,
-              error: JobError | None = None, result: dict[str, Any] | None = None,
-              data: dict[str, object] | None = None, free_attempt: bool = False) -> None:
+        ``job`` is read after the attempt ended. The move is fenced by the attempt; one refused
+        because the job moved meanwhile is logged and dropped, except a requeue refused because
+        the job's cancel was requested just now: the attempt is then recorded as cancelled.
+        """
+        move = move_for(job, attempt, end)
         try:
-            self.store.transition(job_id, target, message, attempt=attempt, error=error, result=result,
-                                  data=data, free_attempt=free_attempt)
-            log.info("job %s -> %s: %s", job_id, target.value, message)
+            self.store.transition(job.id, move.target, move.message, attempt=attempt, error=move.error,
+                                  result=move.result, data=move.data, free_attempt=move.free_attempt)
         except InvalidTransition as exc:
-            log.warning("not recording %s for job %s: %s", target.value, job_id, exc)
+            now = exc.job
+            if (move.target is JobState.QUEUED and now.cancel_requested and now.attempt == attempt
+                    and now.state is JobState.RUNNING):
+                self.record_attempt_end(now, attempt, end)
+            else:
+                log.warning("not recording %s for job %s: %s", move.target.value, job.id, exc)
+            return
+        log.info("job %s -> %s: %s", job.id, move.target.value, move.message)
 
 
 def describe_failure(child: TrainerProcess, status: int, outcome: Outcome | None, seconds: float) -> JobError:
     """Turn how a trainer ended (timeout, its own report, a signal, an exit status) into a typed error."""
-    if child.stop_reason == "timeout":
+    if child.stop_reason is StopReason.TIMEOUT:
         return error_of(FailureCode.TIMEOUT,
                         f"The attempt ran longer than max_runtime_seconds and was stopped after {seconds} s.")
     if outcome is not None:
@@ -313,11 +299,7 @@ def describe_failure(child: TrainerProcess, status: int, outcome: Outcome | None
     if status < 0:
         name = signal.Signals(-status).name
         return error_of(FailureCode.KILLED, f"The training process was killed by {name} after {seconds} s.")
+    known = f" ({TrainerExit(status).name.lower()})" if status in TrainerExit._value2member_map_ else ""
     return error_of(FailureCode.INTERNAL,
-                    f"The training process exited with status {status} without reporting a result. "
+                    f"The training process exited with status {status}{known} without reporting a result. "
                     f"Last log lines:\n{child.log_tail()}")
-
-
-def error_of(code: FailureCode, message: str) -> JobError:
-    """A JobError whose retryable flag follows from its code."""
-    return JobError(code.value, message, code.retryable)

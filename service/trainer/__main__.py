@@ -9,15 +9,16 @@ from __future__ import annotations
 import sys
 
 from service.trainer.attempt import TrainerStart, classify_exception, exit_with, process_started_at, run_attempt
+from service.trainer.outcome import TrainerExit
 
 __all__ = ["classify_exception", "main"]
 
 
 def main(argv: list[str]) -> int:
-    """Train the job named in argv; exit 0 on success, 1 on a recorded failure, 4 when stopped."""
+    """Train the job named in argv; the exit status is a TrainerExit."""
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m service.trainer JOB_ID ATTEMPT", file=sys.stderr)
-        return 2
+        return TrainerExit.USAGE
     return run_attempt(argv[0], int(argv[1]), TrainerStart(warm=False, began_at=process_started_at()))
 
 

@@ -1,9 +1,8 @@
 """One attempt of one job in this process, shared by the cold and the warm trainer entry points.
 
 Runs the attempt and leaves an outcome file for the supervisor; the supervisor, not this
-process, moves the job to its final state. Exit statuses: 0 succeeded, 1 failed (outcome
-written), 2 not the job's current attempt, 3 fenced off, 4 stopped on SIGTERM, and those of
-service.trainer.outcome when the outcome file could not be written.
+process, moves the job to its final state. Its exit status is a TrainerExit
+(service.trainer.outcome).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from service.jobs import FailureCode, Job
 from service.logconfig import configure_logging
 from service.store import open_store
 from service.trainer.failures import TrainingFailure
-from service.trainer.outcome import Outcome, finish
+from service.trainer.outcome import Outcome, TrainerExit, finish
 from service.trainer.stop import DrainRequested, StopSignal
 from service.trainer.store_reporter import StaleAttempt, StoreReporter
 
@@ -125,7 +124,7 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
     job = store.get_job(job_id)
     if job.attempt != attempt:
         log.error("job %s is at attempt %d, not %d; exiting", job_id, job.attempt, attempt)
-        return 2
+        return TrainerExit.NOT_CURRENT_ATTEMPT
     (attempt_dir / "work").mkdir(parents=True, exist_ok=True)
     reporter = StoreReporter(store, job_id, attempt, settings.metrics_flush_seconds)
     stop = StopSignal()
@@ -150,7 +149,7 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
         # The supervisor asked for this and decides what it means (requeue, cancel, timeout).
         log.info("%s", exc)
         reporter.flush()
-        return 4
+        return TrainerExit.STOPPED
     except TrainingFailure as failure:
         log.error("training failed: %s", failure)
         if failure.result:
@@ -164,7 +163,7 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
                                            result=failure.result or {}))
     except StaleAttempt as exc:
         log.error("stopping: %s", exc)
-        return 3
+        return TrainerExit.FENCED
     except Exception as exc:  # noqa: BLE001 - every other error is classified, then recorded
         try:
             traceback.print_exc()

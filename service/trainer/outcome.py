@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -11,19 +12,32 @@ from typing import Any
 from service.jobs import FailureCode
 
 OUTCOME_FILE = "outcome.json"
-# When the outcome file cannot be written (its disk is full), the exit status carries it.
-FAILURE_EXIT_BASE = 64
-EXIT_SUCCEEDED_UNRECORDED = 5  # the model is published; its metrics.json holds the result
+
+
+class TrainerExit(enum.IntEnum):
+    """Exit statuses of a trainer process: what it tells the supervisor that starts it."""
+
+    SUCCEEDED = 0  # the outcome file says succeeded
+    NO_JOB = 0  # a warm trainer was dismissed before it got a job
+    FAILED = 1  # the outcome file says failed, with a code
+    NOT_CURRENT_ATTEMPT = 2  # the job is at another attempt; nothing ran
+    USAGE = 2  # the command line or the warm trainer's assignment was malformed; nothing ran
+    FENCED = 3  # the store refused a write: another attempt is current now
+    STOPPED = 4  # stopped on SIGTERM (after a checkpoint once the fit had started); the supervisor knows why
+    SUCCEEDED_UNRECORDED = 5  # the model is published, the outcome file unwritable; metrics.json has the result
+    # The outcome file was unwritable (a full disk) and the attempt failed: FAILURE_BASE plus the
+    # position of its FailureCode.
+    FAILURE_BASE = 64
 
 
 def failure_exit_status(code: FailureCode) -> int:
     """The exit status that stands for ``code`` when no outcome file could be written."""
-    return FAILURE_EXIT_BASE + list(FailureCode).index(code)
+    return TrainerExit.FAILURE_BASE + list(FailureCode).index(code)
 
 
 def failure_of_exit_status(status: int) -> FailureCode | None:
     """The failure code an exit status stands for, if it is one of those."""
-    index = status - FAILURE_EXIT_BASE
+    index = status - TrainerExit.FAILURE_BASE
     codes = list(FailureCode)
     return codes[index] if 0 <= index < len(codes) else None
 
@@ -56,9 +70,9 @@ def finish(attempt_dir: Path, outcome: Outcome) -> int:
         write_outcome(attempt_dir, outcome)
     except OSError:
         if outcome.status == "succeeded":
-            return EXIT_SUCCEEDED_UNRECORDED
+            return TrainerExit.SUCCEEDED_UNRECORDED
         return failure_exit_status(FailureCode(outcome.code))
-    return 0 if outcome.status == "succeeded" else 1
+    return TrainerExit.SUCCEEDED if outcome.status == "succeeded" else TrainerExit.FAILED
 
 
 def read_outcome(attempt_dir: Path) -> Outcome | None:
@@ -72,7 +86,7 @@ def read_outcome(attempt_dir: Path) -> Outcome | None:
 
 def outcome_of_exit_status(status: int, published_dir: Path) -> Outcome | None:
     """The outcome an exit status carries when the trainer could not write its file."""
-    if status == EXIT_SUCCEEDED_UNRECORDED:
+    if status == TrainerExit.SUCCEEDED_UNRECORDED:
         try:
             final = json.loads((published_dir / "metrics.json").read_text())["final"]
         except (OSError, ValueError, KeyError):

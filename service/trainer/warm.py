@@ -24,6 +24,7 @@ from typing import Any
 from service.config import Settings
 from service.logconfig import configure_logging
 from service.trainer.attempt import TrainerStart, exit_with, import_training_libraries, run_attempt
+from service.trainer.outcome import TrainerExit
 
 log = logging.getLogger("service.trainer.warm")
 
@@ -112,12 +113,12 @@ def main() -> int:
     received = time.time()
     if not line.strip():
         log.info("warm trainer pid %d: stdin closed without a job; exiting", os.getpid())
-        return 0
+        return TrainerExit.NO_JOB
     try:
         assignment = Assignment.from_line(line)
     except InvalidAssignment as exc:
         log.error("%s", exc)
-        return 2
+        return TrainerExit.USAGE
     log.info("warm trainer pid %d takes job %s attempt %d", os.getpid(), assignment.job_id, assignment.attempt)
     take_assignment(assignment)
     log.info("warm trainer pid %d runs job %s attempt %d with CUDA_VISIBLE_DEVICES=%r", os.getpid(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from service.jobs import TRANSITIONS, JobError, JobState, MetricPoint, Progress
+from service.jobs import TRANSITIONS, Job, JobError, JobState, MetricPoint, Progress
 from service.store import InvalidTransition, JobNotFound, JobStore, open_store
 from service.store.job_store import IdempotencyConflict
 from service.store.job_store import utcnow
@@ -274,3 +274,52 @@ def test_replicas_starting_together_migrate_a_new_postgresql_database_once(tmp_p
             versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
         store.engine.dispose()
         assert len(versions) == 1
+
+
+def test_a_cancel_that_loses_to_a_claim_flags_the_running_attempt(store: JobStore) -> None:
+    """The claim commits while the cancel waits for the row: the job is not cancelled under its trainer."""
+    job, _ = store.create_job(SPEC)
+    answers: list[object] = []
+
+    def cancel() -> None:
+        try:
+            answers.append(store.request_cancel(job.id))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            answers.append(exc)
+
+    with store._write() as conn:  # a claim's transaction, still open when the cancel arrives
+        assert store._move(conn, job.id, JobState.RUNNING, "Attempt 1 started on n.",
+                           attempt=0, values={"attempt": 1, "owner": "n"}) is not None
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        canceller.join(timeout=0.5)
+        assert canceller.is_alive(), "the cancel waits for the claim's row"
+    canceller.join(timeout=30)
+    [answer] = answers
+    assert isinstance(answer, Job) and answer.state is JobState.RUNNING and answer.cancel_requested, answer
+    assert [(e.kind, e.state) for e in store.list_events(job.id)] == [
+        ("state", JobState.QUEUED), ("state", JobState.RUNNING), ("cancel_requested", None)]
+    assert store.list_events(job.id)[-1].data == {"attempt": 1}
+
+
+def test_every_move_is_guarded_by_the_transition_table(store: JobStore) -> None:
+    job, _ = store.create_job(SPEC)
+    with store._write() as conn:
+        with pytest.raises(ValueError):
+            store._move(conn, job.id, JobState.CANCELLED, "no such transition", sources={JobState.SUCCEEDED})
+        assert store._move(conn, job.id, JobState.FAILED, "queued jobs never fail") is None
+    with pytest.raises(ValueError):
+        with store._write() as conn:
+            store._insert_job(conn, JobState.RUNNING, "never created running", {"id": "job_x"})
+    assert store.get_job(job.id).state is JobState.QUEUED
+    assert [e.state for e in store.list_events(job.id)] == [JobState.QUEUED], "a refused move logs nothing"
+
+
+def test_a_job_whose_cancel_was_requested_is_never_queued_again(store: JobStore) -> None:
+    job, _ = store.create_job(SPEC)
+    store.claim_next_job("n")
+    store.request_cancel(job.id)
+    with pytest.raises(InvalidTransition) as refused:
+        store.transition(job.id, JobState.QUEUED, "drained", attempt=1, free_attempt=True)
+    assert refused.value.job.state is JobState.RUNNING and refused.value.job.cancel_requested
+    assert store.transition(job.id, JobState.CANCELLED, "stopped", attempt=1).state is JobState.CANCELLED

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 from service.config import Settings
 from service.jobs import FailureCode, JobState
 from service.store import open_store
-from service.supervisor.child import TrainerProcess, oom_kill_count
+from service.supervisor.child import StopReason, TrainerProcess, oom_kill_count
 from service.supervisor.worker import Supervisor, describe_failure
-from service.trainer.outcome import FAILURE_EXIT_BASE, failure_exit_status, failure_of_exit_status
+from service.trainer.outcome import TrainerExit, failure_exit_status, failure_of_exit_status
 
 
-def child(stop_reason: str | None = None, oom_killed: bool = False) -> SimpleNamespace:
+def child(stop_reason: StopReason | None = None, oom_killed: bool = False) -> SimpleNamespace:
     """The parts of a TrainerProcess that describe_failure reads."""
     return SimpleNamespace(stop_reason=stop_reason, oom_killed=lambda: oom_killed, log_tail=lambda: "last line")
 
@@ -45,7 +45,7 @@ def test_other_signals_are_killed_and_name_the_signal() -> None:
 
 
 def test_a_deadline_is_a_timeout_and_an_unexplained_exit_is_internal_with_the_log() -> None:
-    assert describe_failure(child(stop_reason="timeout"), -15, None, 60.0).code == "timeout"
+    assert describe_failure(child(stop_reason=StopReason.TIMEOUT), -15, None, 60.0).code == "timeout"
     internal = describe_failure(child(), 2, None, 1.0)
     assert internal.code == "internal" and "last line" in internal.message and not internal.retryable
 
@@ -81,7 +81,7 @@ def test_a_failed_outcome_with_a_result_fails_the_job_and_keeps_the_result(setti
         popen = subprocess.Popen([sys.executable, "-c", BELOW_THRESHOLD_TRAINER, str(attempt_dir)], cwd=repo,
                                  start_new_session=True)
         supervisor.children[job.id] = TrainerProcess(job.id, job.attempt, popen, attempt_dir)
-        assert popen.wait(timeout=60) == 1, "a written failed outcome exits with status 1"
+        assert popen.wait(timeout=60) == TrainerExit.FAILED, "a written failed outcome exits with status 1"
         supervisor._finish_exited()
         ended = store.get_job(job.id)
         assert ended.state is JobState.FAILED, "below_threshold is not retried"
@@ -96,5 +96,5 @@ def test_a_failed_outcome_with_a_result_fails_the_job_and_keeps_the_result(setti
 
 def test_below_threshold_is_appended_so_older_exit_statuses_keep_their_codes() -> None:
     assert list(FailureCode)[-1] is FailureCode.BELOW_THRESHOLD and not FailureCode.BELOW_THRESHOLD.retryable
-    assert failure_exit_status(FailureCode.INTERNAL) == FAILURE_EXIT_BASE + 9
+    assert failure_exit_status(FailureCode.INTERNAL) == TrainerExit.FAILURE_BASE + 9
     assert failure_of_exit_status(failure_exit_status(FailureCode.BELOW_THRESHOLD)) is FailureCode.BELOW_THRESHOLD
