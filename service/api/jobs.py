@@ -20,10 +20,10 @@ from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
-from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
+from service.errors import (BadRequest, Conflict, DryRunFailed, NotFound, ServiceUnavailable, UnsupportedMediaType,
                             ValidationFailed, summarize_errors)
 from service.fingerprint import spec_fingerprint
-from service.jobs import PHASE_METRIC, Job, MetricPoint
+from service.jobs import PHASE_METRIC, FailureCode, Job, MetricPoint
 from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
                              EventSchema, IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
                              MetricsSchema, ProblemSchema, TrainingSpecSchema)
@@ -64,7 +64,8 @@ def load_job(job_id: str) -> Job:
 def job_document(job: Job) -> dict[str, Any]:
     """The API representation of a job, ready for JobSchema."""
     document = asdict(job)
-    document["error"] = asdict(job.error) if job.error else None
+    # JobSchema documents the failure code as the FailureCode enum, and dumps enum members.
+    document["error"] = {**asdict(job.error), "code": FailureCode(job.error.code)} if job.error else None
     return document
 
 
@@ -197,13 +198,6 @@ class Jobs(MethodView):
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc
         return job_document(job), 201 if created else 200, {"Location": f"/v1/jobs/{job.id}"}
-
-
-class DryRunFailed(ValidationFailed):
-    """A dry run found problems; the problem details carry the whole report."""
-
-    slug = "dry-run-problems"
-    title = "The spec's data or model has problems"
 
 
 MAX_PROBLEMS_IN_DETAIL = 3
