@@ -37,14 +37,28 @@ KEEP_ALIVE_FRAME = ": keep-alive\n\n"
 BACKLOG_PAGE = 1000
 
 
+@dataclass(frozen=True)
+class EventFrame:
+    """An event rendered once as its SSE frame, for every stream that sends it."""
+
+    event_id: int
+    text: str
+    last: bool  # the job's move to a terminal state: the stream ends after it
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventFrame:
+        """The frame of ``event``."""
+        return cls(event.id, event_frame(event), ends_stream(event))
+
+
 @dataclass(eq=False)
 class Subscription:
     """One open stream: the job it follows, the last event id it was given, and its inbox."""
 
     job_id: str
     after: int
-    # Batches of events, oldest first; None means "stop now" (the node is draining).
-    inbox: queue.Queue[list[JobEvent] | None] = field(default_factory=queue.Queue)
+    # Batches of frames, oldest first; None means "stop now" (the node is draining).
+    inbox: queue.Queue[list[EventFrame] | None] = field(default_factory=queue.Queue)
 
 
 class EventStreams:
@@ -110,13 +124,13 @@ class EventStreams:
             return
         events = self.store.events_of_jobs({s.job_id for s in subscriptions},
                                            after=min(s.after for s in subscriptions))
-        by_job: dict[str, list[JobEvent]] = defaultdict(list)
+        by_job: dict[str, list[EventFrame]] = defaultdict(list)
         for event in events:
-            by_job[event.job_id].append(event)
+            by_job[event.job_id].append(EventFrame.of(event))  # encoded once, however many streams send it
         for subscription in subscriptions:
-            new = [event for event in by_job.get(subscription.job_id, ()) if event.id > subscription.after]
+            new = [frame for frame in by_job.get(subscription.job_id, ()) if frame.event_id > subscription.after]
             if new:
-                subscription.after = new[-1].id
+                subscription.after = new[-1].event_id
                 subscription.inbox.put(new)
 
 
@@ -172,10 +186,11 @@ def stream_frames(streams: EventStreams, backlog: list[JobEvent], subscription: 
                 continue
             if batch is None:
                 return  # the node is shutting down; the client reconnects with Last-Event-ID
-            for event in batch:
-                yield event_frame(event)
-                if ends_stream(event):
-                    return
+            ending = next((index for index, frame in enumerate(batch) if frame.last), None)
+            sent = batch if ending is None else batch[:ending + 1]
+            yield "".join(frame.text for frame in sent)  # one write for the whole batch
+            if ending is not None:
+                return
     finally:
         if subscription is not None:
             streams.unsubscribe(subscription)

@@ -35,7 +35,7 @@ def drain(subscription: Subscription) -> list[int]:
         except queue.Empty:
             return ids
         assert batch is not None
-        ids += [event.id for event in batch]
+        ids += [frame.event_id for frame in batch]
 
 
 class CountingStore:
@@ -118,7 +118,7 @@ def test_a_stream_ends_after_the_terminal_event_and_sends_keep_alives_while_quie
     assert next(frames) == ": keep-alive\n\n"  # nothing happened for 0.1 s
     store.append_event(job_id, "progress", "step")
     store.transition(job_id, JobState.SUCCEEDED, "done", attempt=1)
-    rest = [frame for frame in frames if not frame.startswith(":")]
+    rest = [frame for chunk in frames for frame in chunk.split("\n\n") if frame and not frame.startswith(":")]
     assert [frame.split("\n")[1] for frame in rest] == ["event: progress", "event: state"]
     assert '"state": "succeeded"' in rest[-1]
     deadline = time.monotonic() + 5
