@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 
