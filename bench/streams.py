@@ -11,7 +11,9 @@ probe makes it, every 20 ms:
 2. load: --streams event streams spread over the jobs, --slow-headers sockets that send one
    header line per --slow-interval seconds and --slow-bodies sockets that send one byte of a
    large body per --slow-interval, while a writer appends an event to one of the jobs every
-   --event-interval seconds (as trainers do), for --seconds; then every job ends;
+   --event-interval seconds (as trainers do), for --seconds; then every job ends. Probing
+   starts once every stream has been answered; one probe sent during that burst of new
+   streams is reported on its own;
 3. after: the slow sockets close; how soon the next probe answers, and the latency then.
 
 It checks that every stream was answered 200, received every event of its job in order
@@ -62,6 +64,14 @@ def write_events(store, job_ids: list[str], seconds: float, interval: float) -> 
     return written
 
 
+def wait_answered(crowd: StreamCrowd, timeout: float) -> float:
+    """Seconds from the first stream's request until every stream had its response headers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(r.status is None for r in crowd.responses):
+        time.sleep(0.01)
+    return time.monotonic() - min(r.opened_at for r in crowd.responses)
+
+
 def row(phase: str, path: str, samples: list[float], failures: int, idle_p99: float | None) -> str:
     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
     ratio = f"{p99 / idle_p99:8.1f}x" if idle_p99 else "        -"
@@ -83,11 +93,12 @@ def run(args: argparse.Namespace, home: Path) -> int:
 
         print(f"fitjobs api ({args.worker_class}) on {api.url}: {args.streams} streams over {args.jobs} jobs, "
               f"{args.slow_headers} slow-header and {args.slow_bodies} slow-body sockets, {args.seconds:g} s")
-        opened = time.monotonic()
         crowd = StreamCrowd(api.url, [job_ids[i % len(job_ids)] for i in range(args.streams)]).start()
         slow = SlowClients(api.url, header_sockets=args.slow_headers, body_sockets=args.slow_bodies,
                            interval=args.slow_interval).start()
-        connected = time.monotonic() - opened
+        # A probe sent while the server still answers the burst of new streams waits behind that work.
+        burst_probe, burst_status = timed_get(*host_port(api.url), "/readyz")
+        answered = wait_answered(crowd, timeout=30)
         load = LatencyProbe(api.url, paths, interval=0.02).start()
         written = write_events(store, job_ids, args.seconds, args.event_interval)
         ended_at = {}
@@ -126,7 +137,9 @@ def run(args: argparse.Namespace, home: Path) -> int:
         print(row("load", names[path], load.samples[path], load.failures[path], idle_p99))
         print(row("after", names[path], after.samples[path], after.failures[path], idle_p99))
     print()
-    print(f"streams: {len(crowd.responses)} opened in {connected:.2f} s; {len(complete)} got every event of "
+    print(f"streams: {len(crowd.responses)} opened, all answered {answered:.2f} s after the first was sent; "
+          f"a /readyz sent meanwhile answered {burst_status} in {burst_probe * 1000:.0f} ms")
+    print(f"streams: {len(complete)} got every event of "
           f"their job in order with no gap; {len(ended)} ended within {STREAM_END_GRACE_SECONDS:g} s of "
           f"their job's end (end delay p50 {percentile(end_delays, 0.5):.2f} s, max "
           f"{max(end_delays, default=float('nan')):.2f} s){'' if all_closed else '; some never ended'}")
