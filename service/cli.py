@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -24,32 +25,77 @@ log = logging.getLogger("service.cli")
 
 # -- processes ------------------------------------------------------------------------------
 
-def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve the HTTP API with gunicorn."""
+# gunicorn's limits on a request's head, made explicit: this API's URLs and headers are short, and
+# a client sending more is refused with 400 before any of its headers reach the application.
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 64
+LIMIT_REQUEST_FIELD_SIZE = 8190
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """gunicorn's configuration of `fitjobs api`, from the FITJOBS_API_* settings."""
+    options: dict[str, Any] = {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.api_workers,
+        "worker_class": settings.api_worker_class,
+        "timeout": settings.api_timeout,
+        "graceful_timeout": settings.api_graceful_timeout,
+        # With gevent this also bounds the time a client may take to send a request's head.
+        "keepalive": settings.api_keepalive,
+        "limit_request_line": LIMIT_REQUEST_LINE,
+        "limit_request_fields": LIMIT_REQUEST_FIELDS,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
+        "accesslog": "-",
+        "loglevel": settings.log_level.lower(),
+        "proc_name": "fitjobs-api",
+        # gunicorn's control socket sits in $HOME by default, shared by every gunicorn there.
+        "control_socket_disable": True,
+        "post_worker_init": check_cooperative_database,
+    }
+    if settings.api_worker_class == "gevent":
+        options["worker_connections"] = settings.api_worker_connections
+    else:
+        options["threads"] = settings.api_threads
+    return options
+
+
+def check_cooperative_database(worker: Any) -> None:
+    """In a gevent worker, refuse to serve if psycopg would block every greenlet while it waits.
+
+    psycopg picks its wait function when first imported: its C one (which blocks the whole
+    process) unless gevent has patched `select` by then. The gevent worker patches at start,
+    before it loads the app, and the master never imports psycopg, so this holds; checked
+    here so that a change that breaks it fails loudly instead of serialising all requests.
+    """
+    if "gevent" not in type(worker).__module__ or "psycopg" not in sys.modules:
+        return
+    from psycopg import waiting
+
+    if waiting.wait is getattr(waiting, "wait_c", None):
+        raise RuntimeError("psycopg was imported before gevent patched the standard library; "
+                           "its database waits would block the whole API worker")
+    log.debug("psycopg waits with %s under gevent", waiting.wait.__name__)
+
+
+def api_arbiter(settings: Settings) -> Any:
+    """The gunicorn master of `fitjobs api`: workers load the app, and SIGTERM drains first.
+
+    This imports gunicorn but not the app: Flask, SQLAlchemy and psycopg are first imported by
+    each worker, after gevent has monkey-patched it (see check_cooperative_database).
+    """
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
 
-    from service.api import create_app
-    from service.api.lifecycle import drain_flag, mark_draining
-    from service.store import open_store
-
-    open_store(settings.database_url, migrate=True).engine.dispose()
+    from service.api.lifecycle import mark_draining
 
     class FitjobsGunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
-            self.cfg.set("workers", settings.api_workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
-            self.cfg.set("timeout", 120)
-            self.cfg.set("graceful_timeout", 30)
-            self.cfg.set("accesslog", "-")
-            self.cfg.set("loglevel", settings.log_level.lower())
-            self.cfg.set("proc_name", "fitjobs-api")
-            # gunicorn's control socket sits in $HOME by default, shared by every gunicorn there.
-            self.cfg.set("control_socket_disable", True)
+            for key, value in gunicorn_options(settings).items():
+                self.cfg.set(key, value)
 
         def load(self) -> Any:
+            from service.api import create_app
+
             return create_app(settings, migrate=False)
 
     class DrainingArbiter(Arbiter):  # type: ignore[misc]
@@ -62,8 +108,22 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(settings.api_drain_seconds)  # the workers go on serving meanwhile
             super().handle_term()
 
+    return DrainingArbiter(FitjobsGunicorn())
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the HTTP API with gunicorn."""
+    from service.api.lifecycle import drain_flag
+
+    # In a child process, so that this one (the gunicorn master) never imports SQLAlchemy or psycopg.
+    migrated = subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=settings.child_environ(),
+                              stdout=subprocess.DEVNULL, check=False)
+    if migrated.returncode != 0:
+        print(f"fitjobs: the database schema could not be upgraded (exit status {migrated.returncode})",
+              file=sys.stderr)
+        return 1
     try:
-        DrainingArbiter(FitjobsGunicorn()).run()
+        api_arbiter(settings).run()
     finally:
         drain_flag(os.getpid()).unlink(missing_ok=True)
     return 0
@@ -282,6 +342,26 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def reporting_api_errors(func: Any) -> Any:
+    """A client command that prints the service's problem details instead of a traceback."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        # Imported here: `requests` (and with it ssl) must stay out of the gunicorn master,
+        # which gevent workers monkey-patch after it forks them.
+        from service.client import ApiError
+
+        try:
+            return int(func(args, settings) or 0)
+        except ApiError as exc:
+            print(f"fitjobs: {exc}", file=sys.stderr)
+            for path, texts in (exc.problem.get("errors") or {}).items():
+                print(f"  {path}: {' '.join(texts)}", file=sys.stderr)
+            return 1
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fitjobs", description=__doc__)
@@ -310,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("openapi", cmd_openapi, "Print the OpenAPI document.").add_argument("--output", "-o")
 
     def client_command(name: str, func: Any, text: str, job: bool = True) -> argparse.ArgumentParser:
-        command = add(name, func, text)
+        command = add(name, reporting_api_errors(func), text)
         command.add_argument("--url", help="service URL (FITJOBS_URL, default http://127.0.0.1:8080)")
         if job:
             command.add_argument("job_id")
@@ -346,15 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fitjobs: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    from service.client import ApiError
-
     try:
         return int(args.func(args, settings) or 0)
-    except ApiError as exc:
-        print(f"fitjobs: {exc}", file=sys.stderr)
-        for path, texts in (exc.problem.get("errors") or {}).items():
-            print(f"  {path}: {' '.join(texts)}", file=sys.stderr)
-        return 1
     except (OSError, ValueError, TimeoutError) as exc:
         print(f"fitjobs: {exc}", file=sys.stderr)
         return 1

@@ -83,6 +83,23 @@ def _path_list(value: str) -> tuple[Path, ...]:
     return tuple(Path(part).expanduser().absolute() for part in value.split(os.pathsep) if part.strip())
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be above 0, got {number}")
+    return number
+
+
+API_WORKER_CLASSES = ("gevent", "gthread")
+
+
+def _worker_class(value: str) -> str:
+    text = value.strip().lower()
+    if text not in API_WORKER_CLASSES:
+        raise ValueError(f"must be one of {', '.join(API_WORKER_CLASSES)}")
+    return text
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -104,6 +121,32 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_API_DRAIN_SECONDS", "api_drain_seconds", "5", _non_negative_float,
                 "After SIGTERM the API keeps serving this long with /readyz failing, then "
                 "finishes in-flight requests and exits."),
+    SettingSpec("FITJOBS_API_WORKER_CLASS", "api_worker_class", "gevent", _worker_class,
+                "gunicorn worker class: `gevent` (one greenlet per connection, so open event streams and "
+                "slow clients hold no request slot) or `gthread` (FITJOBS_API_THREADS threads per worker)."),
+    SettingSpec("FITJOBS_API_WORKER_CONNECTIONS", "api_worker_connections", "2000", _positive_int,
+                "gevent: connections one API worker serves at once (open streams, idle keep-alive and "
+                "slow clients included)."),
+    SettingSpec("FITJOBS_API_THREADS", "api_threads", "4", _positive_int,
+                "gthread: request threads per API worker; each open event stream holds one."),
+    SettingSpec("FITJOBS_API_TIMEOUT", "api_timeout", "30", _positive_int,
+                "An API worker that shows no sign of life this many seconds (blocked, not just busy "
+                "with slow clients) is killed and replaced."),
+    SettingSpec("FITJOBS_API_GRACEFUL_TIMEOUT", "api_graceful_timeout", "30", _non_negative_int,
+                "When the API stops (after FITJOBS_API_DRAIN_SECONDS), seconds its workers get to "
+                "finish in-flight requests before they are killed."),
+    SettingSpec("FITJOBS_API_KEEPALIVE", "api_keepalive", "5", _positive_int,
+                "Seconds an idle keep-alive connection stays open; with gevent also the time a client "
+                "has to send a request's line and headers before it is disconnected."),
+    SettingSpec("FITJOBS_API_MAX_STREAMS", "api_max_streams", "1000", _positive_int,
+                "Event streams (`Accept: text/event-stream`) one API worker keeps open; beyond it a new "
+                "stream gets 503 with Retry-After. Must be below FITJOBS_API_WORKER_CONNECTIONS."),
+    SettingSpec("FITJOBS_API_STREAM_HEARTBEAT_SECONDS", "api_stream_heartbeat_seconds", "15", _positive_float,
+                "An event stream with nothing to send for this long sends a `: keep-alive` comment, so "
+                "proxies keep it open and the server notices clients that left."),
+    SettingSpec("FITJOBS_API_STREAM_POLL_SECONDS", "api_stream_poll_seconds", "0.5", _positive_float,
+                "How often an API worker's one event poller reads new events of every job with an "
+                "open stream (one query for all of them)."),
     SettingSpec("FITJOBS_API_TOKENS", "api_tokens", "", _token_list,
                 "Comma-separated bearer tokens; when set, every /v1 request needs "
                 "`Authorization: Bearer <token>` (health, readiness, metrics stay open)."),
@@ -172,6 +215,15 @@ class Settings:
     port: int
     api_workers: int
     api_drain_seconds: float
+    api_worker_class: str
+    api_worker_connections: int
+    api_threads: int
+    api_timeout: int
+    api_graceful_timeout: int
+    api_keepalive: int
+    api_max_streams: int
+    api_stream_heartbeat_seconds: float
+    api_stream_poll_seconds: float
     api_tokens: tuple[str, ...]
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
@@ -205,6 +257,11 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{spec.env}={raw!r}: {exc}") from exc
         values.update(overrides)
+        if (values["api_worker_class"] == "gevent"
+                and values["api_max_streams"] >= values["api_worker_connections"]):  # type: ignore[operator]
+            # Streams up to the connection limit would leave no connection for any other request.
+            raise ConfigError(f"FITJOBS_API_MAX_STREAMS={values['api_max_streams']} must be below "
+                              f"FITJOBS_API_WORKER_CONNECTIONS={values['api_worker_connections']}")
         home = Path(values["home"]).absolute()  # type: ignore[arg-type]
         values["home"] = home
         if not values["database_url"]:

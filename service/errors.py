@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 from flask import Flask, Response, json
 from sqlalchemy.exc import OperationalError
@@ -23,11 +23,16 @@ class ServiceError(Exception):
     title = "Internal error"
 
     def __init__(self, detail: str, *, errors: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
         self.extra = extra or {}
+        self.headers = dict(headers or {})
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the problem response carries besides its content type."""
+        return dict(self.headers)
 
 
 class BadRequest(ServiceError):
@@ -36,6 +41,26 @@ class BadRequest(ServiceError):
     status = 400
     slug = "bad-request"
     title = "Bad request"
+
+
+class Unauthorized(ServiceError):
+    """The request carries no valid bearer token (FITJOBS_API_TOKENS is set)."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+    def response_headers(self) -> dict[str, str]:
+        """RFC 6750: a 401 names the scheme the client must use."""
+        return {"WWW-Authenticate": 'Bearer realm="fitjobs"', **self.headers}
+
+
+class PayloadTooLarge(ServiceError):
+    """The upload is larger than FITJOBS_MAX_UPLOAD_BYTES."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
 
 
 class UnsupportedMediaType(ServiceError):
@@ -52,6 +77,13 @@ class ValidationFailed(ServiceError):
     status = 422
     slug = "validation-failed"
     title = "The request has invalid fields"
+
+
+class DryRunFailed(ValidationFailed):
+    """A dry run found problems; the problem details carry the whole report."""
+
+    slug = "dry-run-problems"
+    title = "The spec's data or model has problems"
 
 
 class NotFound(ServiceError):
@@ -71,11 +103,25 @@ class Conflict(ServiceError):
 
 
 class ServiceUnavailable(ServiceError):
-    """A dependency (the database) cannot be reached right now."""
+    """A dependency (the database) cannot be reached right now, or this node is shutting down."""
 
     status = 503
     slug = "unavailable"
     title = "Service unavailable"
+    # Seconds a client should wait before it retries; every 503 says so in Retry-After.
+    retry_after = 5
+
+    def response_headers(self) -> dict[str, str]:
+        """A 503 always tells the client when to come back."""
+        return {"Retry-After": str(self.retry_after), **self.headers}
+
+
+class TooManyStreams(ServiceUnavailable):
+    """This API process already follows FITJOBS_API_MAX_STREAMS event streams."""
+
+    slug = "too-many-streams"
+    title = "Too many open event streams"
+    retry_after = 10
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -108,8 +154,9 @@ def summarize_errors(errors: dict[str, list[str]]) -> str:
 
 def problem_response(status: int, slug: str, title: str, detail: str,
                      errors: dict[str, Any] | None = None,
-                     extra: dict[str, Any] | None = None) -> Response:
-    """Build an application/problem+json response."""
+                     extra: dict[str, Any] | None = None,
+                     headers: Mapping[str, str] | None = None) -> Response:
+    """Build an application/problem+json response with ``headers`` (Allow, Retry-After, ...) added."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug,
         "title": title,
@@ -120,11 +167,24 @@ def problem_response(status: int, slug: str, title: str, detail: str,
         body["errors"] = errors
     if extra:
         body.update(extra)
-    return Response(json.dumps(body), status=status, mimetype=PROBLEM_CONTENT_TYPE)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_CONTENT_TYPE)
+    response.headers.update(headers or {})
+    return response
+
+
+# Headers of an HTTPException that describe its own HTML body; the problem body replaces it.
+BODY_HEADERS = frozenset({"content-type", "content-length"})
+
+
+def exception_headers(exc: HTTPException) -> dict[str, str]:
+    """The headers an HTTPException asks for (Allow on 405, WWW-Authenticate on 401, Retry-After on
+    429 and 503), without those of the body it would have sent."""
+    return {name: value for name, value in exc.get_headers() if name.lower() not in BODY_HEADERS}
 
 
 def _from_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
+    headers = exception_headers(exc)
     data = getattr(exc, "data", None) or {}
     messages = data.get("messages")
     if status == 422 and messages is not None:
@@ -134,15 +194,16 @@ def _from_http_exception(exc: HTTPException) -> Response:
             messages = next(iter(messages.values()))
         errors = flatten_errors(messages)
         return problem_response(422, ValidationFailed.slug, ValidationFailed.title,
-                                summarize_errors(errors), errors)
+                                summarize_errors(errors), errors, headers=headers)
     if status == 400 and messages is not None:
         errors = flatten_errors(messages)
         detail = summarize_errors(errors)
         if "Invalid JSON body" in detail:
             detail = "The request body is not valid JSON."
-        return problem_response(400, BadRequest.slug, BadRequest.title, detail)
+        return problem_response(400, BadRequest.slug, BadRequest.title, detail, headers=headers)
     slug = (exc.name or "error").lower().replace(" ", "-")
-    return problem_response(status, slug, exc.name or "Error", exc.description or exc.name or "")
+    return problem_response(status, slug, exc.name or "Error", exc.description or exc.name or "",
+                            headers=headers)
 
 
 def install_error_handlers(app: Flask) -> None:
@@ -150,7 +211,8 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
-        return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.errors, exc.extra)
+        return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.errors, exc.extra,
+                                exc.response_headers())
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -159,9 +221,10 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> Response:
         log.warning("database unavailable: %s", str(exc).splitlines()[0])
-        return problem_response(503, ServiceUnavailable.slug, ServiceUnavailable.title,
-                                "The job database cannot be reached right now; retry shortly.",
-                                extra={"retryable": True})
+        unavailable = ServiceUnavailable("The job database cannot be reached right now; retry shortly.",
+                                         extra={"retryable": True})
+        return problem_response(503, unavailable.slug, unavailable.title, unavailable.detail,
+                                extra=unavailable.extra, headers=unavailable.response_headers())
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

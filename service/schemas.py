@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from service.jobs import JobState, QueueReason
+from service.jobs import FailureCode, JobState, QueueReason
 from service.locations import DATASET_ID, PathRefused, check_path_text
 
 MAX_RECORDS = 10_000
@@ -391,9 +391,10 @@ class ProgressSchema(Schema):
 
 
 class JobErrorSchema(Schema):
-    code = fields.String(metadata={"description": "invalid_data, model_load_failed, killed, internal, "
-                                                  "below_threshold (the model missed the spec's acceptance "
-                                                  "threshold; its result, report and model are kept), ..."})
+    code = fields.Enum(FailureCode, by_value=True, metadata={
+        "type": "string",
+        "description": "Why the job failed. below_threshold: the model missed the spec's acceptance threshold; "
+                       "its result, report and model are kept."})
     message = fields.String()
     retryable = fields.Boolean(metadata={"description": "Whether submitting the same spec again may succeed."})
 

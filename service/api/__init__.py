@@ -1,62 +1,24 @@
-"""The HTTP API: the Flask app factory and its blueprints. Never imports TensorFlow."""
+"""The HTTP API: the Flask app factory (service.api.app) and its blueprints. Never imports TensorFlow.
+
+Importing this package loads nothing else: the gunicorn master imports service.api.lifecycle,
+and must not import Flask, SQLAlchemy or psycopg before its gevent workers monkey-patch the
+standard library (see service.cli.check_cooperative_database).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from flask_smorest import Api
+if TYPE_CHECKING:
+    from service.api.app import create_app
 
-from service.api.auth import install_auth
-from service.config import Settings
-from service.errors import install_error_handlers
-from service.logconfig import configure_logging
-from service.schemas import ProblemSchema
-from service.store import JobStore, open_store
-
-API_TITLE = "fitjobs"
-API_VERSION = "v1"
+__all__ = ["create_app"]
 
 
-class FitjobsApi(Api):
-    """flask-smorest Api whose documented error body is RFC 9457 problem details."""
+def __getattr__(name: str) -> Any:
+    """`from service.api import create_app` imports the app module on first use."""
+    if name == "create_app":
+        from service.api.app import create_app
 
-    ERROR_SCHEMA = ProblemSchema
-
-
-def build_api(app: Flask) -> Api:
-    """Register every blueprint on ``app`` and return the Api that documents them."""
-    from service.api.artifacts import blp as artifacts_blp
-    from service.api.datasets import blp as datasets_blp
-    from service.api.health import blp as health_blp
-    from service.api.jobs import blp as jobs_blp
-    from service.api.prometheus import blp as prometheus_blp
-
-    api = FitjobsApi(app, spec_kwargs={
-        "info": {"description": "Fine-tune transformers models with TensorFlow/Keras as a service. "
-                                "Errors are application/problem+json (RFC 9457)."}})
-    for blueprint in (jobs_blp, datasets_blp, artifacts_blp, health_blp, prometheus_blp):
-        api.register_blueprint(blueprint)
-    return api
-
-
-def create_app(settings: Settings | None = None, *, store: JobStore | None = None,
-               migrate: bool = True, test_config: dict[str, Any] | None = None) -> Flask:
-    """The Flask application: settings, store, blueprints and the problem+json handler."""
-    settings = settings or Settings.from_env()
-    settings.ensure_dirs()
-    app = Flask(__name__)
-    app.config.update(
-        API_TITLE=API_TITLE, API_VERSION=API_VERSION, OPENAPI_VERSION="3.0.3",
-        MAX_CONTENT_LENGTH=settings.max_request_bytes,
-    )
-    if test_config:
-        app.config.update(test_config)
-    app.extensions["fitjobs.settings"] = settings
-    app.extensions["fitjobs.store"] = store or open_store(settings.database_url, migrate=migrate)
-    app.extensions["fitjobs.api"] = build_api(app)
-    install_auth(app, settings.api_tokens)
-    # After flask-smorest, which registers its own JSON error handler for HTTPException.
-    install_error_handlers(app)
-    configure_logging(settings.log_level)
-    return app
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

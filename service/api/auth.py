@@ -10,17 +10,11 @@ import hmac
 
 from flask import Flask, request
 
-from service.errors import ServiceError
+from service.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"
-
-
-class Unauthorized(ServiceError):
-    """401: the request carries no valid bearer token."""
-
-    status = 401
-    title = "Unauthorized"
-    slug = "unauthorized"
+# RFC 6750 section 3.1: a token that was sent but is not accepted.
+INVALID_TOKEN_CHALLENGE = 'Bearer realm="fitjobs", error="invalid_token"'
 
 
 def install_auth(app: Flask, tokens: tuple[str, ...]) -> None:
@@ -37,4 +31,5 @@ def install_auth(app: Flask, tokens: tuple[str, ...]) -> None:
         if scheme.lower() != "bearer" or not given:
             raise Unauthorized("This API needs `Authorization: Bearer <token>`.")
         if not any(hmac.compare_digest(given.strip().encode(), token) for token in expected):
-            raise Unauthorized("The bearer token is not valid for this API.")
+            raise Unauthorized("The bearer token is not valid for this API.",
+                               headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from service.api.event_streams import EventStreams
 from service.config import Settings
 from service.store import JobStore
 
@@ -16,3 +17,8 @@ def current_store() -> JobStore:
 def current_settings() -> Settings:
     """The Settings of the application serving this request."""
     return current_app.extensions["fitjobs.settings"]
+
+
+def current_event_streams() -> EventStreams:
+    """The event streams (and their poller) of the application serving this request."""
+    return current_app.extensions["fitjobs.event_streams"]

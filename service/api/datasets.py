@@ -15,8 +15,8 @@ from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
 from service.check_runner import CheckFailed
-from service.errors import (BadRequest, Conflict, NotFound, ServiceError, ServiceUnavailable, UnsupportedMediaType,
-                            ValidationFailed)
+from service.errors import (BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceError, ServiceUnavailable,
+                            UnsupportedMediaType, ValidationFailed)
 from service.schemas import (DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema,
                              UploadQuerySchema)
 from service.store.dataset_store import DatasetNotFound
@@ -43,14 +43,6 @@ UPLOAD_BODY = {
         "text/csv": {"schema": {"type": "string", "format": "binary"}},
     },
 }
-
-
-class PayloadTooLarge(ServiceError):
-    """The upload is larger than FITJOBS_MAX_UPLOAD_BYTES."""
-
-    status = 413
-    slug = "payload-too-large"
-    title = "Payload too large"
 
 
 REFUSALS: dict[int, type[ServiceError]] = {413: PayloadTooLarge, 415: UnsupportedMediaType, 422: ValidationFailed}

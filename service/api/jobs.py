@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from dataclasses import asdict
 from typing import Any, Callable
@@ -14,20 +12,20 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE
 
-from service.api.context import current_settings, current_store
-from service.api.lifecycle import is_draining
+from service.api.context import current_event_streams, current_settings, current_store
+from service.api.event_streams import open_stream, stream_frames
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
-from service.errors import (BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType,
+from service.errors import (BadRequest, Conflict, DryRunFailed, NotFound, ServiceUnavailable, UnsupportedMediaType,
                             ValidationFailed, summarize_errors)
 from service.fingerprint import spec_fingerprint
-from service.jobs import PHASE_METRIC, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
+from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
 from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
-                             EventSchema, IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
+                             IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
                              MetricsSchema, ProblemSchema, TrainingSpecSchema)
-from service.store import InvalidTransition, JobNotFound, JobStore
+from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, utcnow
 from service.uploads import UploadedDataset
@@ -64,7 +62,8 @@ def load_job(job_id: str) -> Job:
 def job_document(job: Job, queue: QueuePlace | None = None) -> dict[str, Any]:
     """The API representation of a job, ready for JobSchema; ``queue`` is its place while queued."""
     document = asdict(job)
-    document["error"] = asdict(job.error) if job.error else None
+    # JobSchema documents the failure code as the FailureCode enum, and dumps enum members.
+    document["error"] = {**asdict(job.error), "code": FailureCode(job.error.code)} if job.error else None
     document["queue"] = asdict(queue) if queue is not None else None
     return document
 
@@ -215,13 +214,6 @@ class Jobs(MethodView):
         return job_document(job), 201 if created else 200, {"Location": f"/v1/jobs/{job.id}"}
 
 
-class DryRunFailed(ValidationFailed):
-    """A dry run found problems; the problem details carry the whole report."""
-
-    slug = "dry-run-problems"
-    title = "The spec's data or model has problems"
-
-
 MAX_PROBLEMS_IN_DETAIL = 3
 
 
@@ -306,47 +298,32 @@ class JobMetrics(MethodView):
 class JobEvents(MethodView):
     @blp.arguments(EventListQuerySchema, location="query")
     @blp.response(200, EventListSchema)
+    @blp.alt_response(503, schema=ProblemSchema,
+                      description="`Accept: text/event-stream` while this API process already follows "
+                                  "FITJOBS_API_MAX_STREAMS streams; retry after `Retry-After` seconds.")
     def get(self, query: dict[str, Any], job_id: str) -> Any:
         """The job's event log (state changes and milestones); pass `after` to continue.
 
-        With `Accept: text/event-stream` the events come as Server-Sent Events and the stream
-        follows the job live until it ends; reconnecting with `Last-Event-ID` resumes.
+        With `Accept: text/event-stream` the events come as Server-Sent Events (`id` is the event's
+        id) and the stream follows the job live until it ends, with a `: keep-alive` comment while
+        nothing happens; reconnecting with `Last-Event-ID` resumes after that event.
         """
-        load_job(job_id)
+        job = load_job(job_id)
         if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-            last_seen = request.headers.get("Last-Event-ID", "")
+            last_seen = request.headers.get("Last-Event-ID", "").strip()
             after = int(last_seen) if last_seen.isdigit() else query["after"]
-            return Response(stream_events(current_store(), job_id, after),
-                            mimetype="text/event-stream", headers={"Cache-Control": "no-cache",
-                                                                    "X-Accel-Buffering": "no"})
+            streams = current_event_streams()
+            backlog, subscription = open_stream(streams, job, after)
+            response = Response(stream_frames(streams, backlog, subscription,
+                                              current_settings().api_stream_heartbeat_seconds),
+                                mimetype="text/event-stream",
+                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            if subscription is not None:
+                # Also when the body is never iterated (the client left before it started).
+                response.call_on_close(lambda: streams.unsubscribe(subscription))
+            return response
         events = current_store().list_events(job_id, after=query["after"])
         return {"events": [asdict(event) for event in events]}
-
-
-SSE_POLL_SECONDS = 0.5
-SSE_KEEPALIVE_SECONDS = 15.0
-
-
-def stream_events(store: JobStore, job_id: str, after: int) -> Iterator[str]:
-    """Server-Sent Events of a job from ``after`` on, until it reaches a terminal state."""
-    quiet_since = time.monotonic()
-    while True:
-        for event in store.list_events(job_id, after=after):
-            after = event.id
-            quiet_since = time.monotonic()
-            payload = EventSchema().dumps(asdict(event))
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {payload}\n\n"
-        if store.get_job(job_id).state.is_terminal:
-            # The terminal transition is the job's last event and was sent above.
-            if not store.list_events(job_id, after=after):
-                return
-            continue
-        if is_draining():
-            return  # the node is shutting down; the client reconnects with Last-Event-ID
-        if time.monotonic() - quiet_since >= SSE_KEEPALIVE_SECONDS:
-            quiet_since = time.monotonic()
-            yield ": keep-alive\n\n"
-        time.sleep(SSE_POLL_SECONDS)
 
 
 @blp.route("/jobs/<job_id>/logs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -65,6 +65,12 @@ def spec_digest(spec: dict[str, Any]) -> str:
 def new_job_id() -> str:
     """A fresh, unguessable job id."""
     return f"job_{uuid.uuid4().hex}"
+
+
+def _event_from_row(row: Row[Any]) -> JobEvent:
+    return JobEvent(id=row.id, job_id=row.job_id, kind=row.kind, message=row.message,
+                    created_at=_aware(row.created_at),  # type: ignore[arg-type]
+                    state=JobState(row.state) if row.state else None, data=row.data)
 
 
 def _job_from_row(row: Row[Any]) -> Job:
@@ -392,10 +398,23 @@ class JobStore:
             rows = conn.execute(select(job_events).where(
                 job_events.c.job_id == job_id, job_events.c.id > after)
                 .order_by(job_events.c.id).limit(limit))
-            return [JobEvent(id=r.id, job_id=r.job_id, kind=r.kind, message=r.message,
-                             created_at=_aware(r.created_at),  # type: ignore[arg-type]
-                             state=JobState(r.state) if r.state else None, data=r.data)
-                    for r in rows]
+            return [_event_from_row(row) for row in rows]
+
+    def events_of_jobs(self, job_ids: Collection[str], *, after: int) -> list[JobEvent]:
+        """Events of any of ``job_ids`` with an id above ``after``, oldest first, in one query."""
+        if not job_ids:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(select(job_events).where(
+                job_events.c.job_id.in_(sorted(job_ids)), job_events.c.id > after)
+                .order_by(job_events.c.id))
+            return [_event_from_row(row) for row in rows]
+
+    def last_event_id(self, job_id: str) -> int:
+        """The id of the job's newest event (0 when it has none)."""
+        with self._read() as conn:
+            newest = conn.execute(select(func.max(job_events.c.id)).where(job_events.c.job_id == job_id)).scalar()
+            return int(newest or 0)
 
     def count_jobs(self) -> dict[str, int]:
         """Number of jobs per state."""

@@ -93,8 +93,8 @@ def test_install_script_builds_a_service_that_becomes_ready(dockerfile: list[Ins
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 status = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
-            except requests.ConnectionError:
-                status = None
+            except (requests.ConnectionError, requests.Timeout):
+                status = None  # not listening yet, or its workers still load the app
             if status == 200:
                 break
             time.sleep(0.5)

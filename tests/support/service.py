@@ -168,8 +168,8 @@ def start_service(home: Path, *, role: str = "serve", extra_env: dict[str, str] 
         try:
             if requests.get(service.url + "/readyz", timeout=2).status_code == 200:
                 return service
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or listening while its workers still load the app
         time.sleep(0.2)
     service.stop()
     raise RuntimeError(f"fitjobs {role} not ready after {ready_timeout} s:\n{service.output()}")

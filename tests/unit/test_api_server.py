@@ -1,0 +1,61 @@
+"""How `fitjobs api` configures gunicorn, and what its master process imports before forking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.cli import gunicorn_options
+from service.config import ConfigError, Settings
+from tests.support.service import REPO_ROOT
+
+
+def test_gunicorn_runs_gevent_workers_from_the_settings(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_API_WORKERS": "3",
+                                  "FITJOBS_API_WORKER_CONNECTIONS": "500", "FITJOBS_API_MAX_STREAMS": "400",
+                                  "FITJOBS_API_TIMEOUT": "20", "FITJOBS_API_GRACEFUL_TIMEOUT": "12",
+                                  "FITJOBS_API_KEEPALIVE": "3"})
+    options = gunicorn_options(settings)
+    assert options["worker_class"] == "gevent" and options["workers"] == 3
+    assert options["worker_connections"] == 500 and "threads" not in options
+    assert (options["timeout"], options["graceful_timeout"], options["keepalive"]) == (20, 12, 3)
+    assert options["limit_request_line"] <= 8190 and options["limit_request_fields"] <= 100
+    assert options["limit_request_field_size"] <= 8190
+
+
+def test_gthread_workers_take_the_thread_count(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_API_WORKER_CLASS": "gthread",
+                                  "FITJOBS_API_THREADS": "8"})
+    options = gunicorn_options(settings)
+    assert options["worker_class"] == "gthread" and options["threads"] == 8
+    assert "worker_connections" not in options
+
+
+@pytest.mark.parametrize("name,value,named", [
+    ("FITJOBS_API_WORKER_CLASS", "sync", "FITJOBS_API_WORKER_CLASS"),
+    ("FITJOBS_API_STREAM_HEARTBEAT_SECONDS", "0", "FITJOBS_API_STREAM_HEARTBEAT_SECONDS"),
+    # As many streams as connections would leave none for any other request.
+    ("FITJOBS_API_MAX_STREAMS", "2000", "must be below FITJOBS_API_WORKER_CONNECTIONS")])
+def test_unusable_server_settings_are_refused(name: str, value: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env({name: value})
+
+
+def test_the_master_imports_neither_the_app_nor_the_database_driver(tmp_path: Path) -> None:
+    # gevent workers monkey-patch after the fork; whatever the master imported before is not
+    # patched in them (psycopg picks a blocking wait function when it is imported unpatched).
+    script = (
+        "import sys\n"
+        "from service.cli import api_arbiter\n"
+        "from service.config import Settings\n"
+        f"api_arbiter(Settings.from_env({{'FITJOBS_HOME': {str(tmp_path)!r}}}))\n"
+        "print(sorted(m for m in ('flask', 'sqlalchemy', 'psycopg', 'requests', 'urllib3', 'service.api.app')"
+        " if m in sys.modules))\n"
+        "import gevent.monkey\n"
+        "print(gevent.monkey.is_module_patched('socket'))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                         timeout=120, check=True)
+    assert run.stdout.split("\n")[:2] == ["[]", "False"], run.stdout + run.stderr
