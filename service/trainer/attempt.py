@@ -158,7 +158,7 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
                 reporter.close(FINAL_FLUSH_SECONDS)
             except StaleAttempt as exc:
                 log.error("stopping: %s", exc)
-                return 3
+                return TrainerExit.FENCED
         return finish(attempt_dir, Outcome("failed", code=failure.code.value, message=failure.message,
                                            result=failure.result or {}))
     except StaleAttempt as exc:

@@ -302,6 +302,8 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     ]
     # An attempt resumed after the run already stopped early trains no further.
     stopped = early_stop(read_history(checkpoint_dir), early_stopping)
+    if stopped is not None and read_best(checkpoint_dir / BEST_FOLDER) is None:
+        stopped = None  # no kept weights to publish without restoring the checkpoint: the fit does that
     if stopped is None:
         reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
                        {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "updates_per_epoch":
@@ -319,7 +321,11 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     if best is not None and chosen is not None and best["epoch"] == chosen["epoch"]:
         model.load_weights(best["weights"])
     elif chosen is not None and history and chosen["epoch"] != history[-1]["epoch"]:
-        raise RuntimeError(f"the weights of the best epoch ({chosen['epoch']}) are missing from the checkpoint")
+        # A checkpoint written before best epochs were kept: the model in hand is the last epoch's.
+        reporter.event("best_epoch_unavailable", f"The weights of epoch {chosen['epoch']}, the best by "
+                       f"{selection_metric}, were not kept; the last epoch is published.",
+                       {"best_epoch": int(chosen["epoch"]), "published_epoch": int(history[-1]["epoch"])})
+        chosen = history[-1]
     chosen = chosen or (history[-1] if history else {})
     final = {name: chosen[name] for name in FINAL_METRICS if name in chosen}
     selection = {"best_epoch": int(chosen.get("epoch", 0)) or None, "epochs_trained": len(history),
