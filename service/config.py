@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import sysconfig
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,27 @@ from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
 from service.check_runner import CheckFailed
-from service.errors import (BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceError, ServiceUnavailable,
-                            UnsupportedMediaType, ValidationFailed)
-from service.schemas import (DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema,
-                             UploadQuerySchema)
+from service.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from service.schemas import DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema, UploadQuerySchema
 from service.store.dataset_store import DatasetNotFound
-from service.uploads import (UploadedDataset, UploadRefused, clean_filename, new_dataset_id, remove_upload,
-                             store_upload, upload_suffix)
+from service.uploads import (
+    UploadedDataset,
+    UploadRefused,
+    clean_filename,
+    new_dataset_id,
+    remove_upload,
+    store_upload,
+    upload_suffix,
+)
 
 CURSOR_KIND = "ds"  # the prefix inside this list's cursors
 

@@ -6,7 +6,8 @@ look at paths, the dataset records and the job store, never at the data itself.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flask import current_app
 

@@ -89,9 +89,9 @@ def import_training_libraries(threads: int = 0) -> None:
     from transformers import TFAutoModelForSequenceClassification  # noqa: F401
     from transformers.models.bert import modeling_tf_bert  # noqa: F401 - the usual architecture
 
+    import service.trainer.data  # noqa: F401
     import service.trainer.evaluation  # noqa: F401 - scikit-learn's metrics, for the evaluation report
     import service.trainer.fit  # noqa: F401
-    import service.trainer.data  # noqa: F401
     import service.trainer.modeling  # noqa: F401
 
 

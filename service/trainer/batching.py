@@ -20,8 +20,9 @@ is the update's last (``apply_update``), for service.trainer.accumulation's trai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class TokenColumns:
         return len(self.labels)
 
     @classmethod
-    def from_dataset(cls, tokens: Any) -> "TokenColumns":
+    def from_dataset(cls, tokens: Any) -> TokenColumns:
         """Read the model inputs and ``labels`` of a tokenized `datasets` Dataset without Python lists."""
         import pyarrow as pa
 

@@ -8,9 +8,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from service.artifacts import EVALUATION_FILE
 from service.trainer.reporter import TrainingReporter
@@ -134,7 +135,7 @@ def training_class_weights(data: Any, setting: Any) -> dict[int, float] | None:
             from exc
 
 
-def evaluate(model: Any, outcome: "FitOutcome", data: Any, spec: dict[str, Any]) -> dict[str, Any]:
+def evaluate(model: Any, outcome: FitOutcome, data: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """The evaluation report of the model (the selected epoch's weights) on the validation rows."""
     import numpy as np
 

@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -17,9 +18,17 @@ import yaml
 from service.cli import build_parser
 from service.config import SETTINGS, Settings
 from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, image_env
-from tests.deploy.kustomize_render import (SECRET_TEMPLATES, Rendered, component, containers,
-                                           gpu_count, is_fitjobs, pod_labels, pod_spec,
-                                           secret_templates)
+from tests.deploy.kustomize_render import (
+    SECRET_TEMPLATES,
+    Rendered,
+    component,
+    containers,
+    gpu_count,
+    is_fitjobs,
+    pod_labels,
+    pod_spec,
+    secret_templates,
+)
 
 # The oldest and the newest Kubernetes minor release still maintained upstream.
 KUBERNETES_VERSIONS = ("1.35.0", "1.37.0")

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ import requests
 from service.store import JobStore, open_store
 from tests.support.postgres import postgres_cluster_command, temporary_database, wait_for_postgres
 from tests.support.sentiment_data import sentiment_rows, write_table
-from tests.support.service import (REPO_ROOT, RunningService, alive, service_env, spawn, start_service,
-                                   trainer_pids)
+from tests.support.service import REPO_ROOT, RunningService, alive, service_env, spawn, start_service, trainer_pids
 
 LEASE_SECONDS = "3"
 MEMORY_LIMIT_KIB = 6 * 1024**2  # room for TensorFlow's own address space, not for 8 GiB more

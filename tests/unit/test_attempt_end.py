@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,7 +20,7 @@ SPEC = {"model": "m"}
 def running(**fields: object) -> Job:
     """A job in attempt 1 as the supervisor reads it after the attempt ended."""
     values: dict[str, object] = dict(id="job_1", state=JobState.RUNNING, spec=SPEC,
-                                     created_at=datetime.now(timezone.utc), attempt=1, owner="n", max_attempts=2)
+                                     created_at=datetime.now(UTC), attempt=1, owner="n", max_attempts=2)
     values.update(fields)
     return Job(**values)  # type: ignore[arg-type]
 

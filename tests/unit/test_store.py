@@ -12,8 +12,7 @@ from sqlalchemy import inspect, text
 
 from service.jobs import TRANSITIONS, Job, JobError, JobState, MetricPoint, Progress
 from service.store import InvalidTransition, JobNotFound, JobStore, open_store
-from service.store.job_store import IdempotencyConflict
-from service.store.job_store import utcnow
+from service.store.job_store import IdempotencyConflict, utcnow
 
 SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
 
