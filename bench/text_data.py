@@ -97,7 +97,8 @@ def candidates(text_set: TextSet, docstrings: dict[str, list[str]], tokenizer: o
     if text_set.min_tokens:
         for package, package_texts in texts.items():
             lengths = token_lengths(tokenizer, package_texts)
-            texts[package] = [text for text, length in zip(package_texts, lengths) if length >= text_set.min_tokens]
+            texts[package] = [text for text, length in zip(package_texts, lengths, strict=True)
+                              if length >= text_set.min_tokens]
     return texts
 
 

@@ -469,8 +469,8 @@ class JobStore:
         if state not in INITIAL_STATES:
             raise ValueError(f"a job is never created {state.value}")
         row = conn.execute(insert(jobs).values(state=state.value, **values).returning(*jobs.c)).one()
-        for kind, text, event_data in preceded_by:
-            self._append_event(conn, values["id"], kind, text, data=event_data)
+        for kind, event_message, event_data in preceded_by:
+            self._append_event(conn, values["id"], kind, event_message, data=event_data)
         self._append_event(conn, values["id"], "state", message, state=state, data=data)
         return _job_from_row(row)
 

@@ -210,7 +210,7 @@ def load_table(path: Path, named: str, split: str, cache_dir: Path | None) -> Da
     try:
         return load_dataset(loader, data_files=str(path), split="train",
                             cache_dir=str(cache_dir) if cache_dir else None)
-    except Exception as exc:  # noqa: BLE001 - pandas, pyarrow and datasets each raise their own types
+    except Exception as exc:  # pandas, pyarrow and datasets each raise their own types
         if "corresponds to no data" in str(exc):
             # datasets' way of saying the file parsed but held no rows (a CSV with only a header).
             raise invalid("no_rows", f"{named} has no rows", split=split) from exc
@@ -223,7 +223,7 @@ def load_saved(folder: Path, named: str, split: str, wanted: str | None) -> Data
     try:
         # In memory, so later transforms never write cache files into the caller's data folder.
         saved = load_from_disk(str(folder), keep_in_memory=True)
-    except Exception as exc:  # noqa: BLE001 - FileNotFoundError, arrow and JSON errors
+    except Exception as exc:  # FileNotFoundError, arrow and JSON errors
         raise invalid("unreadable_folder", f"{named} is not a folder written by save_to_disk: {root_cause(exc)}",
                       split=split) from exc
     if isinstance(saved, DatasetDict):
@@ -263,7 +263,7 @@ def load_hub_dataset(source: dict[str, Any], split: str) -> Dataset:
     except (DatasetNotFoundError, FileNotFoundError, ConnectionError) as exc:
         raise invalid("dataset_not_found", f"{named} was found neither on the Hub nor in the local cache: "
                                            f"{root_cause(exc)}", split=split, value=name) from exc
-    except Exception as exc:  # noqa: BLE001 - datasets raises ValueError for unknown splits and configs
+    except Exception as exc:  # datasets raises ValueError for unknown splits and configs
         text = str(exc)
         check = ("unknown_split" if "Unknown split" in text
                  else "unknown_config" if "config" in text.lower() else "unreadable_dataset")
@@ -287,7 +287,7 @@ def load_records(records: list[dict[str, Any]], split: str) -> Dataset:
     """Inline rows as a Dataset; a column mixing value types is reported with its first odd row."""
     try:
         return Dataset.from_list(records)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid or ArrowTypeError here
+    except Exception as exc:  # pyarrow raises ArrowInvalid or ArrowTypeError here
         raise invalid("mixed_types", f"{split} records: {describe_mixed_types(records) or root_cause(exc)}",
                       split=split) from exc
 

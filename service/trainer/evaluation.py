@@ -125,7 +125,7 @@ def class_weights(
         # compute_class_weight refuses classes missing from labels; those keep weight 1.0.
         present = np.unique(labels)
         balanced = compute_class_weight("balanced", classes=present, y=labels)
-        weights.update({int(i): float(w) for i, w in zip(present, balanced)})
+        weights.update({int(i): float(w) for i, w in zip(present, balanced, strict=True)})
         return weights
     raise ValueError(f"class_weights must be 'none', 'balanced' or a mapping, not {setting!r}")
 

@@ -7,6 +7,7 @@ API's cancel endpoint does, from several threads at once.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -50,7 +51,7 @@ def contradictions(job: Job, events: list[JobEvent], attempt_dirs: dict[int, Pat
     states = [e for e in events if e.kind == "state"]
     if not states or states[0].state is not JobState.QUEUED:
         found.append("its first state event is not queued")
-    for before, after in zip(states, states[1:]):
+    for before, after in itertools.pairwise(states):
         if after.state not in TRANSITIONS[before.state]:  # type: ignore[index]
             found.append(f"{before.state} -> {after.state} is not a transition")
         if after.message.startswith("Cancelled before it started") and before.state is not JobState.QUEUED:

@@ -142,7 +142,8 @@ def test_kill_9_supervisor_mid_epoch_then_a_new_one_finishes_the_job(cluster: Cl
 
     cluster.start_worker()
     done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
-    print(f"\nkill -9 mid-epoch 2: succeeded {time.monotonic() - started:.1f} s after the kill, attempt {done['attempt']}")
+    print(f"\nkill -9 mid-epoch 2: succeeded {time.monotonic() - started:.1f} s after the kill, "
+          f"attempt {done['attempt']}")
     assert done["state"] == "succeeded" and done["attempt"] == 2
     messages = [e["message"] for e in cluster.api.get(f"/v1/jobs/{job['id']}/events").json()["events"]]
     assert any("stopped heartbeating" in message for message in messages)
@@ -193,7 +194,8 @@ def test_two_supervisors_run_each_job_exactly_once(cluster: Cluster, tiny_model_
                   if e["kind"] == "state" and e["state"] == "running"]
         assert len(claims) == 1, f"{job_id} was claimed {len(claims)} times"
         owners.add(claims[0]["data"]["owner"])
-        attempts = sorted(p.name for p in (cluster.api.home / "jobs" / job_id).iterdir() if p.name.startswith("attempt"))
+        attempts = sorted(p.name for p in (cluster.api.home / "jobs" / job_id).iterdir()
+                          if p.name.startswith("attempt"))
         assert attempts == ["attempt-1"], "one trainer ran per job"
     assert len(owners) == 2, f"both supervisors took jobs: {owners}"
 

@@ -61,7 +61,8 @@ def test_a_requested_cancel_wins_over_every_end_but_success() -> None:
 
 def test_exit_statuses_are_named_on_both_sides() -> None:
     assert [int(s) for s in (TrainerExit.SUCCEEDED, TrainerExit.FAILED, TrainerExit.NOT_CURRENT_ATTEMPT,
-                             TrainerExit.FENCED, TrainerExit.STOPPED, TrainerExit.SUCCEEDED_UNRECORDED)] == [0, 1, 2, 3, 4, 5]
+                             TrainerExit.FENCED, TrainerExit.STOPPED,
+                             TrainerExit.SUCCEEDED_UNRECORDED)] == [0, 1, 2, 3, 4, 5]
     assert failure_exit_status(FailureCode.INVALID_DATA) == TrainerExit.FAILURE_BASE == 64
 
 

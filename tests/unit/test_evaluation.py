@@ -18,7 +18,7 @@ THREE = {0: "negative", 1: "neutral", 2: "positive"}
 def probabilities_for(predicted: list[int], confidence: list[float], k: int) -> np.ndarray:
     """Rows that give `confidence` to the predicted class and share the rest evenly."""
     rows = np.zeros((len(predicted), k))
-    for i, (p, c) in enumerate(zip(predicted, confidence)):
+    for i, (p, c) in enumerate(zip(predicted, confidence, strict=True)):
         rows[i, :] = (1.0 - c) / (k - 1)
         rows[i, p] = c
     return rows
@@ -44,9 +44,9 @@ def test_three_classes_counts_match_the_arrays() -> None:
     matrix = np.array(report["confusion_matrix"]["matrix"])
     assert report["confusion_matrix"]["labels"] == report["labels"]
     assert matrix.sum() == 12
-    correct = [sum(1 for t, p in zip(true, predicted) if t == p == i) for i in range(3)]
+    correct = [sum(1 for t, p in zip(true, predicted, strict=True) if t == p == i) for i in range(3)]
     assert matrix.diagonal().tolist() == correct
-    assert matrix[0, 1] == sum(1 for t, p in zip(true, predicted) if (t, p) == (0, 1))
+    assert matrix[0, 1] == sum(1 for t, p in zip(true, predicted, strict=True) if (t, p) == (0, 1))
     assert report["accuracy"] == pytest.approx(sum(correct) / 12, abs=1e-6)
     f1s = [c["f1"] for c in report["per_class"].values()]
     assert report["macro_f1"] == pytest.approx(sum(f1s) / 3, abs=1e-5)

@@ -63,7 +63,8 @@ FIELD_CASES = [
     ("path outside root", with_change("data.train", {"path": "../../etc/passwd"}), "data.train.path"),
     ("absolute path", with_change("data.train", {"path": "/etc/passwd"}), "data.train.path"),
     ("split_fraction zero", with_change("data.validation", {"split_fraction": 0}), "data.validation.split_fraction"),
-    ("split_fraction too big", with_change("data.validation", {"split_fraction": 0.9}), "data.validation.split_fraction"),
+    ("split_fraction too big", with_change("data.validation", {"split_fraction": 0.9}),
+     "data.validation.split_fraction"),
     ("text_column empty", with_change("data.text_column", ""), "data.text_column"),
     ("unknown data field", with_change("data.texts", "x"), "data.texts"),
     ("unknown top-level field", with_change("extra", 1), "extra"),
@@ -102,7 +103,8 @@ def test_empty_body_is_400(client: FlaskClient) -> None:
 
 
 def test_wrong_content_type_is_415(client: FlaskClient) -> None:
-    problem = assert_problem(client.post("/v1/jobs", data="model=x", content_type="application/x-www-form-urlencoded"), 415)
+    problem = assert_problem(client.post("/v1/jobs", data="model=x",
+                                         content_type="application/x-www-form-urlencoded"), 415)
     assert "application/json" in problem["detail"]
 
 

@@ -1,7 +1,7 @@
 """jobs, job events and metrics
 
 Revision ID: 0001
-Revises: 
+Revises:
 """
 
 from __future__ import annotations
