@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from flask import Response, request
 from flask.views import MethodView
@@ -82,7 +82,7 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes (FITJOBS_MAX_UPLOAD_BYTES).")
 
 
-def upload_stream(query: dict[str, Any]) -> tuple[BinaryIO, str, str | None]:
+def upload_stream(query: dict[str, Any]) -> tuple[IO[bytes], str, str | None]:
     """(stream, file name, content type) of the uploaded file, from a multipart form or the raw body."""
     limit = current_settings().max_upload_bytes
     if request.mimetype == "multipart/form-data":

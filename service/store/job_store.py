@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Row
@@ -48,6 +48,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything stored is UTC.
     if value is not None and value.tzinfo is None:
@@ -68,7 +72,7 @@ def new_job_id() -> str:
 
 def _event_from_row(row: Row[Any]) -> JobEvent:
     return JobEvent(id=row.id, job_id=row.job_id, kind=row.kind, message=row.message,
-                    created_at=_aware(row.created_at),  # type: ignore[arg-type]
+                    created_at=_aware(row.created_at),
                     state=JobState(row.state) if row.state else None, data=row.data)
 
 
@@ -78,7 +82,7 @@ def _job_from_row(row: Row[Any]) -> Job:
              if m["error_code"] else None)
     return Job(
         id=m["id"], seq=m["seq"], state=JobState(m["state"]), spec=m["spec"],
-        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        created_at=_aware(m["created_at"]),
         updated_at=_aware(m["updated_at"]), started_at=_aware(m["started_at"]),
         finished_at=_aware(m["finished_at"]), heartbeat_at=_aware(m["heartbeat_at"]),
         attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
@@ -446,8 +450,8 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(select(workers).where(workers.c.heartbeat_at >= since).order_by(workers.c.id))
             return [Worker(id=r.id, hostname=r.hostname, gpus=r.gpus, slots=r.slots,
-                           started_at=_aware(r.started_at),  # type: ignore[arg-type]
-                           heartbeat_at=_aware(r.heartbeat_at))  # type: ignore[arg-type]
+                           started_at=_aware(r.started_at),
+                           heartbeat_at=_aware(r.heartbeat_at))
                     for r in rows]
 
     # -- internals ----------------------------------------------------------------------------

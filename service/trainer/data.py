@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,14 @@ def inherited_label2id(spec: dict[str, Any], locations: Locations) -> dict[str, 
     return {str(name): int(index) for index, name in id2label.items()}
 
 
+def sorted_labels(labels: Iterable[Label]) -> list[Label]:
+    """The distinct labels in order; read_labels leaves them all ints or all strings."""
+    distinct = set(labels)
+    ints = sorted(label for label in distinct if isinstance(label, int))
+    strings = sorted(label for label in distinct if isinstance(label, str))
+    return [*ints, *strings]
+
+
 def label_mapping(labels: list[Label], num_labels: int | None, column: str,
                   inherited: dict[str, int] | None = None) -> tuple[int, list[str], dict[str, int]]:
     """num_labels, label names in id order and label2id, from the training labels and the spec.
@@ -413,7 +422,7 @@ def label_mapping(labels: list[Label], num_labels: int | None, column: str,
     With ``inherited`` (the labels of the model a job continues from) the mapping is that
     model's, so its classification head is kept; every training label must be one of them.
     """
-    classes = sorted(set(labels))  # type: ignore[type-var] - read_labels made them one type
+    classes = sorted_labels(labels)
     if len(classes) < 2:
         raise invalid("single_class", f"train data, column {column!r}: every row has the label {classes[0]!r}; "
                                       "at least 2 classes are needed", split="train", column=column,
@@ -461,7 +470,7 @@ def unknown_label_problem(labels: list[Label], known: set[Label], column: str) -
     if not unknown_rows:
         return None
     row, label = unknown_rows[0]
-    listed = ", ".join(map(repr, sorted(known)))  # type: ignore[type-var] - one type, see read_labels
+    listed = ", ".join(map(repr, sorted_labels(known)))
     more = (f"; {len(unknown_rows)} validation rows have labels the training data lacks"
             if len(unknown_rows) > 1 else "")
     return DataProblem("unknown_label", f"validation data, column {column!r}, row {row}: the label {label!r} does "
