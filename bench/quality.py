@@ -46,9 +46,9 @@ def build_set(out_dir: Path, train_rows: int, validation_rows: int, minority_sha
     docstrings = {package: text_data.package_docstrings(package) for package in (MAJORITY, MINORITY)}
     texts = text_data.candidates(rules, docstrings, tokenizer=None)
     counts = {}
-    for split, rows in (("train", train_rows), ("validation", validation_rows)):
-        minority = round(rows * minority_share)
-        counts[split] = {MAJORITY: rows - minority, MINORITY: minority}
+    for split, total in (("train", train_rows), ("validation", validation_rows)):
+        minority = round(total * minority_share)
+        counts[split] = {MAJORITY: total - minority, MINORITY: minority}
     rng = random.Random(seed)
     chosen = {}
     for package in (MAJORITY, MINORITY):

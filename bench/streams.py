@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from service.jobs import JobState
-from service.store import open_store
+from service.store import JobStore, open_store
 from tests.support.service import RunningService, start_service
 from tests.support.streams import LatencyProbe, SlowClients, StreamCrowd, host_port, percentile, timed_get
 
@@ -49,7 +49,7 @@ def probe(api: RunningService, paths: list[str], seconds: float) -> LatencyProbe
     return running.stop()
 
 
-def write_events(store, job_ids: list[str], seconds: float, interval: float) -> dict[int, float]:  # type: ignore[no-untyped-def]
+def write_events(store: JobStore, job_ids: list[str], seconds: float, interval: float) -> dict[int, float]:
     """Append progress events to random jobs for ``seconds``; returns {event id: when written}."""
     written: dict[int, float] = {}
     rng = random.Random(42)
