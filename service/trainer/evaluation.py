@@ -10,8 +10,8 @@ already holds, so it runs (and is tested) without TensorFlow.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, SupportsInt
 
 import numpy as np
 from sklearn.metrics import (
@@ -34,9 +34,9 @@ def evaluation_report(
     id2label: Mapping[int, str],
     texts: Sequence[str],
     pair_texts: Sequence[str] | None = None,
-    rows: Sequence[int] | None = None,
+    rows: Iterable[SupportsInt] | None = None,
     worst: int = 20,
-    epoch: int | None = None,
+    epoch: SupportsInt | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready report of how the predicted probabilities score against the true label ids."""
     true_ids = np.asarray(true_ids, dtype=np.int64).reshape(-1)

@@ -163,8 +163,9 @@ def test_image_user_and_paths_match_the_pods(rendered: Rendered, dockerfile: lis
 
 
 def test_fitjobs_commands_exist(rendered: Rendered) -> None:
-    subcommands = set(next(action for action in build_parser()._actions
-                           if action.dest == "command").choices)
+    choices = next(action for action in build_parser()._actions if action.dest == "command").choices
+    assert choices is not None
+    subcommands = set(choices)
     for workload in fitjobs_workloads(rendered):
         for container in containers(pod_spec(workload)):
             command = container["command"]
@@ -251,8 +252,8 @@ def test_http_pods_are_probed_and_others_have_no_http_probes(rendered: Rendered)
     for workload in rendered.workloads():
         for container in containers(pod_spec(workload)):
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-            probes = {kind: container.get(kind) for kind in ("livenessProbe", "readinessProbe",
-                                                             "startupProbe")}
+            probes: dict[str, Any] = {kind: container.get(kind)
+                                      for kind in ("livenessProbe", "readinessProbe", "startupProbe")}
             if component(workload) in HTTP_COMPONENTS:
                 assert "http" in ports
                 assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}

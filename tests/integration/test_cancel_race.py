@@ -52,7 +52,7 @@ def contradictions(job: Job, events: list[JobEvent], attempt_dirs: dict[int, Pat
     if not states or states[0].state is not JobState.QUEUED:
         found.append("its first state event is not queued")
     for before, after in itertools.pairwise(states):
-        if after.state not in TRANSITIONS[before.state]:  # type: ignore[index]
+        if before.state is None or after.state not in TRANSITIONS[before.state]:
             found.append(f"{before.state} -> {after.state} is not a transition")
         if after.message.startswith("Cancelled before it started") and before.state is not JobState.QUEUED:
             found.append(f"'Cancelled before it started' follows {before.state}")
@@ -119,7 +119,7 @@ def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(cluster: 
 
     problems: dict[str, list[str]] = {}
     outcomes: Counter[str] = Counter()
-    owners = set()
+    owners: set[str] = set()
     for job_id in job_ids:
         job = store.get_job(job_id)
         events = store.list_events(job_id)

@@ -296,10 +296,10 @@ RELOAD_MANY_AND_PREDICT = textwrap.dedent("""
     print(json.dumps(predictions))
 """)
 
-COMPUTE_SETTINGS = {"float32": {"precision": "float32"},
-                    "mixed_float16": {"precision": "mixed_float16"},
-                    "mixed_bfloat16": {"precision": "mixed_bfloat16"},
-                    "xla": {"jit_compile": True}}
+COMPUTE_SETTINGS: dict[str, dict[str, Any]] = {"float32": {"precision": "float32"},
+                                                "mixed_float16": {"precision": "mixed_float16"},
+                                                "mixed_bfloat16": {"precision": "mixed_bfloat16"},
+                                                "xla": {"jit_compile": True}}
 
 
 def test_every_precision_and_xla_train_on_cpu_and_publish_a_float32_model(tiny_model_dir: Path,

@@ -158,6 +158,7 @@ def test_acceptance_check_compares_with_the_minimum() -> None:
 def test_balanced_class_weights_are_rows_over_classes_times_count() -> None:
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
     weights = class_weights(labels, 3, "balanced", {"a": 0, "b": 1, "c": 2})
+    assert weights is not None
     counts = {0: 6, 1: 3, 2: 1}
     assert weights == pytest.approx({i: 10 / (3 * c) for i, c in counts.items()})
     assert all(type(k) is int and type(v) is float for k, v in weights.items())
@@ -165,7 +166,7 @@ def test_balanced_class_weights_are_rows_over_classes_times_count() -> None:
 
 def test_a_class_absent_from_the_labels_gets_weight_one() -> None:
     weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced", {"a": 0, "b": 1, "c": 2})
-    assert weights[2] == 1.0
+    assert weights is not None and weights[2] == 1.0
     assert weights[0] == pytest.approx(4 / (2 * 3)) and weights[1] == pytest.approx(4 / (2 * 1))
 
 

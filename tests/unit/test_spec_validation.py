@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from service.config import Settings
@@ -113,7 +114,7 @@ def test_json_that_is_not_an_object_is_422(client: FlaskClient) -> None:
     assert "Invalid input type" in problem["detail"]
 
 
-def test_body_over_the_size_limit_is_413(client: FlaskClient, app) -> None:  # type: ignore[no-untyped-def]
+def test_body_over_the_size_limit_is_413(client: FlaskClient, app: Flask) -> None:
     app.config["MAX_CONTENT_LENGTH"] = 1000
     big = with_change("data.train.records", [{"text": "x" * 100, "label": "a"}] * 50)
     assert_problem(client.post("/v1/jobs", json=big), 413)

@@ -1,5 +1,6 @@
-# Types for the part of flask-smorest that service.api uses; the package ships none. Its
-# decorators register a view and hand it back unchanged, so they are typed as identities.
+# Types for the part of flask-smorest that service.api uses (the package ships none); a name
+# used from it later is added here. Its decorators register a view and hand it back
+# unchanged, so they are typed as identities.
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, TypeVar
