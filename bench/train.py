@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ def event_time(events: dict[str, dict[str, Any]], kind: str) -> float | None:
     if kind not in events:
         return None
     moment = datetime.fromisoformat(events[kind]["created_at"])
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def seconds_between(events: dict[str, dict[str, Any]], first: str, last: str) -> float | None:
@@ -221,7 +221,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def add_ratios(figures: dict[str, dict[str, Any]]) -> None:
     """Speed-ups over the plain recipe, and the API's wall time over the in-process run's."""
     plain = figures.get("plain", {})
-    for variant, values in figures.items():
+    for values in figures.values():
         values["speedup_examples"] = ratio(values["examples_per_second"], plain.get("examples_per_second"))
         values["speedup_steady"] = ratio(values.get("steady_examples_per_second"),
                                          plain.get("steady_examples_per_second"))
@@ -282,7 +282,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     cells = [[title for title, _, _ in COLUMNS]] + [[cell(row.get(key), form) for _, key, form in COLUMNS]
                                                       for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells)
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+                     for line in cells)
 
 
 def describe_targets(targets: list[dict[str, Any]]) -> str:

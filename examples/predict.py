@@ -7,8 +7,8 @@ import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # transformers' TF models need Keras 2
 
-import tensorflow as tf  # noqa: E402
-from transformers import AutoTokenizer, TFAutoModelForSequenceClassification  # noqa: E402
+import tensorflow as tf
+from transformers import AutoTokenizer, TFAutoModelForSequenceClassification
 
 
 def main(model_dir: str, texts: list[str]) -> None:
@@ -17,7 +17,7 @@ def main(model_dir: str, texts: list[str]) -> None:
     model = TFAutoModelForSequenceClassification.from_pretrained(model_dir)
     batch = tokenizer(texts, padding=True, truncation=True, return_tensors="tf")
     probabilities = tf.nn.softmax(model(**batch).logits, axis=-1).numpy()
-    for text, row in zip(texts, probabilities):
+    for text, row in zip(texts, probabilities, strict=True):
         best = int(row.argmax())
         print(f"{model.config.id2label[best]}\t{row[best]:.3f}\t{text}")
 

@@ -74,7 +74,7 @@ def check_cooperative_database(worker: Any) -> None:
     if waiting.wait is getattr(waiting, "wait_c", None):
         raise RuntimeError("psycopg was imported before gevent patched the standard library; "
                            "its database waits would block the whole API worker")
-    log.debug("psycopg waits with %s under gevent", waiting.wait.__name__)
+    log.debug("psycopg waits with %s under gevent", getattr(waiting.wait, "__name__", waiting.wait))
 
 
 def api_arbiter(settings: Settings) -> Any:
@@ -88,7 +88,7 @@ def api_arbiter(settings: Settings) -> Any:
 
     from service.api.lifecycle import mark_draining
 
-    class FitjobsGunicorn(BaseApplication):  # type: ignore[misc]
+    class FitjobsGunicorn(BaseApplication):
         def load_config(self) -> None:
             for key, value in gunicorn_options(settings).items():
                 self.cfg.set(key, value)
@@ -98,7 +98,7 @@ def api_arbiter(settings: Settings) -> Any:
 
             return create_app(settings, migrate=False)
 
-    class DrainingArbiter(Arbiter):  # type: ignore[misc]
+    class DrainingArbiter(Arbiter):
         """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully."""
 
         def handle_term(self) -> None:

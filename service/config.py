@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import sysconfig
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,6 @@ def _non_negative_float(value: str) -> float:
     number = float(value)
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError(f"must be more than 0, got {number}")
     return number
 
 
@@ -249,7 +243,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``); keyword overrides win."""
         env = dict(os.environ if environ is None else environ)
-        values: dict[str, object] = {}
+        # One entry per field, of that field's type: each setting's parse function decides it.
+        values: dict[str, Any] = {}
         for spec in SETTINGS:
             raw = env.get(spec.env, spec.default)
             try:
@@ -258,29 +253,29 @@ class Settings:
                 raise ConfigError(f"{spec.env}={raw!r}: {exc}") from exc
         values.update(overrides)
         if (values["api_worker_class"] == "gevent"
-                and values["api_max_streams"] >= values["api_worker_connections"]):  # type: ignore[operator]
+                and values["api_max_streams"] >= values["api_worker_connections"]):
             # Streams up to the connection limit would leave no connection for any other request.
             raise ConfigError(f"FITJOBS_API_MAX_STREAMS={values['api_max_streams']} must be below "
                               f"FITJOBS_API_WORKER_CONNECTIONS={values['api_worker_connections']}")
-        home = Path(values["home"]).absolute()  # type: ignore[arg-type]
+        home = Path(values["home"]).absolute()
         values["home"] = home
         if not values["database_url"]:
             values["database_url"] = f"sqlite:///{home / 'fitjobs.db'}"
         data_root = values["data_root"]
-        values["data_root"] = (Path(data_root).expanduser().absolute()  # type: ignore[arg-type]
+        values["data_root"] = (Path(data_root).expanduser().absolute()
                                if data_root else home / "data")
         if not values["model_roots"]:
             values["model_roots"] = (home / "models", Path(sysconfig.get_paths()["purelib"]))
         heartbeat_file = values["worker_heartbeat_file"]
         # Named after the host: worker pods of a cluster share FITJOBS_HOME on one volume.
-        values["worker_heartbeat_file"] = (Path(heartbeat_file).expanduser().absolute()  # type: ignore[arg-type]
+        values["worker_heartbeat_file"] = (Path(heartbeat_file).expanduser().absolute()
                                            if heartbeat_file
                                            else home / "workers" / f"{socket.gethostname()}.heartbeat")
-        if values["worker_health_seconds"] <= 2 * values["poll_interval"]:  # type: ignore[operator]
+        if values["worker_health_seconds"] <= 2 * values["poll_interval"]:
             raise ConfigError(f"FITJOBS_WORKER_HEALTH_SECONDS={values['worker_health_seconds']} must be more "
                               f"than twice FITJOBS_POLL_INTERVAL={values['poll_interval']}: the loop beats "
                               "once per pass")
-        return cls(environ=env, **values)  # type: ignore[arg-type]
+        return cls(environ=env, **values)
 
     @property
     def jobs_dir(self) -> Path:

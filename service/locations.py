@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from service.artifacts import MODEL_FOLDER, job_artifacts_dir
 

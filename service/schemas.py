@@ -218,8 +218,8 @@ class HyperparametersSchema(StrictSchema):
     lr_schedule = fields.String(
         load_default="linear", validate=validate.OneOf(["linear", "cosine", "constant"]),
         metadata={"description": "How the learning rate moves after warmup (update k of w warmup "
-                                 "updates runs at k/w × `learning_rate`): `linear` or `cosine` decay to 0 at the run's last update; "
-                                 "`constant` stays at `learning_rate`."})
+                                 "updates runs at k/w × `learning_rate`): `linear` or `cosine` decay to 0 at "
+                                 "the run's last update; `constant` stays at `learning_rate`."})
     warmup_ratio = fields.Float(
         load_default=None, allow_none=True, validate=validate.Range(min=0.0, max=1.0, max_inclusive=False),
         metadata={"description": "Share of the run's updates spent warming up; omitted or null: "

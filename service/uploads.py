@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from service.locations import UPLOAD_STEM, upload_dir
 
@@ -76,7 +76,7 @@ def upload_suffix(filename: str, content_type: str | None) -> str:
                              "(or name the type with a matching file name)")
 
 
-def store_upload(stream: BinaryIO, uploads_dir: Path, dataset_id: str, suffix: str,
+def store_upload(stream: IO[bytes], uploads_dir: Path, dataset_id: str, suffix: str,
                  limit: int) -> tuple[Path, int, str]:
     """Copy ``stream`` into the dataset's folder in chunks; returns (path, size, sha256 hex).
 

@@ -22,7 +22,7 @@ from service.schemas import ArtifactListSchema, EvaluationSchema
 
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
-BINARY = {"content": {"application/octet-stream": {}}}
+BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
 
 
 @blp.route("/<job_id>/artifacts")

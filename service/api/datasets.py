@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from flask import Response, request
 from flask.views import MethodView
@@ -15,13 +15,27 @@ from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
 from service.check_runner import CheckFailed
-from service.errors import (BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceError, ServiceUnavailable,
-                            UnsupportedMediaType, ValidationFailed)
-from service.schemas import (DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema,
-                             UploadQuerySchema)
+from service.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from service.schemas import DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema, UploadQuerySchema
 from service.store.dataset_store import DatasetNotFound
-from service.uploads import (UploadedDataset, UploadRefused, clean_filename, new_dataset_id, remove_upload,
-                             store_upload, upload_suffix)
+from service.uploads import (
+    UploadedDataset,
+    UploadRefused,
+    clean_filename,
+    new_dataset_id,
+    remove_upload,
+    store_upload,
+    upload_suffix,
+)
 
 CURSOR_KIND = "ds"  # the prefix inside this list's cursors
 
@@ -68,7 +82,7 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The upload is larger than the limit of {limit} bytes (FITJOBS_MAX_UPLOAD_BYTES).")
 
 
-def upload_stream(query: dict[str, Any]) -> tuple[BinaryIO, str, str | None]:
+def upload_stream(query: dict[str, Any]) -> tuple[IO[bytes], str, str | None]:
     """(stream, file name, content type) of the uploaded file, from a multipart form or the raw body."""
     limit = current_settings().max_upload_bytes
     if request.mimetype == "multipart/form-data":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from flask import Response, current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Api, Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.context import current_store
@@ -52,4 +53,5 @@ class OpenApiDocument(MethodView):
 
 def openapi_yaml() -> str:
     """The OpenAPI document of the running application, as YAML."""
-    return current_app.extensions["fitjobs.api"].spec.to_yaml()
+    api = cast(Api, current_app.extensions["fitjobs.api"])
+    return api.spec.to_yaml()

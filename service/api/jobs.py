@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from datetime import timedelta
+from typing import Any
 
 from flask import Response, request
 from flask.views import MethodView
@@ -18,13 +19,31 @@ from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
-from service.errors import (BadRequest, Conflict, DryRunFailed, NotFound, ServiceUnavailable, UnsupportedMediaType,
-                            ValidationFailed, summarize_errors)
+from service.errors import (
+    BadRequest,
+    Conflict,
+    DryRunFailed,
+    NotFound,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+    summarize_errors,
+)
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
-from service.schemas import (DryRunProblemSchema, DryRunReportSchema, EventListQuerySchema, EventListSchema,
-                             IdempotencyHeaderSchema, JobListQuerySchema, JobListSchema, JobSchema,
-                             MetricsSchema, ProblemSchema, TrainingSpecSchema)
+from service.schemas import (
+    DryRunProblemSchema,
+    DryRunReportSchema,
+    EventListQuerySchema,
+    EventListSchema,
+    IdempotencyHeaderSchema,
+    JobListQuerySchema,
+    JobListSchema,
+    JobSchema,
+    MetricsSchema,
+    ProblemSchema,
+    TrainingSpecSchema,
+)
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, utcnow

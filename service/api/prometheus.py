@@ -52,6 +52,6 @@ class PrometheusMetrics(MethodView):
     def get(self) -> Response:
         """Queue depth by state and worker capacity, for Prometheus."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(QueueCollector(current_store(), current_settings().lease_seconds))  # type: ignore[arg-type]
+        registry.register(QueueCollector(current_store(), current_settings().lease_seconds))
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -6,7 +6,8 @@ look at paths, the dataset records and the job store, never at the data itself.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, cast
 
 from flask import current_app
 
@@ -24,7 +25,7 @@ def current_dataset_store() -> DatasetStore:
     extensions = current_app.extensions
     if "fitjobs.dataset_store" not in extensions:
         extensions["fitjobs.dataset_store"] = DatasetStore(current_store().engine)
-    return extensions["fitjobs.dataset_store"]
+    return cast(DatasetStore, extensions["fitjobs.dataset_store"])
 
 
 def current_check_runner() -> CheckRunner:
@@ -32,7 +33,7 @@ def current_check_runner() -> CheckRunner:
     extensions = current_app.extensions
     if "fitjobs.check_runner" not in extensions:
         extensions["fitjobs.check_runner"] = CheckRunner(current_settings().child_environ())
-    return extensions["fitjobs.check_runner"]
+    return cast(CheckRunner, extensions["fitjobs.check_runner"])
 
 
 def current_locations() -> Locations:

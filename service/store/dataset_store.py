@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.engine import Row
-from typing import Any
 
 from service.store.tables import datasets
 from service.uploads import UploadedDataset
@@ -20,7 +20,7 @@ def _from_row(row: Row[Any]) -> UploadedDataset:
     m = row._mapping
     created = m["created_at"]
     if created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC datetimes
+        created = created.replace(tzinfo=UTC)  # SQLite hands back naive UTC datetimes
     return UploadedDataset(id=m["id"], seq=m["seq"], filename=m["filename"], format=m["format"],
                            size_bytes=m["size_bytes"], sha256=m["sha256"], rows=m["rows"],
                            columns=list(m["columns"]), created_at=created)
@@ -38,7 +38,7 @@ class DatasetStore:
         with self.engine.begin() as conn:
             conn.execute(insert(datasets).values(
                 id=dataset_id, filename=filename, format=format, size_bytes=size_bytes, sha256=sha256,
-                rows=rows, columns=columns, created_at=created_at or datetime.now(timezone.utc)))
+                rows=rows, columns=columns, created_at=created_at or datetime.now(UTC)))
             return _from_row(conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one())
 
     def get(self, dataset_id: str) -> UploadedDataset:

@@ -7,15 +7,14 @@ import json
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from service.jobs import (INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker,
-                          sources_of)
+from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
 from service.store.tables import job_events, jobs, metrics, workers
 
 
@@ -46,13 +45,17 @@ class InvalidTransition(RuntimeError):
 
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything stored is UTC.
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -69,7 +72,7 @@ def new_job_id() -> str:
 
 def _event_from_row(row: Row[Any]) -> JobEvent:
     return JobEvent(id=row.id, job_id=row.job_id, kind=row.kind, message=row.message,
-                    created_at=_aware(row.created_at),  # type: ignore[arg-type]
+                    created_at=_aware(row.created_at),
                     state=JobState(row.state) if row.state else None, data=row.data)
 
 
@@ -79,7 +82,7 @@ def _job_from_row(row: Row[Any]) -> Job:
              if m["error_code"] else None)
     return Job(
         id=m["id"], seq=m["seq"], state=JobState(m["state"]), spec=m["spec"],
-        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        created_at=_aware(m["created_at"]),
         updated_at=_aware(m["updated_at"]), started_at=_aware(m["started_at"]),
         finished_at=_aware(m["finished_at"]), heartbeat_at=_aware(m["heartbeat_at"]),
         attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
@@ -447,8 +450,8 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(select(workers).where(workers.c.heartbeat_at >= since).order_by(workers.c.id))
             return [Worker(id=r.id, hostname=r.hostname, gpus=r.gpus, slots=r.slots,
-                           started_at=_aware(r.started_at),  # type: ignore[arg-type]
-                           heartbeat_at=_aware(r.heartbeat_at))  # type: ignore[arg-type]
+                           started_at=_aware(r.started_at),
+                           heartbeat_at=_aware(r.heartbeat_at))
                     for r in rows]
 
     # -- internals ----------------------------------------------------------------------------
@@ -470,8 +473,8 @@ class JobStore:
         if state not in INITIAL_STATES:
             raise ValueError(f"a job is never created {state.value}")
         row = conn.execute(insert(jobs).values(state=state.value, **values).returning(*jobs.c)).one()
-        for kind, text, event_data in preceded_by:
-            self._append_event(conn, values["id"], kind, text, data=event_data)
+        for kind, event_message, event_data in preceded_by:
+            self._append_event(conn, values["id"], kind, event_message, data=event_data)
         self._append_event(conn, values["id"], "state", message, state=state, data=data)
         return _job_from_row(row)
 

@@ -52,12 +52,12 @@ def install_accumulating_train_step(model: Any) -> None:
         gradients = tape.gradient(scaled, variables)
         if scaling:
             gradients = model.optimizer.get_unscaled_gradients(gradients)
-        for total, gradient in zip(sums, gradients):
+        for total, gradient in zip(sums, gradients, strict=True):
             if gradient is not None:
                 total.assign_add(tf.cast(tf.convert_to_tensor(gradient), tf.float32) * weight)
 
         def apply() -> Any:
-            model.optimizer.apply_gradients(zip([total.read_value() for total in sums], variables))
+            model.optimizer.apply_gradients(zip([total.read_value() for total in sums], variables, strict=True))
             for total in sums:
                 total.assign(tf.zeros_like(total))
             return tf.constant(True)

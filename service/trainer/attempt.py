@@ -8,6 +8,7 @@ process, moves the job to its final state. Its exit status is a TrainerExit
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import sys
@@ -79,20 +80,26 @@ def queued_seconds(job: Job) -> float:
     return max(0.0, (job.started_at - job.created_at).total_seconds())
 
 
+# Imported for their import cost alone, before a job waits on them; nothing uses their names.
+PRELOADED_MODULES = (
+    "datasets",
+    "tf_keras",
+    "transformers.models.auto.modeling_tf_auto",  # TFAutoModelForSequenceClassification
+    "transformers.models.bert.modeling_tf_bert",  # the usual architecture
+    "service.trainer.data",
+    "service.trainer.evaluation",  # scikit-learn's metrics, for the evaluation report
+    "service.trainer.fit",
+    "service.trainer.modeling",
+)
+
+
 def import_training_libraries(threads: int = 0) -> None:
     """Import TensorFlow, tf-keras, transformers, datasets and the fit's modules; touches no device."""
     from service.trainer.tf_runtime import import_tensorflow
 
     import_tensorflow(threads)
-    import datasets  # noqa: F401 - imported for its import cost, before a job waits on it
-    import tf_keras  # noqa: F401
-    from transformers import TFAutoModelForSequenceClassification  # noqa: F401
-    from transformers.models.bert import modeling_tf_bert  # noqa: F401 - the usual architecture
-
-    import service.trainer.evaluation  # noqa: F401 - scikit-learn's metrics, for the evaluation report
-    import service.trainer.fit  # noqa: F401
-    import service.trainer.data  # noqa: F401
-    import service.trainer.modeling  # noqa: F401
+    for module in PRELOADED_MODULES:
+        importlib.import_module(module)
 
 
 def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:

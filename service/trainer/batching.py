@@ -20,8 +20,9 @@ is the update's last (``apply_update``), for service.trainer.accumulation's trai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Extra features of a micro-batch when gradients are accumulated (see the module docstring).
 UPDATE_WEIGHT = "update_weight"
 APPLY_UPDATE = "apply_update"
+# A feature of a batch: a padded token array, or one of the two scalars above.
+Feature = np.ndarray | np.generic
 # Sorted chunks of this many batches: large enough that a chunk's batches hold rows of nearly
 # one length, small enough that every epoch still mixes rows from across the data.
 CHUNK_BATCHES = 50
@@ -83,7 +86,7 @@ class TokenColumns:
         return len(self.labels)
 
     @classmethod
-    def from_dataset(cls, tokens: Any) -> "TokenColumns":
+    def from_dataset(cls, tokens: Any) -> TokenColumns:
         """Read the model inputs and ``labels`` of a tokenized `datasets` Dataset without Python lists."""
         import pyarrow as pa
 
@@ -181,10 +184,10 @@ class BucketedBatches:
         index = int(np.searchsorted(self.lengths_allowed, longest))
         return int(self.lengths_allowed[min(index, len(self.lengths_allowed) - 1)])
 
-    def arrays(self, batch: Batch) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def arrays(self, batch: Batch) -> tuple[dict[str, Feature], np.ndarray]:
         """The padded NumPy features and the labels of one batch."""
         offsets = self.columns.offsets
-        features = {}
+        features: dict[str, Feature] = {}
         for name, flat in self.columns.values.items():
             padded = np.full((len(batch.rows), batch.length), self.pad_values.get(name, 0), dtype=np.int32)
             for slot, row in enumerate(batch.rows):
@@ -196,7 +199,7 @@ class BucketedBatches:
             features[APPLY_UPDATE] = np.bool_(batch.ends_update)
         return features, self.columns.labels[batch.rows]
 
-    def _generate(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    def _generate(self) -> Iterator[tuple[dict[str, Feature], np.ndarray]]:
         batches = self.plan(self.epoch)[self.skip:]
         self.skip = 0
         for batch in batches:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ def load_table(path: Path, named: str, split: str, cache_dir: Path | None) -> Da
     try:
         return load_dataset(loader, data_files=str(path), split="train",
                             cache_dir=str(cache_dir) if cache_dir else None)
-    except Exception as exc:  # noqa: BLE001 - pandas, pyarrow and datasets each raise their own types
+    except Exception as exc:  # pandas, pyarrow and datasets each raise their own types
         if "corresponds to no data" in str(exc):
             # datasets' way of saying the file parsed but held no rows (a CSV with only a header).
             raise invalid("no_rows", f"{named} has no rows", split=split) from exc
@@ -223,7 +224,7 @@ def load_saved(folder: Path, named: str, split: str, wanted: str | None) -> Data
     try:
         # In memory, so later transforms never write cache files into the caller's data folder.
         saved = load_from_disk(str(folder), keep_in_memory=True)
-    except Exception as exc:  # noqa: BLE001 - FileNotFoundError, arrow and JSON errors
+    except Exception as exc:  # FileNotFoundError, arrow and JSON errors
         raise invalid("unreadable_folder", f"{named} is not a folder written by save_to_disk: {root_cause(exc)}",
                       split=split) from exc
     if isinstance(saved, DatasetDict):
@@ -263,7 +264,7 @@ def load_hub_dataset(source: dict[str, Any], split: str) -> Dataset:
     except (DatasetNotFoundError, FileNotFoundError, ConnectionError) as exc:
         raise invalid("dataset_not_found", f"{named} was found neither on the Hub nor in the local cache: "
                                            f"{root_cause(exc)}", split=split, value=name) from exc
-    except Exception as exc:  # noqa: BLE001 - datasets raises ValueError for unknown splits and configs
+    except Exception as exc:  # datasets raises ValueError for unknown splits and configs
         text = str(exc)
         check = ("unknown_split" if "Unknown split" in text
                  else "unknown_config" if "config" in text.lower() else "unreadable_dataset")
@@ -287,7 +288,7 @@ def load_records(records: list[dict[str, Any]], split: str) -> Dataset:
     """Inline rows as a Dataset; a column mixing value types is reported with its first odd row."""
     try:
         return Dataset.from_list(records)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid or ArrowTypeError here
+    except Exception as exc:  # pyarrow raises ArrowInvalid or ArrowTypeError here
         raise invalid("mixed_types", f"{split} records: {describe_mixed_types(records) or root_cause(exc)}",
                       split=split) from exc
 
@@ -406,6 +407,14 @@ def inherited_label2id(spec: dict[str, Any], locations: Locations) -> dict[str, 
     return {str(name): int(index) for index, name in id2label.items()}
 
 
+def sorted_labels(labels: Iterable[Label]) -> list[Label]:
+    """The distinct labels in order; read_labels leaves them all ints or all strings."""
+    distinct = set(labels)
+    ints = sorted(label for label in distinct if isinstance(label, int))
+    strings = sorted(label for label in distinct if isinstance(label, str))
+    return [*ints, *strings]
+
+
 def label_mapping(labels: list[Label], num_labels: int | None, column: str,
                   inherited: dict[str, int] | None = None) -> tuple[int, list[str], dict[str, int]]:
     """num_labels, label names in id order and label2id, from the training labels and the spec.
@@ -413,7 +422,7 @@ def label_mapping(labels: list[Label], num_labels: int | None, column: str,
     With ``inherited`` (the labels of the model a job continues from) the mapping is that
     model's, so its classification head is kept; every training label must be one of them.
     """
-    classes = sorted(set(labels))  # type: ignore[type-var] - read_labels made them one type
+    classes = sorted_labels(labels)
     if len(classes) < 2:
         raise invalid("single_class", f"train data, column {column!r}: every row has the label {classes[0]!r}; "
                                       "at least 2 classes are needed", split="train", column=column,
@@ -461,7 +470,7 @@ def unknown_label_problem(labels: list[Label], known: set[Label], column: str) -
     if not unknown_rows:
         return None
     row, label = unknown_rows[0]
-    listed = ", ".join(map(repr, sorted(known)))  # type: ignore[type-var] - one type, see read_labels
+    listed = ", ".join(map(repr, sorted_labels(known)))
     more = (f"; {len(unknown_rows)} validation rows have labels the training data lacks"
             if len(unknown_rows) > 1 else "")
     return DataProblem("unknown_label", f"validation data, column {column!r}, row {row}: the label {label!r} does "

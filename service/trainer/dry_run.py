@@ -253,9 +253,9 @@ def row_hash(values: tuple[str, ...]) -> bytes:
 def count_duplicates(train: Dataset, validation: Dataset, texts: list[str], *, from_source: bool) -> dict[str, Any]:
     """Validation rows whose text (and pair) also occurs in the training rows, found by hash."""
     train_columns = train.select_columns(texts)[:]
-    seen = {row_hash(values) for values in zip(*(train_columns[c] for c in texts))}
+    seen = {row_hash(values) for values in zip(*(train_columns[c] for c in texts), strict=True)}
     validation_columns = validation.select_columns(texts)[:]
-    rows = [index for index, values in enumerate(zip(*(validation_columns[c] for c in texts)), start=1)
+    rows = [index for index, values in enumerate(zip(*(validation_columns[c] for c in texts), strict=True), start=1)
             if row_hash(values) in seen]
     share = round(len(rows) / len(validation), 4) if len(validation) else 0.0
     # Row numbers only mean something for a validation source; a held-out split is shuffled.

@@ -10,8 +10,8 @@ already holds, so it runs (and is tested) without TensorFlow.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, SupportsInt
 
 import numpy as np
 from sklearn.metrics import (
@@ -34,9 +34,9 @@ def evaluation_report(
     id2label: Mapping[int, str],
     texts: Sequence[str],
     pair_texts: Sequence[str] | None = None,
-    rows: Sequence[int] | None = None,
+    rows: Iterable[SupportsInt] | None = None,
     worst: int = 20,
-    epoch: int | None = None,
+    epoch: SupportsInt | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready report of how the predicted probabilities score against the true label ids."""
     true_ids = np.asarray(true_ids, dtype=np.int64).reshape(-1)
@@ -125,7 +125,7 @@ def class_weights(
         # compute_class_weight refuses classes missing from labels; those keep weight 1.0.
         present = np.unique(labels)
         balanced = compute_class_weight("balanced", classes=present, y=labels)
-        weights.update({int(i): float(w) for i, w in zip(present, balanced)})
+        weights.update({int(i): float(w) for i, w in zip(present, balanced, strict=True)})
         return weights
     raise ValueError(f"class_weights must be 'none', 'balanced' or a mapping, not {setting!r}")
 

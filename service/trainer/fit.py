@@ -8,9 +8,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from service.artifacts import EVALUATION_FILE
 from service.trainer.reporter import TrainingReporter
@@ -134,7 +135,7 @@ def training_class_weights(data: Any, setting: Any) -> dict[int, float] | None:
             from exc
 
 
-def evaluate(model: Any, outcome: "FitOutcome", data: Any, spec: dict[str, Any]) -> dict[str, Any]:
+def evaluate(model: Any, outcome: FitOutcome, data: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """The evaluation report of the model (the selected epoch's weights) on the validation rows."""
     import numpy as np
 
@@ -268,11 +269,11 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0,
                   "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
     # XLA compiles every batch shape anew, so with it batches are padded to fewer lengths.
-    shapes = {"multiple": pad_to_multiple, "coarse": jit_compile}
     train_batches = BucketedBatches(TokenColumns.from_dataset(train_tokens), batch_size, hyper["max_length"],
-                                    pad_values, seed=hyper["seed"], accumulate=accumulate, **shapes)
+                                    pad_values, seed=hyper["seed"], accumulate=accumulate,
+                                    multiple=pad_to_multiple, coarse=jit_compile)
     validation_batches = BucketedBatches(TokenColumns.from_dataset(validation_tokens), batch_size,
-                                         hyper["max_length"], pad_values, **shapes)
+                                         hyper["max_length"], pad_values, multiple=pad_to_multiple, coarse=jit_compile)
     batching = batching_figures(train_batches, validation_batches, epochs)
     reporter.event("batching", f"Length-bucketed batches: {batching['padding_efficiency']:.0%} of padded "
                    f"tokens are real; {batching['batch_shapes']} distinct batch shapes.", batching)
@@ -347,7 +348,7 @@ def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]
 
 
 def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
-            final: dict[str, float], staging: Path, publish_dir: Path,
+            final: dict[str, Any], staging: Path, publish_dir: Path,
             evaluation: dict[str, Any] | None = None) -> None:
     """Write everything to ``staging``, then rename it into place, so no reader sees half a model."""
     if staging.exists():

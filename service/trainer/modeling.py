@@ -103,7 +103,7 @@ def load_model_config(model: ModelRef, **overrides: Any) -> Any:
     try:
         config = AutoConfig.from_pretrained(source.ref, revision=source.revision, trust_remote_code=False,
                                             **overrides)
-    except Exception as exc:  # noqa: BLE001 - from_pretrained raises OSError, ValueError, KeyError, ...
+    except Exception as exc:  # from_pretrained raises OSError, ValueError, KeyError, ...
         raise classify_load_error(source, "config", exc) from exc
     check_supported(source, config)
     return config
@@ -143,7 +143,7 @@ def load_tokenizer(model: ModelRef) -> Any:
     load_model_config(source)
     try:
         return AutoTokenizer.from_pretrained(source.ref, revision=source.revision, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - see load_model_config
+    except Exception as exc:  # from_pretrained raises many types, as in load_model_config
         raise classify_load_error(source, "tokenizer", exc) from exc
 
 
@@ -165,7 +165,7 @@ def load_classifier(model: ModelRef, num_labels: int, id2label: dict[int, str], 
                                                                     config=config, ignore_mismatched_sizes=True)
     except TrainingFailure:
         raise
-    except Exception as exc:  # noqa: BLE001 - see load_model_config
+    except Exception as exc:  # from_pretrained raises many types, as in load_model_config
         raise classify_load_error(source, "weights", exc) from exc
 
 

@@ -24,5 +24,5 @@ class TrainingReporter(Protocol):
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         """Record a notable moment (data loaded, model loaded, fit started, artifacts published)."""
 
-    def flush(self) -> None:
-        """Write anything buffered."""
+    def flush(self) -> object:
+        """Write anything buffered; callers ignore what it returns."""

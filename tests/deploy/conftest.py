@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 from tests.deploy.dockerfile_model import Instruction, read_dockerfile
 from tests.deploy.kustomize_render import KUSTOMIZATIONS, Rendered, build
+
 
 def kubectl_binary() -> str:
     """Path of kubectl. Without it the checks skip, visibly; under CI they fail."""

@@ -78,7 +78,7 @@ def install_steps(instructions: list[Instruction]) -> list[str]:
 
 def copy_sources(instructions: list[Instruction]) -> list[tuple[str, str]]:
     """(source, destination) of every COPY from the build context, in order."""
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for instruction in instructions:
         if instruction.keyword != "COPY" or "--from" in instruction.value:
             continue

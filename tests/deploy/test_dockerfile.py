@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.config import SETTINGS
-from tests.deploy.dockerfile_model import (REPO_ROOT, Instruction, copy_sources, image_env,
-                                           install_steps)
+from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, copy_sources, image_env, install_steps
 
 
 def only(instructions: list[Instruction], keyword: str) -> list[Instruction]:

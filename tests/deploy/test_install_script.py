@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.deploy.dockerfile_model import (REPO_ROOT, Instruction, copy_sources, image_env,
-                                           install_steps)
+from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, copy_sources, image_env, install_steps
 
 INSTALL_TIMEOUT_S = 900
 START_TIMEOUT_S = 120

@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -17,9 +18,17 @@ import yaml
 from service.cli import build_parser
 from service.config import SETTINGS, Settings
 from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, image_env
-from tests.deploy.kustomize_render import (SECRET_TEMPLATES, Rendered, component, containers,
-                                           gpu_count, is_fitjobs, pod_labels, pod_spec,
-                                           secret_templates)
+from tests.deploy.kustomize_render import (
+    SECRET_TEMPLATES,
+    Rendered,
+    component,
+    containers,
+    gpu_count,
+    is_fitjobs,
+    pod_labels,
+    pod_spec,
+    secret_templates,
+)
 
 # The oldest and the newest Kubernetes minor release still maintained upstream.
 KUBERNETES_VERSIONS = ("1.35.0", "1.37.0")
@@ -154,8 +163,9 @@ def test_image_user_and_paths_match_the_pods(rendered: Rendered, dockerfile: lis
 
 
 def test_fitjobs_commands_exist(rendered: Rendered) -> None:
-    subcommands = set(next(action for action in build_parser()._actions
-                           if action.dest == "command").choices)
+    choices = next(action for action in build_parser()._actions if action.dest == "command").choices
+    assert choices is not None
+    subcommands = set(choices)
     for workload in fitjobs_workloads(rendered):
         for container in containers(pod_spec(workload)):
             command = container["command"]
@@ -242,8 +252,8 @@ def test_http_pods_are_probed_and_others_have_no_http_probes(rendered: Rendered)
     for workload in rendered.workloads():
         for container in containers(pod_spec(workload)):
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-            probes = {kind: container.get(kind) for kind in ("livenessProbe", "readinessProbe",
-                                                             "startupProbe")}
+            probes: dict[str, Any] = {kind: container.get(kind)
+                                      for kind in ("livenessProbe", "readinessProbe", "startupProbe")}
             if component(workload) in HTTP_COMPONENTS:
                 assert "http" in ports
                 assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}

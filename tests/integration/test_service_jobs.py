@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.service import RunningService, alive, descendants, start_service, trainer_pids
 from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.service import RunningService, alive, descendants, start_service, trainer_pids
 
 EPOCH_SERIES = {"loss", "accuracy", "val_loss", "val_accuracy"}
 

@@ -80,7 +80,7 @@ def test_identical_spec_reuses_changed_data_and_reuse_false_train(
 
     original = train_file.read_bytes()
     changed = original.replace(b"film", b"firm", 1)
-    assert len(changed) == len(original) and sum(a != b for a, b in zip(original, changed)) == 1
+    assert len(changed) == len(original) and sum(a != b for a, b in zip(original, changed, strict=True)) == 1
     train_file.write_bytes(changed)
     edited = submit(service, reuse_spec(tiny_model_dir, reuse=True))
     assert edited["state"] == "queued" and edited["reused_from"] is None

@@ -496,7 +496,7 @@ def test_save_to_disk_folders_and_text_pairs_train(service: RunningService, tiny
     rows = {"train": pairs(120, 51), "validation": pairs(30, 52)}
     subprocess.run([sys.executable, "-c", script, str(service.data_root / "saved"), json.dumps(rows)],
                    check=True, cwd=REPO_ROOT, capture_output=True, timeout=120)
-    columns = {"text_column": "premise", "text_pair_column": "hypothesis"}
+    columns: dict[str, Any] = {"text_column": "premise", "text_pair_column": "hypothesis"}
     single = validate(service, spec_of(str(tiny_model_dir), {"path": "saved/single"}, **columns))
     assert single.status_code == 200 and single.json()["splits"]["train"]["rows"] == 96, single.text
     wrong = problem(validate(service, spec_of(str(tiny_model_dir), {"path": "saved/pairs", "split": "nope"},

@@ -95,8 +95,8 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     reporter = RecordingReporter()
 
     started = time.monotonic()
-    final = run_training(spec, data_root=data_root, work_dir=work_dir, checkpoint_dir=tmp_path / "checkpoints", publish_dir=publish_dir,
-                         reporter=reporter, threads=2)
+    final = run_training(spec, data_root=data_root, work_dir=work_dir, checkpoint_dir=tmp_path / "checkpoints",
+                         publish_dir=publish_dir, reporter=reporter, threads=2)
     fit_seconds = time.monotonic() - started
 
     assert FINAL <= set(final)
@@ -166,7 +166,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     assert reloaded.returncode == 0, reloaded.stderr[-3000:]
     predicted = json.loads(reloaded.stdout.strip().splitlines()[-1])
     assert set(predicted) <= {"negative", "positive"}
-    accuracy = sum(label == row["label"] for label, row in zip(predicted, fresh)) / len(fresh)
+    accuracy = sum(label == row["label"] for label, row in zip(predicted, fresh, strict=True)) / len(fresh)
     print(f"\ntiny BERT: run_training {fit_seconds:.1f} s, reload+predict {time.monotonic() - started:.1f} s, "
           f"val_accuracy {final['val_accuracy']:.3f}, accuracy on fresh texts {accuracy:.3f}")
     assert accuracy >= 0.8
@@ -296,10 +296,10 @@ RELOAD_MANY_AND_PREDICT = textwrap.dedent("""
     print(json.dumps(predictions))
 """)
 
-COMPUTE_SETTINGS = {"float32": {"precision": "float32"},
-                    "mixed_float16": {"precision": "mixed_float16"},
-                    "mixed_bfloat16": {"precision": "mixed_bfloat16"},
-                    "xla": {"jit_compile": True}}
+COMPUTE_SETTINGS: dict[str, dict[str, Any]] = {"float32": {"precision": "float32"},
+                                                "mixed_float16": {"precision": "mixed_float16"},
+                                                "mixed_bfloat16": {"precision": "mixed_bfloat16"},
+                                                "xla": {"jit_compile": True}}
 
 
 def test_every_precision_and_xla_train_on_cpu_and_publish_a_float32_model(tiny_model_dir: Path,
@@ -330,7 +330,7 @@ def test_every_precision_and_xla_train_on_cpu_and_publish_a_float32_model(tiny_m
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert reloaded.returncode == 0, reloaded.stderr[-3000:]
     for name, predicted in json.loads(reloaded.stdout.strip().splitlines()[-1]).items():
-        accuracy = sum(label == row["label"] for label, row in zip(predicted, fresh)) / len(fresh)
+        accuracy = sum(label == row["label"] for label, row in zip(predicted, fresh, strict=True)) / len(fresh)
         assert accuracy >= 0.8, (name, accuracy)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -211,9 +210,9 @@ def test_a_trainer_killed_after_its_best_epoch_resumes_the_schedule_and_publishe
     first = [json.loads(line) for line in calls.read_text().splitlines()]
     calls.rename(tmp_path / "first-attempt.jsonl")
 
-    process = subprocess.run([sys.executable, "-c", KILLABLE_TRAINER, json.dumps(spec), str(tmp_path)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert process.returncode == 0, process.stderr[-3000:]
+    resuming = subprocess.run([sys.executable, "-c", KILLABLE_TRAINER, json.dumps(spec), str(tmp_path)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert resuming.returncode == 0, resuming.stderr[-3000:]
     second = [json.loads(line) for line in calls.read_text().splitlines()]
     resumed = [call for call in second if call["kind"] == "event" and call["event"] == "resumed"]
     assert resumed, "the second attempt resumed from the checkpoint"
@@ -247,6 +246,7 @@ def test_a_model_below_the_acceptance_minimum_fails_with_its_report_kept(tiny_mo
         train(spec, tmp_path)
     failure = caught.value
     assert failure.code is FailureCode.BELOW_THRESHOLD and "val_macro_f1" in failure.message
+    assert failure.result is not None, "a model that trained keeps its result"
     check = failure.result["acceptance"]
     assert check["passed"] is False and check["value"] < 0.99
     assert check["value"] == failure.result["evaluation"]["macro_f1"]

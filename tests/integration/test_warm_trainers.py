@@ -12,16 +12,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from service.store import open_store
 from tests.support.postgres import temporary_database
 from tests.support.sentiment_data import sentiment_rows
-from tests.support.service import (REPO_ROOT, RunningService, alive, service_env, spawn, start_service,
-                                   trainer_pids)
+from tests.support.service import REPO_ROOT, RunningService, alive, service_env, spawn, start_service, trainer_pids
 
 LENT_GPU = "7"
 FINAL_STATES = {"succeeded", "failed", "cancelled"}

@@ -118,7 +118,8 @@ class QuickCluster:
 
     def logs(self) -> str:
         """The end of every supervisor's log, for failure messages."""
-        return "\n".join(path.read_text(errors="replace")[-2000:] for path in sorted(self.home.glob("supervisor-*.log")))
+        return "\n".join(path.read_text(errors="replace")[-2000:]
+                         for path in sorted(self.home.glob("supervisor-*.log")))
 
 
 @contextmanager

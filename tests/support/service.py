@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -98,11 +99,11 @@ class RunningService:
     data_root: Path
     log_path: Path
 
-    def get(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kwargs)
 
-    def post(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.post(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=30, **kwargs)
 
     def wait_for_state(self, job_id: str, states: set[str], timeout: float) -> dict:
         """Poll the job until it reaches one of ``states``; fail with its log otherwise."""

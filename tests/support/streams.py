@@ -139,7 +139,7 @@ class StreamCrowd:
             sock = socket.create_connection((self.host, self.port), timeout=10)
             sock.sendall(stream_request(self.host, response.job_id, self.last_event_id))
             sock.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ, response)
+            self._selector.register(sock, selectors.EVENT_READ, (sock, response))
         self._thread.start()
         return self
 
@@ -161,14 +161,16 @@ class StreamCrowd:
         self._stop.set()
         self._thread.join(timeout=10)
         for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+            sock: socket.socket = key.data[0]
+            sock.close()
         self._selector.close()
 
     def _run(self) -> None:
         while not self._stop.is_set() and self._selector.get_map():
             for key, _ in self._selector.select(timeout=0.1):
-                response: SseResponse = key.data
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                sock: socket.socket
+                response: SseResponse
+                sock, response = key.data
                 try:
                     data = sock.recv(65536)
                 except (BlockingIOError, InterruptedError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 from flask import Flask, abort
 from flask.testing import FlaskClient
@@ -56,15 +57,15 @@ def test_werkzeug_429_and_503_keep_their_retry_after(app: Flask) -> None:
     from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
     @app.get("/test/limited")
-    def limited() -> None:
+    def limited() -> NoReturn:
         raise TooManyRequests(retry_after=7)
 
     @app.get("/test/down")
-    def down() -> None:
+    def down() -> NoReturn:
         raise ServiceUnavailable(retry_after=9)
 
     @app.get("/test/abort")
-    def aborted() -> None:
+    def aborted() -> NoReturn:
         abort(405, valid_methods=["GET"])
 
     client = app.test_client()
@@ -75,8 +76,8 @@ def test_werkzeug_429_and_503_keep_their_retry_after(app: Flask) -> None:
     assert client.get("/test/abort").headers["Allow"] == "GET"
 
 
-def every_subclass(cls: type) -> list[type]:
-    found = []
+def every_subclass(cls: type[object]) -> list[type[object]]:
+    found: list[type[object]] = []
     for sub in cls.__subclasses__():
         found += [sub, *every_subclass(sub)]
     return found

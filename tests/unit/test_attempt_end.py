@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -17,12 +17,10 @@ from service.trainer.outcome import TrainerExit, failure_exit_status
 SPEC = {"model": "m"}
 
 
-def running(**fields: object) -> Job:
-    """A job in attempt 1 as the supervisor reads it after the attempt ended."""
-    values: dict[str, object] = dict(id="job_1", state=JobState.RUNNING, spec=SPEC,
-                                     created_at=datetime.now(timezone.utc), attempt=1, owner="n", max_attempts=2)
-    values.update(fields)
-    return Job(**values)  # type: ignore[arg-type]
+def running(*, attempt: int = 1, cancel_requested: bool = False) -> Job:
+    """A job in ``attempt`` (of 2 allowed) as the supervisor reads it after the attempt ended."""
+    return Job(id="job_1", state=JobState.RUNNING, spec=SPEC, created_at=datetime.now(UTC), attempt=attempt,
+               owner="n", max_attempts=2, cancel_requested=cancel_requested)
 
 
 def test_each_end_is_one_move() -> None:
@@ -32,7 +30,7 @@ def test_each_end_is_one_move() -> None:
     drained = move_for(job, 1, AttemptEnd.requeued("drain"))
     assert (drained.target, drained.free_attempt) == (JobState.QUEUED, True)
     invalid = move_for(job, 1, AttemptEnd.failed(error_of(FailureCode.INVALID_DATA, "no text column")))
-    assert (invalid.target, invalid.error.code) == (JobState.FAILED, "invalid_data")  # type: ignore[union-attr]
+    assert invalid.error is not None and (invalid.target, invalid.error.code) == (JobState.FAILED, "invalid_data")
 
 
 def test_retryable_failures_and_lost_owners_are_queued_again_while_attempts_remain() -> None:
@@ -44,10 +42,12 @@ def test_retryable_failures_and_lost_owners_are_queued_again_while_attempts_rema
     assert last.target is JobState.FAILED and "last of 2 allowed" in last.message
 
     lost = AttemptEnd.owner_lost("node-a", 1)
-    assert (lost.ending, lost.error.code, lost.error.retryable) == (Ending.FAILED, "owner_lost", True)  # type: ignore[union-attr]
+    assert lost.error is not None
+    assert (lost.ending, lost.error.code, lost.error.retryable) == (Ending.FAILED, "owner_lost", True)
     assert move_for(running(attempt=1), 1, lost).target is JobState.QUEUED
     assert "node-a stopped heartbeating" in move_for(running(attempt=1), 1, lost).message
-    assert move_for(running(attempt=2), 2, lost).error.code == "owner_lost"  # type: ignore[union-attr]
+    last_lost = move_for(running(attempt=2), 2, lost)
+    assert last_lost.error is not None and last_lost.error.code == "owner_lost"
 
 
 def test_a_requested_cancel_wins_over_every_end_but_success() -> None:
@@ -61,7 +61,8 @@ def test_a_requested_cancel_wins_over_every_end_but_success() -> None:
 
 def test_exit_statuses_are_named_on_both_sides() -> None:
     assert [int(s) for s in (TrainerExit.SUCCEEDED, TrainerExit.FAILED, TrainerExit.NOT_CURRENT_ATTEMPT,
-                             TrainerExit.FENCED, TrainerExit.STOPPED, TrainerExit.SUCCEEDED_UNRECORDED)] == [0, 1, 2, 3, 4, 5]
+                             TrainerExit.FENCED, TrainerExit.STOPPED,
+                             TrainerExit.SUCCEEDED_UNRECORDED)] == [0, 1, 2, 3, 4, 5]
     assert failure_exit_status(FailureCode.INVALID_DATA) == TrainerExit.FAILURE_BASE == 64
 
 

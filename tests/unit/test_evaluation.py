@@ -18,7 +18,7 @@ THREE = {0: "negative", 1: "neutral", 2: "positive"}
 def probabilities_for(predicted: list[int], confidence: list[float], k: int) -> np.ndarray:
     """Rows that give `confidence` to the predicted class and share the rest evenly."""
     rows = np.zeros((len(predicted), k))
-    for i, (p, c) in enumerate(zip(predicted, confidence)):
+    for i, (p, c) in enumerate(zip(predicted, confidence, strict=True)):
         rows[i, :] = (1.0 - c) / (k - 1)
         rows[i, p] = c
     return rows
@@ -44,9 +44,9 @@ def test_three_classes_counts_match_the_arrays() -> None:
     matrix = np.array(report["confusion_matrix"]["matrix"])
     assert report["confusion_matrix"]["labels"] == report["labels"]
     assert matrix.sum() == 12
-    correct = [sum(1 for t, p in zip(true, predicted) if t == p == i) for i in range(3)]
+    correct = [sum(1 for t, p in zip(true, predicted, strict=True) if t == p == i) for i in range(3)]
     assert matrix.diagonal().tolist() == correct
-    assert matrix[0, 1] == sum(1 for t, p in zip(true, predicted) if (t, p) == (0, 1))
+    assert matrix[0, 1] == sum(1 for t, p in zip(true, predicted, strict=True) if (t, p) == (0, 1))
     assert report["accuracy"] == pytest.approx(sum(correct) / 12, abs=1e-6)
     f1s = [c["f1"] for c in report["per_class"].values()]
     assert report["macro_f1"] == pytest.approx(sum(f1s) / 3, abs=1e-5)
@@ -158,6 +158,7 @@ def test_acceptance_check_compares_with_the_minimum() -> None:
 def test_balanced_class_weights_are_rows_over_classes_times_count() -> None:
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
     weights = class_weights(labels, 3, "balanced", {"a": 0, "b": 1, "c": 2})
+    assert weights is not None
     counts = {0: 6, 1: 3, 2: 1}
     assert weights == pytest.approx({i: 10 / (3 * c) for i, c in counts.items()})
     assert all(type(k) is int and type(v) is float for k, v in weights.items())
@@ -165,7 +166,7 @@ def test_balanced_class_weights_are_rows_over_classes_times_count() -> None:
 
 def test_a_class_absent_from_the_labels_gets_weight_one() -> None:
     weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced", {"a": 0, "b": 1, "c": 2})
-    assert weights[2] == 1.0
+    assert weights is not None and weights[2] == 1.0
     assert weights[0] == pytest.approx(4 / (2 * 3)) and weights[1] == pytest.approx(4 / (2 * 1))
 
 

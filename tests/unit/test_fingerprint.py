@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def test_a_file_rewritten_within_the_same_timestamp_is_not_taken_from_the_cache(
 def test_uploads_count_by_their_sha256_not_their_id(locations: Locations) -> None:
     def uploaded(sha256: str) -> UploadedDataset:
         return UploadedDataset(id="ds_x", filename="t.csv", format="csv", size_bytes=1, sha256=sha256, rows=1,
-                               columns=["text", "label"], created_at=datetime.now(timezone.utc))
+                               columns=["text", "label"], created_at=datetime.now(UTC))
 
     records = {"ds_" + "a" * 32: uploaded("1" * 64), "ds_" + "b" * 32: uploaded("1" * 64),
                "ds_" + "c" * 32: uploaded("2" * 64)}

@@ -26,6 +26,12 @@ H100_LISTING = "0, GPU-5a0e-aaaa, NVIDIA H100 80GB HBM3\n1, GPU-77b1-bbbb, NVIDI
                "2, GPU-90c2-cccc, NVIDIA H100 80GB HBM3\n3, GPU-3fd3-dddd, NVIDIA H100 80GB HBM3\n"
 
 
+def claimed_id(store: JobStore, owner: str, **capacity: int) -> str | None:
+    """The id of the job ``owner`` claims next, or None when it claims none."""
+    job = store.claim_next_job(owner, **capacity)
+    return job.id if job else None
+
+
 def fake_nvidia_smi(folder: Path, stdout: str = "", stderr: str = "", status: int = 0) -> Path:
     """A stand-in nvidia-smi in ``folder`` (put it on PATH) that records that it ran."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,8 +166,8 @@ def test_claims_respect_free_gpus(store: JobStore) -> None:
     default, _ = store.create_job(SPEC)
     cpu, _ = store.create_job(SPEC, gpus=0)
     # A CPU-only node takes only jobs that need no GPU.
-    assert store.claim_next_job("cpu-node").id == default.id  # type: ignore[union-attr]
-    assert store.claim_next_job("cpu-node").id == cpu.id  # type: ignore[union-attr]
+    assert claimed_id(store, "cpu-node") == default.id
+    assert claimed_id(store, "cpu-node") == cpu.id
     assert store.claim_next_job("cpu-node") is None
     # A GPU node with one free GPU cannot take the 2-GPU job; with two it can.
     assert store.claim_next_job("gpu-node", free_gpus=1, node_gpus=1) is None
@@ -180,25 +186,25 @@ def test_the_job_first_in_line_holds_the_gpus_it_needs(store: JobStore) -> None:
     first, _ = store.create_job(SPEC, gpus=1)
     big, _ = store.create_job(SPEC, gpus=2)
     small, _ = store.create_job(SPEC, gpus=1)
-    assert store.claim_next_job("n", free_gpus=2, node_gpus=2).id == first.id  # type: ignore[union-attr]
+    assert claimed_id(store, "n", free_gpus=2, node_gpus=2) == first.id
     # One GPU free: the 2-GPU job is next, so the 1-GPU job behind it does not take that GPU.
     assert store.claim_next_job("n", free_gpus=1, node_gpus=2) is None
     assert store.get_job(small.id).state is JobState.QUEUED
-    assert store.claim_next_job("n", free_gpus=2, node_gpus=2).id == big.id  # type: ignore[union-attr]
+    assert claimed_id(store, "n", free_gpus=2, node_gpus=2) == big.id
     assert store.claim_next_job("n", free_gpus=0, node_gpus=2) is None
-    assert store.claim_next_job("n", free_gpus=1, node_gpus=2).id == small.id  # type: ignore[union-attr]
+    assert claimed_id(store, "n", free_gpus=1, node_gpus=2) == small.id
 
 
 def test_a_job_too_large_for_this_node_does_not_hold_its_gpus(store: JobStore) -> None:
     huge, _ = store.create_job(SPEC, gpus=4)
     small, _ = store.create_job(SPEC, gpus=1)
-    assert store.claim_next_job("n", free_gpus=1, node_gpus=2).id == small.id  # type: ignore[union-attr]
-    assert store.claim_next_job("big-node", free_gpus=4, node_gpus=4).id == huge.id  # type: ignore[union-attr]
+    assert claimed_id(store, "n", free_gpus=1, node_gpus=2) == small.id
+    assert claimed_id(store, "big-node", free_gpus=4, node_gpus=4) == huge.id
 
 
 def test_a_higher_priority_job_goes_before_a_held_one(store: JobStore) -> None:
     big, _ = store.create_job(SPEC, gpus=2)
     urgent, _ = store.create_job(SPEC, gpus=1, priority=5)
-    assert store.claim_next_job("n", free_gpus=1, node_gpus=2).id == urgent.id  # type: ignore[union-attr]
+    assert claimed_id(store, "n", free_gpus=1, node_gpus=2) == urgent.id
     assert store.claim_next_job("n", free_gpus=1, node_gpus=2) is None
     assert store.get_job(big.id).state is JobState.QUEUED

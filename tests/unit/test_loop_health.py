@@ -10,10 +10,12 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.config import Settings
+from service.jobs import Job
 from service.store import JobStore, open_store
 from service.store.job_store import utcnow
 from service.supervisor.child import TrainerProcess
@@ -67,8 +69,8 @@ def sqlite_store(hang_settings: Settings) -> Iterator[JobStore]:
     store.engine.dispose()
 
 
-def test_a_slow_claim_keeps_the_leases_and_a_hung_one_loses_them(hang_settings: Settings,
-                                                                   sqlite_store: JobStore) -> None:
+def test_a_slow_claim_keeps_the_leases_and_a_hung_one_loses_them(hang_settings: Settings, sqlite_store: JobStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop runs in a thread whose claims block on demand, as a database call that hangs would
     (the one stand-in here); the trainer is a real process, the store a real SQLite file."""
     supervisor = Supervisor(hang_settings, sqlite_store)
@@ -83,12 +85,12 @@ def test_a_slow_claim_keeps_the_leases_and_a_hung_one_loses_them(hang_settings: 
     hang, release = threading.Event(), threading.Event()
     claim = sqlite_store.claim_next_job
 
-    def claim_that_may_hang(*args: object, **kwargs: object) -> object:
+    def claim_that_may_hang(*args: Any, **kwargs: Any) -> Job | None:
         if hang.is_set():
             release.wait()
-        return claim(*args, **kwargs)  # type: ignore[arg-type]
+        return claim(*args, **kwargs)
 
-    sqlite_store.claim_next_job = claim_that_may_hang  # type: ignore[method-assign]
+    monkeypatch.setattr(sqlite_store, "claim_next_job", claim_that_may_hang)
     loop = threading.Thread(target=supervisor.serve, name="supervisor-loop")
     loop.start()
     try:

@@ -13,10 +13,10 @@ from service.trainer.tf_runtime import prepare_tensorflow
 # TensorFlow reads its environment at import time, so the process is prepared first.
 prepare_tensorflow(0)
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import tensorflow as tf  # noqa: E402 - after prepare_tensorflow
+import tf_keras  # noqa: E402 - after prepare_tensorflow
 
-from service.trainer.metrics import SparseMacroF1  # noqa: E402
+from service.trainer.metrics import SparseMacroF1  # noqa: E402 - after prepare_tensorflow
 
 K = 4
 

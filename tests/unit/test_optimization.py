@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ from service.trainer.tf_runtime import prepare_tensorflow
 
 prepare_tensorflow(0)  # selects tf-keras before TensorFlow loads
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import tensorflow as tf  # noqa: E402 - after prepare_tensorflow
+import tf_keras  # noqa: E402 - after prepare_tensorflow
 
-from service.trainer.optimization import (  # noqa: E402
+from service.trainer.optimization import (  # noqa: E402 - after prepare_tensorflow
     WarmupDecay,
     build_optimizer,
     current_learning_rate,
@@ -52,7 +53,7 @@ def test_warmup_rises_linearly_from_the_first_update_to_the_peak(kind: str) -> N
     np.testing.assert_allclose(rates, [PEAK * (step + 1) / 5 for step in range(5)], rtol=1e-6)
     assert rates[0] > 0, "the first update must move the weights"
     assert rates[-1] == pytest.approx(PEAK)
-    assert all(later > earlier for earlier, later in zip(rates, rates[1:]))
+    assert all(later > earlier for earlier, later in itertools.pairwise(rates))
 
 
 def test_linear_decay_reaches_zero_at_the_last_update_and_stays_there() -> None:
@@ -94,7 +95,7 @@ def test_decay_never_rises_after_warmup(kind: str) -> None:
     warmup, total = 6, 60
     schedule = WarmupDecay(PEAK, warmup, total, kind)
     rates = [rate(schedule, step) for step in range(warmup, total + 5)]
-    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+    assert all(later <= earlier for earlier, later in itertools.pairwise(rates))
     assert rates[0] > rates[len(rates) // 2] > rates[-1] == 0.0
 
 
@@ -208,7 +209,7 @@ def tiny_classifier() -> Any:
 def apply_zero_gradients(optimizer: Any, variables: list[tf.Variable]) -> dict[str, np.ndarray]:
     """Apply one update of all-zero gradients; returns each variable's value from before it, by name."""
     before = {variable.name: variable.numpy().copy() for variable in variables}
-    optimizer.apply_gradients(zip([tf.zeros_like(variable) for variable in variables], variables))
+    optimizer.apply_gradients(zip([tf.zeros_like(variable) for variable in variables], variables, strict=True))
     return before
 
 
@@ -294,9 +295,9 @@ def test_gradients_are_clipped_to_the_global_norm_before_the_update(max_grad_nor
                                  "lr_schedule": "constant", "warmup_steps": 0}, 10, 1)
     first, second = tf.Variable(tf.zeros([2]), name="clip_first"), tf.Variable(tf.zeros([2]), name="clip_second")
     gradients = [np.array([6.0, 0.0], np.float32), np.array([0.0, 8.0], np.float32)]  # global norm 10
-    optimizer.apply_gradients(zip([tf.constant(g) for g in gradients], [first, second]))
+    optimizer.apply_gradients(zip([tf.constant(g) for g in gradients], [first, second], strict=True))
     beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
-    for variable, gradient in zip((first, second), gradients):
+    for variable, gradient in zip((first, second), gradients, strict=True):
         applied = gradient * scale
         # After one update from zero moments, Adam's moments are the applied gradient, scaled.
         np.testing.assert_allclose(moment(optimizer, "m", variable), applied * (1 - beta_1), rtol=1e-5)

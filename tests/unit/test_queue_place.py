@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -11,7 +11,7 @@ from service.jobs import Job, JobState, QueuePlace, QueueReason, Worker, place_i
 from service.store import JobStore
 
 SPEC = {"model": "bert-base-uncased", "data": {"train": {"records": [{"text": "a", "label": "x"}]}}}
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def queued(gpus: int | None) -> Job:

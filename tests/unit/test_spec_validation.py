@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from service.config import Settings
@@ -63,7 +64,8 @@ FIELD_CASES = [
     ("path outside root", with_change("data.train", {"path": "../../etc/passwd"}), "data.train.path"),
     ("absolute path", with_change("data.train", {"path": "/etc/passwd"}), "data.train.path"),
     ("split_fraction zero", with_change("data.validation", {"split_fraction": 0}), "data.validation.split_fraction"),
-    ("split_fraction too big", with_change("data.validation", {"split_fraction": 0.9}), "data.validation.split_fraction"),
+    ("split_fraction too big", with_change("data.validation", {"split_fraction": 0.9}),
+     "data.validation.split_fraction"),
     ("text_column empty", with_change("data.text_column", ""), "data.text_column"),
     ("unknown data field", with_change("data.texts", "x"), "data.texts"),
     ("unknown top-level field", with_change("extra", 1), "extra"),
@@ -102,7 +104,8 @@ def test_empty_body_is_400(client: FlaskClient) -> None:
 
 
 def test_wrong_content_type_is_415(client: FlaskClient) -> None:
-    problem = assert_problem(client.post("/v1/jobs", data="model=x", content_type="application/x-www-form-urlencoded"), 415)
+    problem = assert_problem(client.post("/v1/jobs", data="model=x",
+                                         content_type="application/x-www-form-urlencoded"), 415)
     assert "application/json" in problem["detail"]
 
 
@@ -111,7 +114,7 @@ def test_json_that_is_not_an_object_is_422(client: FlaskClient) -> None:
     assert "Invalid input type" in problem["detail"]
 
 
-def test_body_over_the_size_limit_is_413(client: FlaskClient, app) -> None:  # type: ignore[no-untyped-def]
+def test_body_over_the_size_limit_is_413(client: FlaskClient, app: Flask) -> None:
     app.config["MAX_CONTENT_LENGTH"] = 1000
     big = with_change("data.train.records", [{"text": "x" * 100, "label": "a"}] * 50)
     assert_problem(client.post("/v1/jobs", json=big), 413)

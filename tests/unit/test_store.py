@@ -12,10 +12,15 @@ from sqlalchemy import inspect, text
 
 from service.jobs import TRANSITIONS, Job, JobError, JobState, MetricPoint, Progress
 from service.store import InvalidTransition, JobNotFound, JobStore, open_store
-from service.store.job_store import IdempotencyConflict
-from service.store.job_store import utcnow
+from service.store.job_store import IdempotencyConflict, utcnow
 
 SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
+
+
+def claimed_id(store: JobStore, owner: str, **capacity: int) -> str | None:
+    """The id of the job ``owner`` claims next, or None when it claims none."""
+    job = store.claim_next_job(owner, **capacity)
+    return job.id if job else None
 
 
 def test_new_job_is_queued_with_an_event(store: JobStore) -> None:
@@ -32,7 +37,7 @@ def test_claim_takes_oldest_first_and_counts_attempts(store: JobStore) -> None:
     assert claimed is not None and claimed.id == first.id
     assert claimed.state is JobState.RUNNING and claimed.attempt == 1 and claimed.owner == "node-a"
     assert claimed.started_at is not None and claimed.heartbeat_at is not None
-    assert store.claim_next_job("node-a").id == second.id  # type: ignore[union-attr]
+    assert claimed_id(store, "node-a") == second.id
     assert store.claim_next_job("node-a") is None
 
 
@@ -175,7 +180,7 @@ def test_higher_priority_is_claimed_first_then_oldest(store: JobStore) -> None:
     low, _ = store.create_job(SPEC)
     high, _ = store.create_job(SPEC, priority=5)
     low2, _ = store.create_job(SPEC)
-    order = [store.claim_next_job("n").id for _ in range(3)]  # type: ignore[union-attr]
+    order = [claimed_id(store, "n") for _ in range(3)]
     assert order == [high.id, low.id, low2.id]
 
 

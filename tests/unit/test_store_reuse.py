@@ -81,7 +81,7 @@ def test_idempotency_key_returns_the_reused_job(store: JobStore) -> None:
     first, created = store.create_job(spec, idempotency_key="k", fingerprint=FINGERPRINT, reuse_of=source)
     again, created_again = store.create_job(spec, idempotency_key="k", fingerprint=FINGERPRINT, reuse_of=source)
     assert created and not created_again and again.id == first.id
-    assert again.state is JobState.SUCCEEDED and again.reused_from == source.id  # type: ignore[union-attr]
+    assert source is not None and again.state is JobState.SUCCEEDED and again.reused_from == source.id
 
 
 def test_upgrade_from_0004_adds_fingerprints_and_keeps_jobs(database_url: str) -> None:

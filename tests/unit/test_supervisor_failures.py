@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 from service.config import Settings
 from service.jobs import FailureCode, JobState
@@ -16,9 +17,11 @@ from service.supervisor.worker import Supervisor, describe_failure
 from service.trainer.outcome import TrainerExit, failure_exit_status, failure_of_exit_status
 
 
-def child(stop_reason: StopReason | None = None, oom_killed: bool = False) -> SimpleNamespace:
-    """The parts of a TrainerProcess that describe_failure reads."""
-    return SimpleNamespace(stop_reason=stop_reason, oom_killed=lambda: oom_killed, log_tail=lambda: "last line")
+def child(stop_reason: StopReason | None = None, oom_killed: bool = False) -> TrainerProcess:
+    """A stand-in TrainerProcess with only the parts describe_failure reads: no trainer ran, so none
+    was OOM-killed for real."""
+    stand_in = SimpleNamespace(stop_reason=stop_reason, oom_killed=lambda: oom_killed, log_tail=lambda: "last line")
+    return cast(TrainerProcess, stand_in)
 
 
 def test_cgroup_oom_kill_counters_are_read_from_v1_and_v2_files(tmp_path: Path) -> None:

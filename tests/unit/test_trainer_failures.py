@@ -51,12 +51,15 @@ def test_an_outcome_that_cannot_be_written_travels_in_the_exit_status(tmp_path) 
     missing = tmp_path / "gone"  # writing into a folder that is not there fails like a full disk
     status = finish(missing, Outcome("failed", code="disk_full", message="x"))
     assert status not in (0, 1)
-    assert outcome_of_exit_status(status, tmp_path).code == "disk_full"
+    carried = outcome_of_exit_status(status, tmp_path)
+    assert carried is not None and carried.code == "disk_full"
     assert finish(tmp_path, Outcome("failed", code="invalid_data", message="bad")) == 1
-    assert read_outcome(tmp_path).code == "invalid_data"
+    written = read_outcome(tmp_path)
+    assert written is not None and written.code == "invalid_data"
     published = tmp_path / "published"
     published.mkdir()
     (published / "metrics.json").write_text(json.dumps({"final": {"val_accuracy": 0.9}}))
     status = finish(missing, Outcome("succeeded", result={"val_accuracy": 0.9}))
-    assert outcome_of_exit_status(status, published).result == {"val_accuracy": 0.9}
+    succeeded = outcome_of_exit_status(status, published)
+    assert succeeded is not None and succeeded.result == {"val_accuracy": 0.9}
     assert outcome_of_exit_status(1, published) is None and outcome_of_exit_status(-9, published) is None

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -172,7 +172,8 @@ def test_a_job_whose_warm_trainer_is_gone_starts_cold(settings: Settings, sqlite
     child = supervisor._start_trainer(job, ())
     try:
         assert not child.warm and child.popen is not deaf.popen
-        assert child.popen.args[-3:] == ["service.trainer", job.id, "1"]
+        command = child.popen.args
+        assert isinstance(command, list) and command[-3:] == ["service.trainer", job.id, "1"]
         assert deaf.poll() is not None, "the broken warm trainer is ended"
         assert supervisor.warm.idle == []
     finally:

@@ -12,6 +12,8 @@ if connection is None:
     # `alembic` command line use: the URL comes from alembic's own -x option or config.
     url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
         "sqlalchemy.url")
+    if not url:
+        raise SystemExit("alembic: name the database with -x url=... or sqlalchemy.url")
     connection = create_engine(url).connect()
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
