@@ -7,6 +7,7 @@ reference in the documentation is checked against that table.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sysconfig
@@ -79,8 +80,8 @@ def _path_list(value: str) -> tuple[Path, ...]:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number <= 0:
-        raise ValueError(f"must be above 0, got {number}")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"must be a finite number above 0, got {number}")
     return number
 
 

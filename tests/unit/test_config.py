@@ -30,7 +30,9 @@ def test_every_setting_is_read_from_its_variable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name,value", [("FITJOBS_PORT", "99999"), ("FITJOBS_PORT", "http"),
-                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "-1"), ("FITJOBS_SHUTDOWN_GRACE", "-1")])
+                                        ("FITJOBS_MAX_CONCURRENT_JOBS", "-1"), ("FITJOBS_SHUTDOWN_GRACE", "-1"),
+                                        ("FITJOBS_API_STREAM_POLL_SECONDS", "nan"),
+                                        ("FITJOBS_API_STREAM_HEARTBEAT_SECONDS", "inf")])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
