@@ -15,11 +15,6 @@ from typing import Any
 from service.trainer.batching import APPLY_UPDATE, UPDATE_WEIGHT
 
 
-def optimizer_to_build(optimizer: Any) -> Any:
-    """The optimizer that owns the slot variables (the inner one of a loss-scale wrapper)."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
 def install_accumulating_train_step(model: Any) -> None:
     """Replace the compiled model's train step with one that accumulates gradients.
 
@@ -30,8 +25,10 @@ def install_accumulating_train_step(model: Any) -> None:
     import tensorflow as tf
     import tf_keras
 
+    from service.trainer.optimization import inner_optimizer
+
     variables = model.trainable_variables
-    optimizer_to_build(model.optimizer).build(variables)
+    inner_optimizer(model.optimizer).build(variables)
     with model.distribute_strategy.scope():
         # One local sum per device under a mirrored strategy; the optimizer all-reduces at apply.
         sums = [tf.Variable(tf.zeros(variable.shape, tf.float32), trainable=False,

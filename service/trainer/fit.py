@@ -302,7 +302,8 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
         checkpoints,
     ]
     # An attempt resumed after the run already stopped early trains no further.
-    stopped = early_stop(read_history(checkpoint_dir), early_stopping)
+    recorded = read_history(checkpoint_dir)
+    stopped = early_stop(recorded, early_stopping)
     if stopped is not None and read_best(checkpoint_dir / BEST_FOLDER) is None:
         stopped = None  # no kept weights to publish without restoring the checkpoint: the fit does that
     if stopped is None:
@@ -316,7 +317,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
         # Batch shapes are dynamic in the train step's signature: one trace serves them all.
         batching["train_step_traces"] = model.train_function.experimental_get_tracing_count()
     else:
-        history = read_history(checkpoint_dir)
+        history = recorded
     best = read_best(checkpoint_dir / BEST_FOLDER)
     chosen = best_epoch(history, selection_metric)
     if best is not None and chosen is not None and best["epoch"] == chosen["epoch"]:

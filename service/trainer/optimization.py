@@ -123,10 +123,14 @@ def build_optimizer(hyper: dict[str, Any], updates_per_epoch: int, epochs: int) 
     return optimizer
 
 
+def inner_optimizer(optimizer: Any) -> Any:
+    """The optimizer that holds the schedule and the slots: a LossScaleOptimizer's inner one, or itself."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def learning_rate_of_update(optimizer: Any, iteration: int) -> float:
     """The learning rate of update number ``iteration`` (0-based), also through a LossScaleOptimizer."""
-    # A LossScaleOptimizer delegates updates to its inner optimizer, which holds the schedule.
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = inner_optimizer(optimizer)
     # The schedule itself: the public `learning_rate` of a scheduled optimizer is a variable
     # holding the rate of the update last applied.
     rate = inner._learning_rate
@@ -137,5 +141,5 @@ def learning_rate_of_update(optimizer: Any, iteration: int) -> float:
 
 def current_learning_rate(optimizer: Any) -> float:
     """The learning rate the optimizer's next update will use."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = inner_optimizer(optimizer)
     return learning_rate_of_update(inner, int(tf_keras.backend.get_value(inner.iterations)))
