@@ -199,6 +199,11 @@ class BucketedBatches:
             features[APPLY_UPDATE] = np.bool_(batch.ends_update)
         return features, self.columns.labels[batch.rows]
 
+    def sample(self, rows: int) -> tuple[dict[str, Feature], np.ndarray]:
+        """Model inputs and labels of the first ``rows`` rows of the first batch (no accumulation fields)."""
+        features, labels = self.arrays(self._batch(np.arange(min(rows, len(self.columns)))))
+        return {name: features[name] for name in self.columns.values}, labels
+
     def _generate(self) -> Iterator[tuple[dict[str, Feature], np.ndarray]]:
         batches = self.plan(self.epoch)[self.skip:]
         self.skip = 0

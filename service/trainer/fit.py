@@ -156,11 +156,14 @@ def predict_logits(model: Any, batches: Any) -> Any:
     import numpy as np
     import tensorflow as tf
 
+    from service.trainer.tracing import StepFunction
+
     signature = [{name: tf.TensorSpec(shape=(None, None), dtype=tf.int32) for name in batches.columns.values}]
 
-    @tf.function(input_signature=signature)
-    def forward(features: Any) -> Any:
+    def logits_of(features: Any) -> Any:
         return tf.cast(model(features, training=False).logits, tf.float32)
+
+    forward = StepFunction(logits_of, name="predict", input_signature=signature)
 
     logits = np.zeros((len(batches.columns), model.config.num_labels), dtype=np.float32)
     for batch in batches.plan(0):
@@ -260,6 +263,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     from service.trainer.precision import float32_loss
     from service.trainer.progress import FollowEpochs, ReportProgress
     from service.trainer.selection import BEST_FOLDER, KeepBestEpoch, best_epoch, early_stop, read_best
+    from service.trainer.tracing import build_training_variables, install_step_functions
 
     tf_keras.utils.set_random_seed(hyper["seed"])
     batch_size, epochs = hyper["batch_size"], hyper["epochs"]
@@ -286,6 +290,10 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
                       jit_compile=jit_compile)
     if accumulate > 1:
         install_accumulating_train_step(model)
+    # Variables made now, and no AutoGraph where the model needs none: one cheaper trace per step function.
+    sample = validation_batches if len(validation_batches.columns) else train_batches
+    build_training_variables(model, *sample.sample(2))
+    install_step_functions(model, reporter)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # Saves model and optimizer state; a later attempt resumes where this one stopped.
     checkpoints = StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter,
@@ -316,6 +324,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
         history = checkpoints.history  # from the checkpoint's record: earlier attempts' epochs too
         # Batch shapes are dynamic in the train step's signature: one trace serves them all.
         batching["train_step_traces"] = model.train_function.experimental_get_tracing_count()
+        batching["train_step_autograph"] = model.train_function.autograph
     else:
         history = recorded
     best = read_best(checkpoint_dir / BEST_FOLDER)
