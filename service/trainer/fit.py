@@ -136,40 +136,26 @@ def training_class_weights(data: Any, setting: Any) -> dict[int, float] | None:
 
 
 def evaluate(model: Any, outcome: FitOutcome, data: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation report of the model (the selected epoch's weights) on the validation rows."""
+    """The evaluation report of the model (the selected epoch's weights) on the validation rows.
+
+    The logits of the validation pass of the selected epoch are reused when this attempt kept
+    them; otherwise (an epoch of an earlier attempt) the rows are predicted again.
+    """
     import numpy as np
 
     from service.trainer.evaluation import evaluation_report
 
-    logits = predict_logits(model, outcome.validation_batches)
+    epoch = outcome.selection["best_epoch"]
+    logits = outcome.validation.logits_of(epoch) if epoch else None
+    if logits is None:
+        logits = outcome.predictor.logits(outcome.validation.batches)
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     columns = spec["data"]
     pair = columns.get("text_pair_column")
     return evaluation_report(np.asarray(data.validation["labels"]), probabilities, data.id2label,
                              data.validation[columns["text_column"]],
-                             data.validation[pair] if pair else None, epoch=outcome.selection["best_epoch"])
-
-
-def predict_logits(model: Any, batches: Any) -> Any:
-    """Logits (float32, in row order) of every row of ``batches``, with one traced forward pass."""
-    import numpy as np
-    import tensorflow as tf
-
-    from service.trainer.tracing import StepFunction
-
-    signature = [{name: tf.TensorSpec(shape=(None, None), dtype=tf.int32) for name in batches.columns.values}]
-
-    def logits_of(features: Any) -> Any:
-        return tf.cast(model(features, training=False).logits, tf.float32)
-
-    forward = StepFunction(logits_of, name="predict", input_signature=signature)
-
-    logits = np.zeros((len(batches.columns), model.config.num_labels), dtype=np.float32)
-    for batch in batches.plan(0):
-        features, _ = batches.arrays(batch)
-        logits[batch.rows] = forward(features).numpy()
-    return logits
+                             data.validation[pair] if pair else None, epoch=epoch)
 
 
 class PhaseClock:
@@ -240,7 +226,8 @@ class FitOutcome:
     train_seconds: float
     evaluate_seconds: float
     examples_per_second: float | None
-    validation_batches: Any
+    validation: Any  # the ValidateEachEpoch callback: the validation batches and the kept logits
+    predictor: Any  # the Predictor of the fitted model
 
 
 def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
@@ -264,6 +251,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     from service.trainer.progress import FollowEpochs, ReportProgress
     from service.trainer.selection import BEST_FOLDER, KeepBestEpoch, best_epoch, early_stop, read_best
     from service.trainer.tracing import build_training_variables, install_step_functions
+    from service.trainer.validation import Predictor, ValidateEachEpoch
 
     tf_keras.utils.set_random_seed(hyper["seed"])
     batch_size, epochs = hyper["batch_size"], hyper["epochs"]
@@ -291,6 +279,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     if accumulate > 1:
         install_accumulating_train_step(model)
     # Variables made now, and no AutoGraph where the model needs none: one cheaper trace per step function.
+    # Validation is a callback's forward pass (service.trainer.validation), not Keras' test function.
     sample = validation_batches if len(validation_batches.columns) else train_batches
     build_training_variables(model, *sample.sample(2))
     install_step_functions(model, reporter)
@@ -301,8 +290,12 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     progress = ReportProgress(reporter, epochs, steps_per_epoch, len(train_batches.columns), batch_size)
     keep_best = KeepBestEpoch(checkpoint_dir / BEST_FOLDER, lambda: checkpoints.history, selection_metric,
                               early_stopping, reporter)
+    predictor = Predictor(model, reporter)
+    validation = ValidateEachEpoch(predictor, validation_batches, selection_metric, progress)
     callbacks = [
         FollowEpochs(train_batches, checkpoints),
+        # Adds the val_ metrics to the epoch's logs before the callbacks below read them.
+        validation,
         # Metrics are recorded before the best weights and the checkpoint are written: an
         # epoch whose checkpoint exists always has its metrics and, if it was the best, its weights.
         progress,
@@ -318,8 +311,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
         reporter.event("fit_started", f"Fitting {epochs} epoch(s) of {steps_per_epoch} step(s).",
                        {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "updates_per_epoch":
                         train_batches.updates(), "gradient_accumulation_steps": accumulate})
-        model.fit(train_batches.dataset(), validation_data=validation_batches.dataset(), epochs=epochs,
-                  callbacks=callbacks, verbose=2, class_weight=class_weight)
+        model.fit(train_batches.dataset(), epochs=epochs, callbacks=callbacks, verbose=2, class_weight=class_weight)
         stopped = keep_best.stopped
         history = checkpoints.history  # from the checkpoint's record: earlier attempts' epochs too
         # Batch shapes are dynamic in the train step's signature: one trace serves them all.
@@ -344,7 +336,7 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
                  "selection_metric": selection_metric}
     return FitOutcome(history=history, final=final, selection=selection, batching=batching,
                       train_seconds=progress.train_seconds, evaluate_seconds=progress.evaluate_seconds,
-                      examples_per_second=progress.examples_per_second, validation_batches=validation_batches)
+                      examples_per_second=progress.examples_per_second, validation=validation, predictor=predictor)
 
 
 def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]:

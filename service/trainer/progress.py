@@ -109,12 +109,10 @@ class ReportProgress(tf_keras.callbacks.Callback):
         eta = steps_left * seconds_per_step + validations_left * self.last_validation
         return {"examples_per_second": rate, "eta_seconds": round(eta, 1)}
 
-    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._mark = time.monotonic()
-
-    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
-        self.last_validation = time.monotonic() - self._mark
-        self.evaluate_seconds += self.last_validation
+    def validation_finished(self, seconds: float) -> None:
+        """An epoch's validation took ``seconds`` (told by service.trainer.validation.ValidateEachEpoch)."""
+        self.last_validation = seconds
+        self.evaluate_seconds += seconds
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         epoch = int(epoch)
