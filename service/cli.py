@@ -140,9 +140,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     settings.ensure_dirs()
     store = open_store(settings.database_url, migrate=True)
     try:
-        supervisor = Supervisor(settings, store)
+        supervisor = Supervisor(settings, store, once_wait=args.wait if args.once else None)
     except GpusNotVisible as exc:
         print(f"fitjobs worker: not starting: {exc}", file=sys.stderr)
+        return 3
+    if args.gpus is not None and len(supervisor.gpus.ids) != args.gpus:
+        # A pod sized for N GPUs that sees another number must not take jobs of that other size.
+        print(f"fitjobs worker: not starting: --gpus {args.gpus}, but this worker has "
+              f"{len(supervisor.gpus.ids)} GPU(s) ({','.join(supervisor.gpus.ids) or 'none'}; FITJOBS_GPUS="
+              f"{settings.environ.get('FITJOBS_GPUS', 'auto')})", file=sys.stderr)
         return 3
     supervisor.run()
     return 0
@@ -362,6 +368,17 @@ def reporting_api_errors(func: Any) -> Any:
     return run
 
 
+def non_negative_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fitjobs", description=__doc__)
@@ -382,10 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="instead of serving, exit 0 when the local supervisor loop completed a "
                                       "pass within FITJOBS_WORKER_HEALTH_SECONDS and the API answers /healthz, "
                                       "1 otherwise (a probe)")
-    add("worker", cmd_worker, "Run this node's supervisor (claims and trains jobs).").add_argument(
+    worker = add("worker", cmd_worker, "Run this node's supervisor (claims and trains jobs).")
+    worker.add_argument(
         "--check", action="store_true",
         help="instead of running, exit 0 when this node's supervisor loop completed a pass within "
              "FITJOBS_WORKER_HEALTH_SECONDS (FITJOBS_WORKER_HEARTBEAT_FILE), 1 otherwise (a probe)")
+    worker.add_argument(
+        "--once", action="store_true",
+        help="claim at most one job that needs exactly this worker's GPUs, train it and exit 0; exit 0 "
+             "too when none is queued within --wait seconds (a pod scaled from the queue, e.g. by KEDA)")
+    worker.add_argument("--wait", type=non_negative_seconds, default=60.0, metavar="SECONDS",
+                        help="with --once: how long to wait for a job (default 60)")
+    worker.add_argument("--gpus", type=int, metavar="N",
+                        help="the number of GPUs this worker must have (found as FITJOBS_GPUS says); it "
+                             "exits 3 when it has another number")
     add("migrate", cmd_migrate, "Upgrade the database schema.")
     add("openapi", cmd_openapi, "Print the OpenAPI document.").add_argument("--output", "-o")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import sysconfig
 from collections.abc import Callable, Mapping
@@ -64,6 +65,16 @@ def _gpu_list(value: str) -> str | tuple[str, ...]:
     if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
         raise ValueError("must be `auto`, `none` or distinct GPU ids like `0,1`")
     return ids
+
+
+def _gpu_sizes(value: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not all(re.fullmatch(r"[0-9]{1,2}", part) for part in parts):
+        raise ValueError("must be GPU counts like `1,2,4,8`, or empty")
+    sizes = tuple(sorted({int(part) for part in parts}))
+    if any(size > 16 for size in sizes):
+        raise ValueError("a job asks for at most 16 GPUs")
+    return sizes
 
 
 def _token_list(value: str) -> tuple[str, ...]:
@@ -152,6 +163,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "where nvidia-smi is missing or disagrees), `none` (no discovery), or ids like `0,1`. With "
                 "`auto`, a worker whose environment says it was given GPUs (NVIDIA_VISIBLE_DEVICES, "
                 "CUDA_VISIBLE_DEVICES) but that can see none refuses to start."),
+    SettingSpec("FITJOBS_GPU_SIZES", "gpu_sizes", "", _gpu_sizes,
+                "GPU counts (`resources.gpus`) the deployment offers, e.g. `1,2,4,8` for workers scaled from "
+                "zero per size (KEDA ScaledJobs): a job asking for another count gets 422, and one asking for an "
+                "offered count is queued even while no worker runs (`queue.reason: waiting_for_worker`). Empty: "
+                "a GPU request larger than every registered worker's GPUs gets 422, and one made while no worker "
+                "is registered waits for one."),
     SettingSpec("FITJOBS_GPU_DISCOVERY_TIMEOUT", "gpu_discovery_timeout", "120", _positive_float,
                 "Seconds the TensorFlow GPU probe (a short-lived subprocess at worker start) may take."),
     SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
@@ -222,6 +239,7 @@ class Settings:
     api_tokens: tuple[str, ...]
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
+    gpu_sizes: tuple[int, ...]
     gpu_discovery_timeout: float
     poll_interval: float
     shutdown_grace: float

@@ -187,6 +187,9 @@ class QueueReason(str, enum.Enum):
     RESERVED = "reserved"
     # No live worker has as many GPUs as it needs; it starts once one registers.
     NO_WORKER_LARGE_ENOUGH = "no_worker_large_enough"
+    # No worker is registered at all (workers scaled from zero start for queued jobs); it
+    # starts once one registers.
+    WAITING_FOR_WORKER = "waiting_for_worker"
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,8 @@ def place_in_queue(job: Job, ahead: int, workers: Sequence[Worker],
                    running: Sequence[tuple[str | None, int | None]]) -> QueuePlace:
     """The place of a queued job, given the ``ahead`` jobs workers take before it, the live
     ``workers`` and the (owner, GPU request) of every running job."""
+    if not workers:
+        return QueuePlace(ahead, QueueReason.WAITING_FOR_WORKER)
     able = [worker for worker in workers if job.gpus_needed(worker.gpus > 0) <= worker.gpus]
     if not able:
         return QueuePlace(ahead, QueueReason.NO_WORKER_LARGE_ENOUGH)

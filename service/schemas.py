@@ -408,7 +408,9 @@ class QueueSchema(Schema):
                        "GPUs (or slots) it needs; next in line with room free, it starts on a worker's next pass. "
                        "reserved: it is next and needs more GPUs than any worker has free; workers hold GPUs for "
                        "it as they free up and start no smaller job meanwhile (no backfill). "
-                       "no_worker_large_enough: no live worker has as many GPUs as it needs."})
+                       "no_worker_large_enough: no live worker has as many GPUs as it needs. "
+                       "waiting_for_worker: no worker is registered at all; with workers scaled from the queue "
+                       "(`fitjobs worker --once`), one is being started for it."})
 
 
 class JobSchema(Schema):

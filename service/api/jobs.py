@@ -104,14 +104,24 @@ def queue_place(job: Job) -> QueuePlace | None:
 
 
 def check_gpus_available(gpus: int | None) -> None:
-    """Refuse a GPU request that no registered worker could ever serve."""
+    """Refuse a GPU request the deployment never serves.
+
+    With FITJOBS_GPU_SIZES, any count it does not list; without, a count larger than every
+    registered worker's GPUs. While no worker is registered, a job waits for one.
+    """
     if not gpus:
+        return
+    offered = current_settings().gpu_sizes
+    if offered:
+        if gpus not in offered:
+            message = (f"This deployment runs jobs of {', '.join(map(str, offered))} GPU(s), "
+                       f"not {gpus} (FITJOBS_GPU_SIZES).")
+            raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
         return
     live = registered_workers()
     largest = max((worker.gpus for worker in live), default=0)
-    if gpus > largest:
-        message = (f"No registered worker has {gpus} GPU(s); the largest has {largest}."
-                   if live else f"No worker is registered, so no worker has {gpus} GPU(s).")
+    if live and gpus > largest:
+        message = f"No registered worker has {gpus} GPU(s); the largest has {largest}."
         raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
+from service.store.queue_depth import queue_depth_sql
 from service.store.tables import job_events, jobs, metrics, workers
 
 
@@ -217,7 +218,7 @@ class JobStore:
         return page, None
 
     def claim_next_job(self, owner: str, lease_seconds: float = 60.0, *,
-                       free_gpus: int = 0, node_gpus: int = 0) -> Job | None:
+                       free_gpus: int = 0, node_gpus: int = 0, exact: bool = False) -> Job | None:
         """Move the job this node runs next to running, if its GPUs are free; None otherwise.
 
         The job a node runs next is the first queued job, by priority (highest first) and then
@@ -227,14 +228,18 @@ class JobStore:
         it as they free up and takes no smaller job that would delay it. There is no backfill:
         without an estimate of how long a job runs, no smaller job is known to end in time.
         Counts an attempt and gives ``owner`` a lease it must renew by heartbeating.
+
+        ``exact`` claims only jobs needing exactly ``node_gpus`` GPUs (a worker sized to its job:
+        the jobs ``queue_depth(node_gpus)`` counts, for a GPU node).
         """
         needed = func.coalesce(jobs.c.gpus, 1 if node_gpus else 0)
+        fits = needed == node_gpus if exact else needed <= node_gpus
         with self._write() as conn:
             # SKIP LOCKED passes over a job another claimer holds at this instant, as every
             # PostgreSQL queue does; the job after it is then this node's next.
             candidate = conn.execute(
                 select(jobs.c.id, jobs.c.attempt, needed.label("needed"))
-                .where(jobs.c.state == JobState.QUEUED.value, needed <= node_gpus)
+                .where(jobs.c.state == JobState.QUEUED.value, fits)
                 .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
                 .with_for_update(skip_locked=True)).first()
             if candidate is None or candidate.needed > free_gpus:
@@ -335,6 +340,18 @@ class JobStore:
         with self._read() as conn:
             return conn.execute(select(func.count()).select_from(jobs).where(
                 jobs.c.state == JobState.QUEUED.value, runnable, ahead)).scalar_one()
+
+    def queue_depth(self, gpus: int) -> int:
+        """Queued jobs needing exactly ``gpus`` GPUs (no request counts as one): KEDA's trigger query."""
+        with self._read() as conn:
+            return int(conn.execute(text(queue_depth_sql(gpus))).scalar_one())
+
+    def queued_gpu_sizes(self) -> list[int]:
+        """The GPU sizes (as queue_depth counts them) of the queued jobs."""
+        with self._read() as conn:
+            sizes = conn.execute(select(func.coalesce(jobs.c.gpus, 1)).distinct()
+                                 .where(jobs.c.state == JobState.QUEUED.value))
+            return sorted(int(size) for (size,) in sizes)
 
     def running_gpu_requests(self) -> list[tuple[str | None, int | None]]:
         """(owner, GPU request) of every running job; a None request takes one GPU on a GPU node."""

@@ -35,10 +35,13 @@ class Supervisor:
 
     ``gpu_ids`` None discovers the GPUs from FITJOBS_GPUS (service.supervisor.gpus), which
     raises GpusNotVisible for a worker that was given GPUs and sees none.
+
+    With ``once_wait`` (seconds), the supervisor is a worker sized to one job: it claims at
+    most one job needing exactly its GPUs, within that wait, trains it, and stops.
     """
 
     def __init__(self, settings: Settings, store: JobStore, owner: str | None = None,
-                 gpu_ids: tuple[str, ...] | None = None) -> None:
+                 gpu_ids: tuple[str, ...] | None = None, once_wait: float | None = None) -> None:
         self.settings = settings
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -50,8 +53,12 @@ class Supervisor:
         if gpu_ids is None:
             gpu_ids = discover_gpus(settings.gpus, settings.environ, timeout=settings.gpu_discovery_timeout)
         self.gpus = GpuPool(gpu_ids)
-        self.slots = settings.max_concurrent_jobs or max(1, len(self.gpus.ids))
-        self.warm = WarmPool(settings, settings.warm_trainers)
+        self.once_wait = once_wait
+        self.claimed = 0  # jobs this supervisor claimed
+        self.slots = 1 if once_wait is not None else settings.max_concurrent_jobs or max(1, len(self.gpus.ids))
+        # A worker for one job warms one trainer while it waits for the claim, and no more.
+        self.warm = WarmPool(settings, min(settings.warm_trainers, 1) if once_wait is not None
+                             else settings.warm_trainers)
         self.leases = LeaseRenewer(store, self.owner, lease_seconds=settings.lease_seconds,
                                    interval=self.heartbeat_interval,
                                    health_seconds=settings.worker_health_seconds,
@@ -81,9 +88,12 @@ class Supervisor:
                  ",".join(self.gpus.ids) or "none")
         self._register()
         self.leases.start()
+        deadline = None if self.once_wait is None else time.monotonic() + self.once_wait
         while not self._stop.is_set():
             self.tick()
             self.loop_heartbeat.beat()
+            if deadline is not None and self._done_once(deadline):
+                break
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
         self.leases.stop()
@@ -93,6 +103,19 @@ class Supervisor:
             log.warning("could not deregister: %s", exc)
         self.loop_heartbeat.clear()  # a stopped worker is not a healthy one
         log.info("supervisor %s stopped", self.owner)
+
+    def _done_once(self, deadline: float) -> bool:
+        """For a worker of one job: whether its job ended, or none came within the wait."""
+        if self.claimed:
+            if self.children:
+                return False
+            log.info("supervisor %s: its one job ended; stopping", self.owner)
+            return True
+        if time.monotonic() < deadline:
+            return False
+        log.info("supervisor %s: no job of %d GPU(s) came within %.0f s; stopping", self.owner,
+                 len(self.gpus.ids), self.once_wait)
+        return True
 
     def running_attempts(self) -> list[Lease]:
         """(job id, attempt) of each child still running; safe to call from any thread."""
@@ -122,7 +145,7 @@ class Supervisor:
             self._finish_exited()
             self._enforce_cancellations()
             self._reap_stale_jobs()
-            if not self._stop.is_set():
+            if not self._stop.is_set() and not (self.once_wait is not None and self.claimed):
                 self.warm.replenish(self.slots - len(self.children))
                 self._claim()
         except SQLAlchemyError as exc:
@@ -158,9 +181,11 @@ class Supervisor:
         has_gpus = bool(self.gpus.ids)
         while len(self.children) < self.slots:
             job = self.store.claim_next_job(self.owner, self.settings.lease_seconds,
-                                            free_gpus=len(self.gpus.free), node_gpus=len(self.gpus.ids))
+                                            free_gpus=len(self.gpus.free), node_gpus=len(self.gpus.ids),
+                                            exact=self.once_wait is not None)
             if job is None:
                 return
+            self.claimed += 1
             gpu_ids = self.gpus.lend(job.id, job.gpus_needed(has_gpus))
             try:
                 child = self._start_trainer(job, gpu_ids)

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from service.api import create_app
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.jobs import PHASE_METRIC, JobError, JobState, MetricPoint, Progress
 from service.store import JobStore
 from tests.support.service import free_port
@@ -115,8 +116,11 @@ def test_database_outage_is_503_problem_and_not_ready(tmp_path: Path) -> None:
 
 
 def test_gpu_requests_beyond_every_registered_worker_are_refused(app: Flask, client: FlaskClient) -> None:
-    refused = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 1}})
-    assert refused.status_code == 422 and "resources.gpus" in refused.get_json()["errors"]
+    # No worker registered yet: the job waits for one (workers may be scaled from the queue).
+    waiting = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 8}})
+    assert waiting.status_code == 201
+    assert client.get(f"/v1/jobs/{waiting.get_json()['id']}").get_json()["queue"] == {
+        "position": 0, "reason": "waiting_for_worker"}
     store_of(app).register_worker("node-a", "host-a", gpus=4, slots=4)
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 4}}).status_code == 201
     too_many = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 8}})
@@ -125,6 +129,34 @@ def test_gpu_requests_beyond_every_registered_worker_are_refused(app: Flask, cli
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 0}}).status_code == 201
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 99}}).status_code == 422
     assert client.post("/v1/jobs", json={**SPEC, "resources": {"cpus": 2}}).status_code == 422
+
+
+def test_declared_gpu_sizes_are_accepted_without_workers_and_others_refused(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_GPUS": "none",
+                                  "FITJOBS_GPU_SIZES": "4,1,2"})
+    assert settings.gpu_sizes == (1, 2, 4)
+    app = create_app(settings, test_config={"TESTING": True})
+    client = app.test_client()
+    try:
+        accepted = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 4}})
+        assert accepted.status_code == 201
+        assert client.get(f"/v1/jobs/{accepted.get_json()['id']}").get_json()["queue"]["reason"] == \
+            "waiting_for_worker"
+        store_of(app).register_worker("node-a", "host-a", gpus=1, slots=1)
+        # A declared size is accepted even though the only live worker is smaller.
+        assert client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 2}}).status_code == 201
+        refused = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 3}})
+        assert refused.status_code == 422 and refused.mimetype == "application/problem+json"
+        assert "1, 2, 4 GPU(s), not 3" in refused.get_json()["errors"]["resources.gpus"][0]
+        assert client.post("/v1/jobs:validate", json={**SPEC, "resources": {"gpus": 8}}).status_code == 422
+    finally:
+        store_of(app).engine.dispose()
+
+
+@pytest.mark.parametrize("value", ["1,x", "32", "-1", "1.5"])
+def test_gpu_sizes_setting_rejects_what_is_not_a_list_of_counts(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="FITJOBS_GPU_SIZES"):
+        Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_GPU_SIZES": value})
 
 
 def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: FlaskClient) -> None:

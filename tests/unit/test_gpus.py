@@ -14,6 +14,7 @@ import shlex
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ H100_LISTING = "0, GPU-5a0e-aaaa, NVIDIA H100 80GB HBM3\n1, GPU-77b1-bbbb, NVIDI
                "2, GPU-90c2-cccc, NVIDIA H100 80GB HBM3\n3, GPU-3fd3-dddd, NVIDIA H100 80GB HBM3\n"
 
 
-def claimed_id(store: JobStore, owner: str, **capacity: int) -> str | None:
+def claimed_id(store: JobStore, owner: str, **capacity: Any) -> str | None:
     """The id of the job ``owner`` claims next, or None when it claims none."""
     job = store.claim_next_job(owner, **capacity)
     return job.id if job else None

@@ -1,4 +1,5 @@
-"""A queued job's place in line and why it waits: waiting_for_gpus, reserved, no_worker_large_enough."""
+"""A queued job's place in line and why it waits: waiting_for_gpus, reserved, no_worker_large_enough,
+waiting_for_worker."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def worker(name: str, gpus: int, slots: int | None = None) -> Worker:
 
 def test_no_worker_large_enough_wherever_it_stands() -> None:
     assert place_in_queue(queued(4), 0, [worker("a", 2)], []) == QueuePlace(0, QueueReason.NO_WORKER_LARGE_ENOUGH)
-    assert place_in_queue(queued(4), 3, [], []).reason is QueueReason.NO_WORKER_LARGE_ENOUGH
+    # With no worker at all, it waits for one to register (or to be scaled up for it).
+    assert place_in_queue(queued(4), 3, [], []) == QueuePlace(3, QueueReason.WAITING_FOR_WORKER)
+    assert place_in_queue(queued(None), 0, [], []).reason is QueueReason.WAITING_FOR_WORKER
     # A job without a GPU request runs on any worker, with or without GPUs.
     assert place_in_queue(queued(None), 0, [worker("cpu", 0)], []).reason is QueueReason.WAITING_FOR_GPUS
 
@@ -69,8 +72,10 @@ def test_get_job_shows_the_queue_of_a_queued_job_only(app: Flask, client: FlaskC
     assert place(big["id"]) == {"position": 0, "reason": "reserved"}
     assert place(last["id"]) == {"position": 1, "reason": "waiting_for_gpus"}
 
-    # The worker goes away without deregistering; a larger one is needed, then registers.
+    # The worker goes away; a smaller one registers, then a larger one.
     store.deregister_worker("node-a")
+    assert place(big["id"]) == {"position": 0, "reason": "waiting_for_worker"}
+    store.register_worker("node-c", "host-c", gpus=1, slots=1)
     assert place(big["id"]) == {"position": 0, "reason": "no_worker_large_enough"}
     store.register_worker("node-b", "host-b", gpus=4, slots=4)
     assert place(big["id"]) == {"position": 0, "reason": "waiting_for_gpus"}

@@ -6,6 +6,7 @@ import os
 import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
@@ -17,7 +18,7 @@ from service.store.job_store import IdempotencyConflict, utcnow
 SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
 
 
-def claimed_id(store: JobStore, owner: str, **capacity: int) -> str | None:
+def claimed_id(store: JobStore, owner: str, **capacity: Any) -> str | None:
     """The id of the job ``owner`` claims next, or None when it claims none."""
     job = store.claim_next_job(owner, **capacity)
     return job.id if job else None
