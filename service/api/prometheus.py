@@ -26,9 +26,10 @@ blp = Blueprint("prometheus", __name__, description="Prometheus metrics.")
 class QueueCollector:
     """Jobs per state, live workers and their GPUs."""
 
-    def __init__(self, store: JobStore, lease_seconds: float) -> None:
+    def __init__(self, store: JobStore, lease_seconds: float, gpu_sizes: tuple[int, ...] = ()) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
+        self.gpu_sizes = gpu_sizes
 
     def collect(self) -> Iterator[Metric]:
         """Yield the gauges, computed now."""
@@ -37,6 +38,12 @@ class QueueCollector:
         for state in JobState:
             jobs.add_metric([state.value], counts.get(state.value, 0))
         yield jobs
+        # The statement KEDA's triggers scale on, for each size offered or queued.
+        depth = GaugeMetricFamily("fitjobs_queue_depth", "Queued jobs needing exactly this many GPUs (no request "
+                                  "counts as one), as KEDA's triggers count them.", labels=["gpus"])
+        for size in sorted(set(self.gpu_sizes) | set(self.store.queued_gpu_sizes())):
+            depth.add_metric([str(size)], self.store.queue_depth(size))
+        yield depth
         live = self.store.live_workers(since=utcnow() - timedelta(seconds=3 * self.lease_seconds))
         yield GaugeMetricFamily("fitjobs_workers", "Supervisors heartbeating recently.", value=len(live))
         yield GaugeMetricFamily("fitjobs_worker_gpus", "GPUs offered by those supervisors.",
@@ -52,6 +59,7 @@ class PrometheusMetrics(MethodView):
     def get(self) -> Response:
         """Queue depth by state and worker capacity, for Prometheus."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(QueueCollector(current_store(), current_settings().lease_seconds))
+        settings = current_settings()
+        registry.register(QueueCollector(current_store(), settings.lease_seconds, settings.gpu_sizes))
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -171,6 +171,11 @@ def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: 
     assert 'fitjobs_jobs{state="running"} 1.0' in text
     assert 'fitjobs_jobs{state="failed"} 0.0' in text
     assert "fitjobs_workers 1.0" in text and "fitjobs_worker_gpus 2.0" in text
+    # Two queued jobs without a GPU request count as one GPU each.
+    assert 'fitjobs_queue_depth{gpus="1"} 2.0' in text
+    client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 2}})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'fitjobs_queue_depth{gpus="2"} 1.0' in text and 'fitjobs_queue_depth{gpus="1"} 2.0' in text
 
 
 def test_events_stream_as_server_sent_events_until_the_job_ends(app: Flask, client: FlaskClient) -> None:
