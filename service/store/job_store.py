@@ -411,6 +411,12 @@ class JobStore:
             self._append_event(conn, job_id, kind, message, data=data)
             return True
 
+    def has_event(self, job_id: str, kind: str, attempt: int) -> bool:
+        """Whether the job logged an event of ``kind`` whose data names ``attempt``."""
+        with self._read() as conn:
+            rows = conn.execute(select(job_events).where(job_events.c.job_id == job_id, job_events.c.kind == kind))
+            return any((_event_from_row(row).data or {}).get("attempt") == attempt for row in rows)
+
     def list_events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         """Events of a job with an id above ``after``, oldest first."""
         with self._read() as conn:

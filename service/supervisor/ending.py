@@ -57,6 +57,24 @@ class AttemptEnd:
                                    "this job stopped responding."))
 
 
+# The event a supervisor logs for each running attempt when it starts draining (SIGTERM).
+DRAIN_STARTED = "drain_started"
+
+
+def lost_attempt_end(owner: str | None, attempt: int, drain_announced: bool) -> AttemptEnd:
+    """How an attempt whose lease lapsed ended: preempted (free) if its supervisor had started draining.
+
+    A node that is being taken away (spot preemption, a scale-down) sends SIGTERM and kills the
+    pod after its grace period; when the checkpoint and the requeue did not fit in that period,
+    the lapsed lease is the only trace left, and the drain notice says it was no fault of the job.
+    """
+    if drain_announced:
+        who = owner or "its supervisor"
+        return AttemptEnd.requeued(f"Preempted: {who} was stopped during attempt {attempt} and did not finish "
+                                   "draining in its grace period; queued again without spending an attempt.")
+    return AttemptEnd.owner_lost(owner, attempt)
+
+
 @dataclass(frozen=True)
 class Move:
     """The transition that records an attempt's end."""

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
 from service.supervisor.child import StopReason, TrainerProcess, spawn_trainer
-from service.supervisor.ending import AttemptEnd, error_of, move_for
+from service.supervisor.ending import DRAIN_STARTED, AttemptEnd, error_of, lost_attempt_end, move_for
 from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
@@ -156,6 +156,7 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """SIGTERM every child and warm trainer, SIGKILL those alive after the grace period, finalise all."""
+        self._announce_drain()
         for child in self.children.values():
             child.stop(StopReason.SHUTDOWN)
         self.warm.stop_all(self.settings.shutdown_grace)
@@ -174,6 +175,17 @@ class Supervisor:
                             del self.children[child.job_id]
                         self.gpus.give_back(child.job_id)
             time.sleep(0.1)
+
+    def _announce_drain(self) -> None:
+        """Log a drain notice for each running attempt, first: if this process is killed before it
+        records their ends, whoever reaps the lapsed leases requeues them without spending an attempt."""
+        for child in list(self.children.values()):
+            try:
+                self.store.append_event(child.job_id, DRAIN_STARTED, f"Draining: supervisor {self.owner} is "
+                                        "stopping; the attempt checkpoints and is queued again.",
+                                        attempt=child.attempt, data={"attempt": child.attempt, "owner": self.owner})
+            except SQLAlchemyError as exc:
+                log.warning("could not log the drain of job %s: %s", child.job_id, exc)
 
     # -- steps of a pass -------------------------------------------------------------------------
 
@@ -249,8 +261,9 @@ class Supervisor:
             if job.id in self.children:
                 continue
             # Retryable, so bounded by max_attempts: a job that keeps bringing its node down
-            # must not loop forever.
-            self.record_attempt_end(job, job.attempt, AttemptEnd.owner_lost(job.owner, job.attempt))
+            # must not loop forever. One whose supervisor announced a drain was preempted: free.
+            drained = self.store.has_event(job.id, DRAIN_STARTED, job.attempt)
+            self.record_attempt_end(job, job.attempt, lost_attempt_end(job.owner, job.attempt, drained))
 
     def _finish_exited(self) -> None:
         for job_id, child in list(self.children.items()):

@@ -8,7 +8,9 @@ sessions that it stops with SIGTERM.
 
 The fake trainer sleeps the job's ``spec["fake_seconds"]``, then leaves a succeeded outcome
 and exits 0; on SIGTERM while it sleeps it exits 4 at once, as a stopped trainer does, and once it
-is done sleeping it finishes regardless, as a trainer whose fit is over does. It appends what
+is done sleeping it finishes regardless, as a trainer whose fit is over does. With
+``spec["fake_ignore_term"]`` it ignores SIGTERM, as a trainer whose checkpoint takes longer
+than the grace period would. It appends what
 happened to ``marks`` in its attempt folder: ``started <unix time> <CUDA_VISIBLE_DEVICES>``,
 then ``finished <unix time>`` or ``stopped <unix time>``.
 
@@ -37,7 +39,7 @@ MARKS_FILE = "marks"
 # bash for $EPOCHREALTIME: a `date` child would be in the process group the supervisor
 # signals, and die before it printed the time.
 FAKE_TRAINER = r"""
-trap 'echo "stopped $EPOCHREALTIME" >> marks; exit 4' TERM
+if [ "$2" = ignore-term ]; then trap '' TERM; else trap 'echo "stopped $EPOCHREALTIME" >> marks; exit 4' TERM; fi
 echo "started $EPOCHREALTIME $CUDA_VISIBLE_DEVICES" >> marks
 sleep "$1" & wait $!
 trap '' TERM
@@ -56,8 +58,9 @@ class QuickSupervisor(Supervisor):
         env = self.settings.child_environ()
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         seconds = str(float(job.spec.get("fake_seconds", 0.1)))
+        mode = "ignore-term" if job.spec.get("fake_ignore_term") else "stop-on-term"
         with open(attempt_dir / LOG_FILE, "ab") as log:
-            popen = subprocess.Popen(["bash", "-c", FAKE_TRAINER, "fake-trainer", seconds],
+            popen = subprocess.Popen(["bash", "-c", FAKE_TRAINER, "fake-trainer", seconds, mode],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=attempt_dir, env=env, start_new_session=True,
                                      preexec_fn=die_with_parent)
