@@ -167,6 +167,8 @@ class Datasets(MethodView):
         except RequestEntityTooLarge as exc:
             raise too_large(settings.max_upload_bytes) from exc
         try:
+            # Before the file is read: an upload over the quota costs no check.
+            check_upload_room(size)
             table = current_check_runner().run("inspect_upload", {"path": str(path)}, settings.check_timeout)
             if "problem" in table:
                 message = table["problem"][0].upper() + table["problem"][1:]
