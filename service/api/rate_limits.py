@@ -73,10 +73,11 @@ def install_rate_limits(app: Flask, settings: Settings, engine: Engine) -> Limit
         tenant = _caller()
         limit = tenant.quotas.requests_per_minute if tenant else 0
         current = limiter.current_limit
-        reset_at = current.reset_at if current is not None else time.time() + 60
+        # When the window ends (flask-limiter's reset_at adds a second to it).
+        reset_at = current.window[0] if current is not None else time.time() + 60
         refused = QuotaExceeded(
-            f"Tenant {tenant.name if tenant else '?'!r} sent more than {limit} requests this minute; "
-            "retry after Retry-After seconds.",
+            f"Tenant {tenant.name if tenant else '?'!r} sent more than {limit} requests this minute, its quota "
+            "requests_per_minute; retry after Retry-After seconds.",
             quota="requests_per_minute", limit=limit, retry_after=math.ceil(reset_at - time.time()))
         return problem_response(refused.status, refused.slug, refused.title, refused.detail,
                                 extra=refused.extra, headers=refused.response_headers())
