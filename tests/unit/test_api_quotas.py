@@ -92,8 +92,8 @@ def test_queued_and_running_jobs_stop_at_the_active_jobs_quota(apps: list[Flask]
     assert client.post("/v1/jobs", json=SPEC, headers=auth("beta")).status_code == 201, "beta has no quota"
     assert len(store.list_jobs(tenant="alpha")[0]) == 2
     client.post(f"/v1/jobs/{first}/cancel", headers=auth("alpha"))
-    assert_quota_problem(client.post("/v1/jobs", json=SPEC, headers=auth("alpha")), "active_jobs", 2, 2, 30), \
-        "a running job asked to stop still holds its place until it ends"
+    # A running job asked to stop still holds its place until it ends.
+    assert_quota_problem(client.post("/v1/jobs", json=SPEC, headers=auth("alpha")), "active_jobs", 2, 2, 30)
     client.post(f"/v1/jobs/{second.get_json()['id']}/cancel", headers=auth("alpha"))
     assert client.post("/v1/jobs", json=SPEC, headers=auth("alpha")).status_code == 201
 
