@@ -140,7 +140,8 @@ def test_uploads_stop_at_the_upload_bytes_quota_and_leave_no_file(apps: list[Fla
 
 
 def test_requests_per_minute_stop_at_the_rate_limit_but_probes_never_do(apps: list[Flask], tmp_path: Path) -> None:
-    app = make_app(tmp_path / "home", "{requests_per_minute: 3}")
+    # Beta has the default limit, 6.
+    app = make_app(tmp_path / "home", "{requests_per_minute: 3}", FITJOBS_TENANT_REQUESTS_PER_MINUTE="6")
     apps.append(app)
     client = app.test_client()
     assert quota_use(client, "alpha")["requests_per_minute"] == {"limit": 3, "used": 1}
@@ -152,8 +153,9 @@ def test_requests_per_minute_stop_at_the_rate_limit_but_probes_never_do(apps: li
     for _ in range(5):
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.yaml"):
             assert client.get(path).status_code == 200, path
-        assert client.get("/v1/jobs", headers=auth("beta")).status_code == 200, "beta has no limit"
-    assert quota_use(client, "beta")["requests_per_minute"] == {"limit": 0, "used": None}
+        assert client.get("/v1/jobs", headers=auth("beta")).status_code == 200, "beta counts on its own"
+    assert quota_use(client, "beta")["requests_per_minute"] == {"limit": 6, "used": 6}
+    assert_quota_problem(client.get("/v1/jobs", headers=auth("beta")), "requests_per_minute", 6, None, None)
 
 
 def test_request_counters_in_the_database_are_shared_by_every_replica(
@@ -234,6 +236,15 @@ def test_concurrent_uploads_never_overshoot_the_upload_quota(store: JobStore) ->
         thread.join()
     assert refused == [80, 80, 80] and datasets.stored_bytes("alpha") == 80
     assert datasets.stored_bytes("beta") == 0
+
+
+def test_a_tenant_without_a_rate_limit_is_never_counted(apps: list[Flask], tmp_path: Path) -> None:
+    app = make_app(tmp_path / "home", "{requests_per_minute: 1}")
+    apps.append(app)
+    client = app.test_client()
+    for _ in range(20):
+        assert client.get("/v1/jobs", headers=auth("beta")).status_code == 200
+    assert quota_use(client, "beta")["requests_per_minute"] == {"limit": 0, "used": None}
 
 
 def test_anonymous_callers_have_the_default_quotas(tmp_path: Path) -> None:
