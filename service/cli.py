@@ -280,8 +280,8 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings) -> Any:
     from service.client import FitjobsClient
 
-    # With FITJOBS_API_TOKENS set, the CLI authenticates with the first token.
-    return FitjobsClient(args.url or settings.url, token=next(iter(settings.api_tokens), None))
+    # FITJOBS_TOKEN (a tenant's token), else the first of FITJOBS_API_TOKENS.
+    return FitjobsClient(args.url or settings.url, token=settings.token or next(iter(settings.api_tokens), None))
 
 
 def _print_json(document: Any) -> None:

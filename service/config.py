@@ -225,6 +225,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "before it is stopped."),
     SettingSpec("FITJOBS_URL", "url", "http://127.0.0.1:8080", str,
                 "Base URL the CLI's client commands (submit, status, wait, ...) talk to."),
+    SettingSpec("FITJOBS_TOKEN", "token", "", str,
+                "Bearer token the CLI's client commands send; empty means the first of FITJOBS_API_TOKENS."),
     SettingSpec("FITJOBS_LOG_LEVEL", "log_level", "INFO", str.upper,
                 "Log level of the API and supervisor (DEBUG, INFO, WARNING, ERROR)."),
 )
@@ -308,6 +310,7 @@ class Settings:
     model_roots: tuple[Path, ...]
     check_timeout: float
     url: str
+    token: str
     log_level: str
     # Every tenant that tokens authenticate: those of FITJOBS_TENANTS_FILE, and "default" for
     # FITJOBS_API_TOKENS. Empty: no tokens, every caller is the anonymous default tenant.

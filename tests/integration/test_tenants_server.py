@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.service import start_service
+from tests.support.service import REPO_ROOT, start_service
 
 
 def non_loopback_address() -> str | None:
@@ -45,7 +48,7 @@ def test_a_tenant_over_its_request_rate_gets_429_from_the_server(tmp_path: Path)
     token = "alpha-token-0123456789abcdef"
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(f"alpha:\n  tokens: [{hashlib.sha256(token.encode()).hexdigest()}]\n"
-                       "  quotas: {requests_per_minute: 2}\n")
+                       "  quotas: {requests_per_minute: 3}\n")
     # One worker: the single-node counters live in each worker's memory.
     service = start_service(tmp_path / "home", role="api", extra_env={
         "FITJOBS_HOST": "0.0.0.0", "FITJOBS_TENANTS_FILE": str(tenants), "FITJOBS_API_WORKERS": "1",
@@ -57,10 +60,18 @@ def test_a_tenant_over_its_request_rate_gets_429_from_the_server(tmp_path: Path)
                 "with tokens, FITJOBS_HOST is where it listens"
         headers = {"Authorization": f"Bearer {token}"}
         assert service.get("/v1/jobs").status_code == 401
+        # The CLI's client commands send FITJOBS_TOKEN.
+        cli = [sys.executable, "-m", "service.cli", "list", "--url", service.url]
+        env = {**os.environ, "FITJOBS_HOME": str(tmp_path / "cli")}
+        refused = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr
+        listed = subprocess.run(cli, env={**env, "FITJOBS_TOKEN": token}, capture_output=True, text=True,
+                                timeout=60, cwd=REPO_ROOT)
+        assert listed.returncode == 0, listed.stderr
         assert [service.get("/v1/tenant", headers=headers).status_code for _ in range(2)] == [200, 200]
-        refused = service.get("/v1/jobs", headers=headers)
-        assert refused.status_code == 429 and refused.headers["Content-Type"] == "application/problem+json"
-        assert refused.json()["quota"] == "requests_per_minute" and 1 <= int(refused.headers["Retry-After"]) <= 60
+        limited = service.get("/v1/jobs", headers=headers)
+        assert limited.status_code == 429 and limited.headers["Content-Type"] == "application/problem+json"
+        assert limited.json()["quota"] == "requests_per_minute" and 1 <= int(limited.headers["Retry-After"]) <= 60
         assert service.get("/readyz").status_code == 200
     finally:
         service.stop()
