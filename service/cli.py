@@ -32,10 +32,35 @@ LIMIT_REQUEST_FIELDS = 64
 LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def listen_host(settings: Settings) -> str:
+    """Where the API listens: FITJOBS_HOST, or loopback while it has no tokens and anonymous callers
+    are not allowed (FITJOBS_ALLOW_ANONYMOUS) elsewhere."""
+    if settings.tenants or settings.allow_anonymous or settings.host in LOOPBACK_HOSTS:
+        return settings.host
+    return "::1" if ":" in settings.host else "127.0.0.1"
+
+
+def anonymous_notice(settings: Settings) -> str | None:
+    """What start-up says about an API without tokens; None when it has some."""
+    if settings.tenants:
+        return None
+    host = listen_host(settings)
+    if host != settings.host:
+        return (f"no API tokens are set (FITJOBS_API_TOKENS, FITJOBS_TENANTS_FILE): listening on {host} only, "
+                f"not on FITJOBS_HOST={settings.host}; set tokens, or FITJOBS_ALLOW_ANONYMOUS=1 to let anonymous "
+                "callers in from the network")
+    return (f"no API tokens are set (FITJOBS_API_TOKENS, FITJOBS_TENANTS_FILE): every caller on {host} is the "
+            "anonymous tenant 'default'")
+
+
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """gunicorn's configuration of `fitjobs api`, from the FITJOBS_API_* settings."""
+    host = listen_host(settings)
     options: dict[str, Any] = {
-        "bind": f"{settings.host}:{settings.port}",
+        "bind": f"{host}:{settings.port}",
         "workers": settings.api_workers,
         "worker_class": settings.api_worker_class,
         "timeout": settings.api_timeout,
@@ -122,6 +147,9 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         print(f"fitjobs: the database schema could not be upgraded (exit status {migrated.returncode})",
               file=sys.stderr)
         return 1
+    notice = anonymous_notice(settings)
+    if notice:
+        print(f"fitjobs api: {notice}", file=sys.stderr, flush=True)
     try:
         api_arbiter(settings).run()
     finally:
@@ -171,7 +199,8 @@ def check_serve(settings: Settings) -> int:
     if check_worker(settings) != 0:
         return 1
     # A wildcard listen address is reached on the loopback address of its family.
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    listening = listen_host(settings)
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(listening, listening)
     url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -204,7 +233,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(signum, on_signal)
     children = [subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env,
                                  preexec_fn=die_with_parent) for role in ("api", "worker")]
-    print(f"fitjobs serving on http://{settings.host}:{settings.port} "
+    print(f"fitjobs serving on http://{listen_host(settings)}:{settings.port} "
           f"(data in {settings.home}); Ctrl-C stops it", flush=True)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.2)
@@ -257,8 +286,8 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings) -> Any:
     from service.client import FitjobsClient
 
-    # With FITJOBS_API_TOKENS set, the CLI authenticates with the first token.
-    return FitjobsClient(args.url or settings.url, token=next(iter(settings.api_tokens), None))
+    # FITJOBS_TOKEN (a tenant's token), else the first of FITJOBS_API_TOKENS.
+    return FitjobsClient(args.url or settings.url, token=settings.token or next(iter(settings.api_tokens), None))
 
 
 def _print_json(document: Any) -> None:

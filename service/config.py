@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.tenants import DEFAULT_ROLES, DEFAULT_TENANT, Quotas, Role, Tenant, read_tenants_file, token_hash
+
 
 @dataclass(frozen=True)
 class SettingSpec:
@@ -82,6 +84,19 @@ def _token_list(value: str) -> tuple[str, ...]:
     if any(len(token) < 16 for token in tokens):
         raise ValueError("each token must be at least 16 characters")
     return tokens
+
+
+def _flag(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1 or 0 (true or false)")
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value).expanduser().absolute() if value.strip() else None
 
 
 def _path_list(value: str) -> tuple[Path, ...]:
@@ -156,6 +171,26 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_API_TOKENS", "api_tokens", "", _token_list,
                 "Comma-separated bearer tokens; when set, every /v1 request needs "
                 "`Authorization: Bearer <token>` (health, readiness, metrics stay open)."),
+    SettingSpec("FITJOBS_TENANTS_FILE", "tenants_file", "", _optional_path,
+                "YAML or JSON file of tenants: `{name: {tokens: [sha256 of each token], roles: [read, submit, "
+                "admin], quotas: {...}}}`; checked at start. Each tenant sees only its own jobs and datasets."),
+    SettingSpec("FITJOBS_ALLOW_ANONYMOUS", "allow_anonymous", "0", _flag,
+                "With no tokens at all (neither FITJOBS_API_TOKENS nor FITJOBS_TENANTS_FILE) the API listens "
+                "on loopback only, whatever FITJOBS_HOST says; 1 lets it listen on FITJOBS_HOST anyway."),
+    SettingSpec("FITJOBS_TENANT_MAX_ACTIVE_JOBS", "tenant_max_active_jobs", "0", _non_negative_int,
+                "Default quota: queued plus running jobs per tenant (0: no limit); beyond it a submit gets 429."),
+    SettingSpec("FITJOBS_TENANT_MAX_GPUS", "tenant_max_gpus", "0", _non_negative_int,
+                "Default quota: GPUs requested by a tenant's queued plus running jobs, a job without "
+                "`resources.gpus` counting as one (0: no limit)."),
+    SettingSpec("FITJOBS_TENANT_MAX_UPLOAD_BYTES", "tenant_max_upload_bytes", "0", _non_negative_int,
+                "Default quota: bytes of uploaded datasets a tenant keeps stored (0: no limit)."),
+    SettingSpec("FITJOBS_TENANT_REQUESTS_PER_MINUTE", "tenant_requests_per_minute", "0", _non_negative_int,
+                "Default quota: /v1 requests per tenant per minute, counted over every API replica (0: no "
+                "limit). Health, readiness, metrics and the OpenAPI document are not counted."),
+    SettingSpec("FITJOBS_RATE_LIMIT_STORAGE", "rate_limit_storage", "", str,
+                "Where request counts are kept: empty means this process's memory on SQLite and a table in "
+                "the database on PostgreSQL (shared by every replica); `memory://`, `database`, or a "
+                "`limits` storage URL such as `redis://host:6379`."),
     SettingSpec("FITJOBS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", "0", _non_negative_int,
                 "Training jobs one supervisor runs at once; 0 means one per GPU, or 1 without GPUs."),
     SettingSpec("FITJOBS_GPUS", "gpus", "auto", _gpu_list,
@@ -207,6 +242,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "before it is stopped."),
     SettingSpec("FITJOBS_URL", "url", "http://127.0.0.1:8080", str,
                 "Base URL the CLI's client commands (submit, status, wait, ...) talk to."),
+    SettingSpec("FITJOBS_TOKEN", "token", "", str,
+                "Bearer token the CLI's client commands send; empty means the first of FITJOBS_API_TOKENS."),
     SettingSpec("FITJOBS_LOG_LEVEL", "log_level", "INFO", str.upper,
                 "Log level of the API and supervisor (DEBUG, INFO, WARNING, ERROR)."),
 )
@@ -214,6 +251,35 @@ SETTINGS: tuple[SettingSpec, ...] = (
 
 class ConfigError(ValueError):
     """A FITJOBS_* variable holds a value that cannot be used."""
+
+
+def default_quotas(values: Mapping[str, Any]) -> Quotas:
+    """Quotas from the FITJOBS_TENANT_* settings among ``values``."""
+    return Quotas(active_jobs=values["tenant_max_active_jobs"], gpus=values["tenant_max_gpus"],
+                  upload_bytes=values["tenant_max_upload_bytes"],
+                  requests_per_minute=values["tenant_requests_per_minute"])
+
+
+def configured_tenants(values: Mapping[str, Any]) -> tuple[Tenant, ...]:
+    """The tenants of FITJOBS_TENANTS_FILE, plus "default" (every role) for FITJOBS_API_TOKENS."""
+    defaults = default_quotas(values)
+    tenants: tuple[Tenant, ...] = ()
+    path = values["tenants_file"]
+    if path is not None:
+        try:
+            tenants = read_tenants_file(path, defaults)
+        except ValueError as exc:
+            raise ConfigError(f"FITJOBS_TENANTS_FILE={str(path)!r}: {exc}") from exc
+    if values["api_tokens"]:
+        if any(tenant.name == DEFAULT_TENANT for tenant in tenants):
+            raise ConfigError(f"FITJOBS_API_TOKENS makes tenant {DEFAULT_TENANT!r}, which FITJOBS_TENANTS_FILE "
+                              "also defines; list those tokens' hashes in the file instead")
+        hashes = tuple(token_hash(token) for token in values["api_tokens"])
+        known = {digest for tenant in tenants for digest in tenant.token_hashes}
+        if known & set(hashes):
+            raise ConfigError("a token of FITJOBS_API_TOKENS is also listed in FITJOBS_TENANTS_FILE")
+        tenants += (Tenant(name=DEFAULT_TENANT, roles=frozenset(Role), quotas=defaults, token_hashes=hashes),)
+    return tenants
 
 
 @dataclass(frozen=True)
@@ -237,6 +303,13 @@ class Settings:
     api_stream_heartbeat_seconds: float
     api_stream_poll_seconds: float
     api_tokens: tuple[str, ...]
+    tenants_file: Path | None
+    allow_anonymous: bool
+    tenant_max_active_jobs: int
+    tenant_max_gpus: int
+    tenant_max_upload_bytes: int
+    tenant_requests_per_minute: int
+    rate_limit_storage: str
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
     gpu_sizes: tuple[int, ...]
@@ -255,7 +328,11 @@ class Settings:
     model_roots: tuple[Path, ...]
     check_timeout: float
     url: str
+    token: str
     log_level: str
+    # Every tenant that tokens authenticate: those of FITJOBS_TENANTS_FILE, and "default" for
+    # FITJOBS_API_TOKENS. Empty: no tokens, every caller is the anonymous default tenant.
+    tenants: tuple[Tenant, ...] = ()
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -294,7 +371,18 @@ class Settings:
             raise ConfigError(f"FITJOBS_WORKER_HEALTH_SECONDS={values['worker_health_seconds']} must be more "
                               f"than twice FITJOBS_POLL_INTERVAL={values['poll_interval']}: the loop beats "
                               "once per pass")
+        values["tenants"] = configured_tenants(values)
         return cls(environ=env, **values)
+
+    @property
+    def default_quotas(self) -> Quotas:
+        """The quotas of a tenant whose entry in the tenants file names none, and of "default"."""
+        return default_quotas(vars(self))
+
+    @property
+    def anonymous_tenant(self) -> Tenant:
+        """Who callers are when no tokens are configured: the default tenant, to read and submit."""
+        return Tenant(name=DEFAULT_TENANT, roles=DEFAULT_ROLES, quotas=self.default_quotas)
 
     @property
     def jobs_dir(self) -> Path:

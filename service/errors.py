@@ -56,6 +56,34 @@ class Unauthorized(ServiceError):
         return {"WWW-Authenticate": 'Bearer realm="fitjobs"', **self.headers}
 
 
+class Forbidden(ServiceError):
+    """The caller's tenant lacks the role this request needs."""
+
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class QuotaExceeded(ServiceError):
+    """The caller's tenant is at one of its quotas or its rate limit; ``quota`` names it."""
+
+    status = 429
+    slug = "quota-exceeded"
+    title = "Quota exceeded"
+
+    def __init__(self, detail: str, *, quota: str, limit: int, retry_after: int,
+                 used: int | None = None) -> None:
+        extra: dict[str, Any] = {"quota": quota, "limit": limit}
+        if used is not None:
+            extra["used"] = used
+        super().__init__(detail, extra=extra)
+        self.retry_after = max(1, retry_after)
+
+    def response_headers(self) -> dict[str, str]:
+        """A 429 tells the client when to try again (RFC 6585)."""
+        return {"Retry-After": str(self.retry_after), **self.headers}
+
+
 class PayloadTooLarge(ServiceError):
     """The upload is larger than FITJOBS_MAX_UPLOAD_BYTES."""
 

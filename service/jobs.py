@@ -124,6 +124,8 @@ class Job:
     fingerprint: str | None = None
     # The succeeded job whose result and artifacts this one reused instead of training.
     reused_from: str | None = None
+    # The tenant the job belongs to (service.tenants).
+    tenant: str = "default"
 
     @property
     def attempts_spent(self) -> int:

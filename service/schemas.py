@@ -417,6 +417,7 @@ class JobSchema(Schema):
     """A job as the API shows it."""
 
     id = fields.String()
+    tenant = fields.String(metadata={"description": "The tenant the job belongs to."})
     state = fields.Enum(JobState, by_value=True)
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
@@ -599,6 +600,7 @@ class DatasetSchema(Schema):
     rows = fields.Integer()
     columns = fields.List(fields.String())
     created_at = fields.DateTime()
+    tenant = fields.String(metadata={"description": "The tenant the dataset belongs to."})
 
 
 class DatasetListQuerySchema(PageQuerySchema):
@@ -704,3 +706,28 @@ class DryRunProblemSchema(ProblemSchema):
     """Problem details of a dry run that found problems; ``report`` is the whole report."""
 
     report = fields.Nested(DryRunReportSchema)
+
+
+class QuotaUseSchema(Schema):
+    """One quota of a tenant: its limit and what the tenant uses of it now."""
+
+    limit = fields.Integer(metadata={"description": "0: no limit."})
+    used = fields.Integer(allow_none=True, metadata={
+        "description": "In use now; for requests_per_minute, requests in the current minute (this one "
+                       "included), null without a limit."})
+
+
+class TenantQuotasSchema(Schema):
+    active_jobs = fields.Nested(QuotaUseSchema, metadata={"description": "Queued plus running jobs."})
+    gpus = fields.Nested(QuotaUseSchema, metadata={
+        "description": "GPUs requested by queued plus running jobs; a job without `resources.gpus` counts one."})
+    upload_bytes = fields.Nested(QuotaUseSchema, metadata={"description": "Bytes of uploaded datasets stored."})
+    requests_per_minute = fields.Nested(QuotaUseSchema, metadata={"description": "Requests to /v1 per minute."})
+
+
+class TenantSchema(Schema):
+    """The caller's tenant: its name, roles, quotas and their use."""
+
+    name = fields.String()
+    roles = fields.List(fields.String(), metadata={"description": "read, submit and/or admin."})
+    quotas = fields.Nested(TenantQuotasSchema)

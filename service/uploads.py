@@ -40,6 +40,7 @@ class UploadedDataset:
     columns: list[str]
     created_at: datetime
     seq: int = 0
+    tenant: str = "default"
 
 
 class UploadRefused(ValueError):

@@ -9,6 +9,7 @@ from flask_smorest import Api
 
 from service.api.auth import install_auth
 from service.api.event_streams import EventStreams
+from service.api.rate_limits import install_rate_limits
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.logconfig import configure_logging
@@ -32,11 +33,12 @@ def build_api(app: Flask) -> Api:
     from service.api.health import blp as health_blp
     from service.api.jobs import blp as jobs_blp
     from service.api.prometheus import blp as prometheus_blp
+    from service.api.tenant import blp as tenant_blp
 
     api = FitjobsApi(app, spec_kwargs={
         "info": {"description": "Fine-tune transformers models with TensorFlow/Keras as a service. "
                                 "Errors are application/problem+json (RFC 9457)."}})
-    for blueprint in (jobs_blp, datasets_blp, artifacts_blp, health_blp, prometheus_blp):
+    for blueprint in (jobs_blp, datasets_blp, artifacts_blp, tenant_blp, health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
     return api
 
@@ -59,7 +61,9 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
         app.extensions["fitjobs.store"], poll_seconds=settings.api_stream_poll_seconds,
         max_streams=settings.api_max_streams)
     app.extensions["fitjobs.api"] = build_api(app)
-    install_auth(app, settings.api_tokens)
+    install_auth(app, settings)
+    # After install_auth: the limiter counts per tenant, which auth finds out.
+    install_rate_limits(app, settings, app.extensions["fitjobs.store"].engine)
     # After flask-smorest, which registers its own JSON error handler for HTTPException.
     install_error_handlers(app)
     configure_logging(settings.log_level)

@@ -11,9 +11,11 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 
+from service.api.auth import current_tenant, listed_tenant, visible
 from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
+from service.api.tenant import quota_exceeded
 from service.check_runner import CheckFailed
 from service.errors import (
     BadRequest,
@@ -27,6 +29,7 @@ from service.errors import (
 )
 from service.schemas import DatasetListQuerySchema, DatasetListSchema, DatasetSchema, ProblemSchema, UploadQuerySchema
 from service.store.dataset_store import DatasetNotFound
+from service.tenants import QuotaReached
 from service.uploads import (
     UploadedDataset,
     UploadRefused,
@@ -66,15 +69,29 @@ def dataset_document(dataset: UploadedDataset) -> dict[str, Any]:
     """The API representation of an uploaded dataset."""
     return {"id": dataset.id, "filename": dataset.filename, "format": dataset.format,
             "size_bytes": dataset.size_bytes, "sha256": dataset.sha256, "rows": dataset.rows,
-            "columns": dataset.columns, "created_at": dataset.created_at}
+            "columns": dataset.columns, "created_at": dataset.created_at, "tenant": dataset.tenant}
 
 
 def load_dataset_record(dataset_id: str) -> UploadedDataset:
-    """The uploaded dataset with this id, or a 404 problem."""
+    """The caller's uploaded dataset with this id, or a 404 problem; another tenant's is missing alike."""
     try:
-        return current_dataset_store().get(dataset_id)
+        dataset = current_dataset_store().get(dataset_id)
     except DatasetNotFound as exc:
         raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
+    if not visible(dataset.tenant):
+        raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.")
+    return dataset
+
+
+def check_upload_room(size: int | None) -> None:
+    """Refuse (429) an upload of ``size`` bytes, when known, that the tenant's upload_bytes quota has no room for."""
+    tenant = current_tenant()
+    quota = tenant.quotas.upload_bytes
+    if not quota or size is None:
+        return
+    stored = current_dataset_store().stored_bytes(tenant.name)
+    if stored + size > quota:
+        raise quota_exceeded(QuotaReached("upload_bytes", quota, stored))
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -115,7 +132,8 @@ class Datasets(MethodView):
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """Uploaded datasets, newest first; follow `next` for more."""
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
-        page, next_seq = current_dataset_store().list(limit=query["limit"], before_seq=before)
+        page, next_seq = current_dataset_store().list(limit=query["limit"], before_seq=before,
+                                                      tenant=listed_tenant())
         return {"datasets": [dataset_document(dataset) for dataset in page],
                 "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
@@ -125,6 +143,8 @@ class Datasets(MethodView):
     @blp.alt_response(413, schema=ProblemSchema, description="Larger than FITJOBS_MAX_UPLOAD_BYTES.")
     @blp.alt_response(415, schema=ProblemSchema, description="Not a .csv, .json, .jsonl or .parquet file.")
     @blp.alt_response(422, schema=ProblemSchema, description="Not a readable table; `detail` says why.")
+    @blp.alt_response(429, schema=ProblemSchema,
+                      description="The tenant's uploads would exceed its upload_bytes quota (`quota` names it).")
     def post(self, query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Upload a CSV, JSON, JSON Lines or Parquet file; answers with its id, rows and columns.
 
@@ -133,6 +153,9 @@ class Datasets(MethodView):
         that is not a usable table is refused here rather than when a job starts.
         """
         settings = current_settings()
+        tenant = current_tenant()
+        # A raw body's size is known before it is read; a multipart file's only once it is stored.
+        check_upload_room(request.content_length if request.mimetype != "multipart/form-data" else None)
         stream, filename, content_type = upload_stream(query)
         dataset_id = new_dataset_id()
         try:
@@ -144,13 +167,19 @@ class Datasets(MethodView):
         except RequestEntityTooLarge as exc:
             raise too_large(settings.max_upload_bytes) from exc
         try:
+            # Before the file is read: an upload over the quota costs no check.
+            check_upload_room(size)
             table = current_check_runner().run("inspect_upload", {"path": str(path)}, settings.check_timeout)
             if "problem" in table:
                 message = table["problem"][0].upper() + table["problem"][1:]
                 raise ValidationFailed(f"{message}.", errors={"file": [f"{message}."]})
             dataset = current_dataset_store().add(
                 dataset_id=dataset_id, filename=filename, format=suffix.lstrip("."), size_bytes=size,
-                sha256=sha256, rows=table["rows"], columns=table["columns"])
+                sha256=sha256, rows=table["rows"], columns=table["columns"], tenant=tenant.name,
+                max_tenant_bytes=tenant.quotas.upload_bytes)
+        except QuotaReached as exc:
+            remove_upload(settings.uploads_dir, dataset_id)
+            raise quota_exceeded(exc) from exc
         except CheckFailed as exc:
             remove_upload(settings.uploads_dir, dataset_id)
             raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}.",

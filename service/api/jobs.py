@@ -13,10 +13,12 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE
 
+from service.api.auth import current_tenant, listed_tenant, visible
 from service.api.context import current_event_streams, current_settings, current_store
 from service.api.event_streams import open_stream, stream_frames
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
+from service.api.tenant import quota_exceeded
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
 from service.errors import (
@@ -47,6 +49,7 @@ from service.schemas import (
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, utcnow
+from service.tenants import QuotaReached
 from service.uploads import UploadedDataset
 
 # The prefix stops at /v1 so that the dry run can live at /v1/jobs:validate (a custom method).
@@ -71,11 +74,14 @@ def require_json_body(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_job(job_id: str) -> Job:
-    """The job with this id, or a 404 problem."""
+    """The caller's job with this id, or a 404 problem; another tenant's job is missing alike."""
     try:
-        return current_store().get_job(job_id)
+        job = current_store().get_job(job_id)
     except JobNotFound as exc:
         raise NotFound(f"No job has the id {job_id!r}.") from exc
+    if not visible(job.tenant):
+        raise NotFound(f"No job has the id {job_id!r}.")
+    return job
 
 
 def job_document(job: Job, queue: QueuePlace | None = None) -> dict[str, Any]:
@@ -139,10 +145,10 @@ def job_fingerprint(spec: dict[str, Any]) -> str | None:
 
 
 def reusable_job(fingerprint: str | None) -> Job | None:
-    """The succeeded job a spec with ``reuse`` can take its result from, if one trained the same thing."""
+    """The caller's succeeded job a spec with ``reuse`` can take its result from, if one trained the same thing."""
     if fingerprint is None:
         return None
-    source = current_store().find_reusable_job(fingerprint)
+    source = current_store().find_reusable_job(fingerprint, current_tenant().name)
     # Without its published files there is nothing to share; the new job trains instead.
     if source is None or not job_artifacts_dir(current_settings().artifacts_dir, source.id).is_dir():
         return None
@@ -206,7 +212,7 @@ class Jobs(MethodView):
         """List jobs, newest first, optionally of one state; follow `next` for more."""
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_store().list_jobs(
-            state=query.get("state"), limit=query["limit"], before_seq=before)
+            state=query.get("state"), limit=query["limit"], before_seq=before, tenant=listed_tenant())
         return {"jobs": [job_document(job) for job in page],
                 "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
@@ -216,6 +222,9 @@ class Jobs(MethodView):
     @blp.response(201, JobSchema)
     @blp.alt_response(200, schema=JobSchema, description="An earlier submission with the same Idempotency-Key.")
     @blp.alt_response(409, schema=ProblemSchema, description="Idempotency-Key reused with another spec.")
+    @blp.alt_response(429, schema=ProblemSchema,
+                      description="The tenant is at its active_jobs or gpus quota (`quota` names it); retry "
+                                  "after `Retry-After` seconds.")
     def post(self, headers: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Queue a training job; answers with the job and its URL in `Location`.
 
@@ -226,6 +235,7 @@ class Jobs(MethodView):
         or val_roc_auc for more than two labels, is a 422.
         """
         key = headers.get("idempotency_key")
+        tenant = current_tenant()
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"])
         check_label_settings(spec)
@@ -236,7 +246,9 @@ class Jobs(MethodView):
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
                 max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
-                fingerprint=fingerprint, reuse_of=source)
+                fingerprint=fingerprint, reuse_of=source, tenant=tenant.name, quotas=tenant.quotas)
+        except QuotaReached as exc:
+            raise quota_exceeded(exc) from exc
         except IdempotencyConflict as exc:
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc

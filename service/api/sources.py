@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from flask import current_app
 
+from service.api.auth import current_tenant
 from service.api.context import current_settings, current_store
 from service.check_runner import CheckRunner
 from service.errors import ValidationFailed, summarize_errors
@@ -63,8 +64,11 @@ def source_errors(source: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield "path", f"{source['path']!r} {exc}."
     if "upload" in source:
         try:
-            current_dataset_store().get(source["upload"])
+            dataset = current_dataset_store().get(source["upload"])
         except DatasetNotFound:
+            dataset = None
+        # A spec reads only its own tenant's uploads, also an admin's: another's is as good as missing.
+        if dataset is None or dataset.tenant != current_tenant().name:
             yield "upload", f"No uploaded dataset has the id {source['upload']!r}."
 
 
@@ -91,6 +95,9 @@ def job_model_errors(job_id: str) -> Iterator[tuple[str, str]]:
     try:
         job = current_store().get_job(job_id)
     except JobNotFound:
+        job = None
+    # Only a job of the submitting tenant can be continued from, also by an admin.
+    if job is None or job.tenant != current_tenant().name:
         yield "model.job", f"No job has the id {job_id!r}."
         return
     if job.state is not JobState.SUCCEEDED:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.engine import Row
 
 from service.store.tables import datasets
+from service.store.tenant_lock import lock_tenant
+from service.tenants import DEFAULT_TENANT, QuotaReached
 from service.uploads import UploadedDataset
 
 
@@ -23,7 +25,7 @@ def _from_row(row: Row[Any]) -> UploadedDataset:
         created = created.replace(tzinfo=UTC)  # SQLite hands back naive UTC datetimes
     return UploadedDataset(id=m["id"], seq=m["seq"], filename=m["filename"], format=m["format"],
                            size_bytes=m["size_bytes"], sha256=m["sha256"], rows=m["rows"],
-                           columns=list(m["columns"]), created_at=created)
+                           columns=list(m["columns"]), created_at=created, tenant=m["tenant"])
 
 
 class DatasetStore:
@@ -33,13 +35,35 @@ class DatasetStore:
         self.engine = engine
 
     def add(self, *, dataset_id: str, filename: str, format: str, size_bytes: int, sha256: str,
-            rows: int, columns: list[str], created_at: datetime | None = None) -> UploadedDataset:
-        """Record a stored upload and return it."""
-        with self.engine.begin() as conn:
-            conn.execute(insert(datasets).values(
-                id=dataset_id, filename=filename, format=format, size_bytes=size_bytes, sha256=sha256,
-                rows=rows, columns=columns, created_at=created_at or datetime.now(UTC)))
-            return _from_row(conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one())
+            rows: int, columns: list[str], created_at: datetime | None = None,
+            tenant: str = DEFAULT_TENANT, max_tenant_bytes: int = 0) -> UploadedDataset:
+        """Record a stored upload of ``tenant`` and return it.
+
+        With ``max_tenant_bytes`` (the tenant's upload_bytes quota), raises QuotaReached instead
+        when the tenant's uploads would then hold more.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if max_tenant_bytes:
+                    lock_tenant(conn, tenant)
+                    stored = self._stored_bytes(conn, tenant)
+                    if stored + size_bytes > max_tenant_bytes:
+                        raise QuotaReached("upload_bytes", max_tenant_bytes, stored)
+                conn.execute(insert(datasets).values(
+                    id=dataset_id, filename=filename, format=format, size_bytes=size_bytes, sha256=sha256,
+                    rows=rows, columns=columns, created_at=created_at or datetime.now(UTC), tenant=tenant))
+                return _from_row(conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one())
+
+    @staticmethod
+    def _stored_bytes(conn: Connection, tenant: str) -> int:
+        return int(conn.execute(select(func.coalesce(func.sum(datasets.c.size_bytes), 0))
+                                .where(datasets.c.tenant == tenant)).scalar_one())
+
+    def stored_bytes(self, tenant: str) -> int:
+        """Bytes of the uploaded datasets a tenant keeps."""
+        with self.engine.connect() as conn:
+            return self._stored_bytes(conn, tenant)
 
     def get(self, dataset_id: str) -> UploadedDataset:
         """The dataset with this id; raises DatasetNotFound."""
@@ -49,9 +73,13 @@ class DatasetStore:
             raise DatasetNotFound(dataset_id)
         return _from_row(row)
 
-    def list(self, *, limit: int = 20, before_seq: int | None = None) -> tuple[list[UploadedDataset], int | None]:
-        """Newest first; returns a page and the seq to continue before, or None at the end."""
+    def list(self, *, limit: int = 20, before_seq: int | None = None,
+             tenant: str | None = None) -> tuple[list[UploadedDataset], int | None]:
+        """Newest first, of one tenant or (None) all; returns a page and the seq to continue before,
+        or None at the end."""
         query = select(datasets).order_by(datasets.c.seq.desc()).limit(limit + 1)
+        if tenant is not None:
+            query = query.where(datasets.c.tenant == tenant)
         if before_seq is not None:
             query = query.where(datasets.c.seq < before_seq)
         with self.engine.connect() as conn:

@@ -17,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
 from service.store.queue_depth import queue_depth_sql
 from service.store.tables import job_events, jobs, metrics, workers
+from service.store.tenant_lock import lock_tenant
+from service.tenants import DEFAULT_TENANT, QuotaReached, Quotas
 
 
 class JobNotFound(LookupError):
@@ -91,7 +93,7 @@ def _job_from_row(row: Row[Any]) -> Job:
         priority=m["priority"], max_attempts=m["max_attempts"], free_attempts=m["free_attempts"],
         max_runtime_seconds=m["max_runtime_seconds"], gpus=m["gpus"],
         lease_expires_at=_aware(m["lease_expires_at"]), fingerprint=m["fingerprint"],
-        reused_from=m["reused_from"],
+        reused_from=m["reused_from"], tenant=m["tenant"],
     )
 
 
@@ -125,17 +127,20 @@ class JobStore:
                    priority: int = 0, max_attempts: int = 3,
                    max_runtime_seconds: int | None = None,
                    gpus: int | None = None, fingerprint: str | None = None,
-                   reuse_of: Job | None = None) -> tuple[Job, bool]:
-        """Queue a new job for ``spec``; returns (job, created).
+                   reuse_of: Job | None = None, tenant: str = DEFAULT_TENANT,
+                   quotas: Quotas | None = None) -> tuple[Job, bool]:
+        """Queue a new job for ``spec`` in ``tenant``; returns (job, created).
 
         With ``reuse_of`` (a job find_reusable_job gave for the same ``fingerprint``) the job is
         created succeeded instead, with that job's result and progress, and never trains.
         With an ``idempotency_key`` already used for the same spec, the existing job comes
         back with created=False; used for a different spec, IdempotencyConflict is raised.
+        Keys are the tenant's own. A job to queue that would take the tenant past the
+        active_jobs or gpus of ``quotas`` raises QuotaReached instead.
         """
         digest = spec_digest(spec)
         if idempotency_key is not None:
-            existing = self._find_by_key(idempotency_key, digest)
+            existing = self._find_by_key(idempotency_key, digest, tenant)
             if existing is not None:
                 return existing, False
         now = utcnow()
@@ -143,27 +148,54 @@ class JobStore:
         values = dict(id=job_id, spec=spec, created_at=now, updated_at=now, attempt=0,
                       cancel_requested=False, priority=priority, max_attempts=max_attempts,
                       max_runtime_seconds=max_runtime_seconds, gpus=gpus,
-                      idempotency_key=idempotency_key, spec_hash=digest, fingerprint=fingerprint)
+                      idempotency_key=idempotency_key, spec_hash=digest, fingerprint=fingerprint,
+                      tenant=tenant)
         try:
             with self._write() as conn:
                 source = (self._reusable(conn, reuse_of.id, fingerprint)
                           if reuse_of is not None and fingerprint is not None else None)
                 if source is None:
+                    if quotas is not None:
+                        self._check_job_quotas(conn, tenant, quotas, gpus)
                     return self._insert_job(conn, JobState.QUEUED, "Job queued.", {**values, "progress": {}}), True
                 return self._insert_reused(conn, values, source), True
         except IntegrityError:
             # Another request with the same key won the race; answer with its job.
             if idempotency_key is None:
                 raise
-            existing = self._find_by_key(idempotency_key, digest)
+            existing = self._find_by_key(idempotency_key, digest, tenant)
             if existing is None:
                 raise
             return existing, False
 
-    def find_reusable_job(self, fingerprint: str) -> Job | None:
-        """The newest job that trained this fingerprint itself and succeeded, or None."""
+    def _check_job_quotas(self, conn: Connection, tenant: str, quotas: Quotas, gpus: int | None) -> None:
+        """Raise QuotaReached when one more job (needing ``gpus``) takes ``tenant`` past its quotas."""
+        if not (quotas.active_jobs or quotas.gpus):
+            return
+        lock_tenant(conn, tenant)
+        active, gpus_in_use = self._active_use(conn, tenant)
+        if quotas.active_jobs and active + 1 > quotas.active_jobs:
+            raise QuotaReached("active_jobs", quotas.active_jobs, active)
+        if quotas.gpus and gpus_in_use + (1 if gpus is None else gpus) > quotas.gpus:
+            raise QuotaReached("gpus", quotas.gpus, gpus_in_use)
+
+    @staticmethod
+    def _active_use(conn: Connection, tenant: str) -> tuple[int, int]:
+        row = conn.execute(select(func.count(), func.coalesce(func.sum(func.coalesce(jobs.c.gpus, 1)), 0)).where(
+            jobs.c.tenant == tenant,
+            jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).one()
+        return int(row[0]), int(row[1])
+
+    def active_use(self, tenant: str) -> tuple[int, int]:
+        """(queued plus running jobs, GPUs they request) of a tenant; no request counts as one GPU."""
         with self._read() as conn:
-            row = conn.execute(self._reusable_query(fingerprint).order_by(jobs.c.seq.desc()).limit(1)).first()
+            return self._active_use(conn, tenant)
+
+    def find_reusable_job(self, fingerprint: str, tenant: str = DEFAULT_TENANT) -> Job | None:
+        """The tenant's newest job that trained this fingerprint itself and succeeded, or None."""
+        with self._read() as conn:
+            row = conn.execute(self._reusable_query(fingerprint).where(jobs.c.tenant == tenant)
+                               .order_by(jobs.c.seq.desc()).limit(1)).first()
         return _job_from_row(row) if row is not None else None
 
     @staticmethod
@@ -189,9 +221,9 @@ class JobStore:
              "result": source.result, "reused_from": source.id},
             data={"reused_from": source.id}, preceded_by=[("reused", reused, {"source_job": source.id})])
 
-    def _find_by_key(self, key: str, digest: str) -> Job | None:
+    def _find_by_key(self, key: str, digest: str, tenant: str) -> Job | None:
         with self._read() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).first()
+            row = conn.execute(select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)).first()
         if row is None:
             return None
         if row._mapping["spec_hash"] != digest:
@@ -204,9 +236,12 @@ class JobStore:
             return self._get(conn, job_id)
 
     def list_jobs(self, *, state: JobState | None = None, limit: int = 20,
-                  before_seq: int | None = None) -> tuple[list[Job], int | None]:
-        """Newest first; returns a page and the seq to continue before, or None at the end."""
+                  before_seq: int | None = None, tenant: str | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, of one tenant or (None) all; returns a page and the seq to continue before,
+        or None at the end."""
         query = select(jobs).order_by(jobs.c.seq.desc()).limit(limit + 1)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
         if state is not None:
             query = query.where(jobs.c.state == state.value)
         if before_seq is not None:

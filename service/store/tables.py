@@ -54,10 +54,14 @@ jobs = Table(
     # What the spec trains (service.fingerprint), so a reuse finds an identical succeeded job.
     Column("fingerprint", String(64)),
     Column("reused_from", String(64)),
+    # The tenant the job belongs to (service.tenants); another tenant never sees it.
+    Column("tenant", String(64), nullable=False, server_default="default"),
     Index("ix_jobs_state_seq", "state", "seq"),
     Index("ix_jobs_state_priority_seq", "state", "priority", "seq"),
     Index("ix_jobs_fingerprint_state", "fingerprint", "state"),
-    UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
+    Index("ix_jobs_tenant_seq", "tenant", "seq"),
+    Index("ix_jobs_tenant_state_seq", "tenant", "state", "seq"),
+    UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
 )
 
 job_events = Table(
@@ -106,4 +110,15 @@ datasets = Table(
     Column("rows", Integer, nullable=False),
     Column("columns", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("tenant", String(64), nullable=False, server_default="default"),
+    Index("ix_datasets_tenant_seq", "tenant", "seq"),
+)
+
+# Fixed-window request counters of the rate limiter, shared by every API replica on the database.
+rate_limit_counters = Table(
+    "rate_limit_counters", metadata,
+    Column("key", String(255), primary_key=True),
+    Column("count", Integer, nullable=False),
+    # Unix time at which the window ends and the count starts again.
+    Column("expires_at", Float, nullable=False),
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import gunicorn_options
+from service.cli import anonymous_notice, gunicorn_options, listen_host
 from service.config import ConfigError, Settings
 from tests.support.service import REPO_ROOT
 
@@ -59,3 +59,25 @@ def test_the_master_imports_neither_the_app_nor_the_database_driver(tmp_path: Pa
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
                          timeout=120, check=True)
     assert run.stdout.split("\n")[:2] == ["[]", "False"], run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(("env", "host"), [
+    ({"FITJOBS_HOST": "0.0.0.0"}, "127.0.0.1"),
+    ({"FITJOBS_HOST": "::"}, "::1"),
+    ({"FITJOBS_HOST": "10.1.2.3"}, "127.0.0.1"),
+    ({"FITJOBS_HOST": "127.0.0.1"}, "127.0.0.1"),
+    ({"FITJOBS_HOST": "0.0.0.0", "FITJOBS_ALLOW_ANONYMOUS": "1"}, "0.0.0.0"),
+    ({"FITJOBS_HOST": "0.0.0.0", "FITJOBS_API_TOKENS": "a-token-of-20-characters"}, "0.0.0.0"),
+])
+def test_without_tokens_the_api_listens_on_loopback_unless_anonymous_callers_are_allowed(
+        tmp_path: Path, env: dict[str, str], host: str) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_PORT": "8123", **env})
+    assert listen_host(settings) == host
+    assert gunicorn_options(settings)["bind"] == f"{host}:8123"
+    notice = anonymous_notice(settings)
+    if settings.tenants:
+        assert notice is None
+    elif host != settings.host:
+        assert notice is not None and f"listening on {host} only" in notice and "FITJOBS_ALLOW_ANONYMOUS=1" in notice
+    else:
+        assert notice is not None and "anonymous tenant 'default'" in notice
