@@ -14,7 +14,7 @@ from werkzeug.http import parse_options_header
 from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
-from service.check_runner import CheckFailed
+from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
 from service.errors import (
     BadRequest,
     Conflict,
@@ -29,6 +29,7 @@ from service.schemas import DatasetListQuerySchema, DatasetListSchema, DatasetSc
 from service.store.dataset_store import DatasetNotFound
 from service.uploads import (
     UploadedDataset,
+    UploadLimits,
     UploadRefused,
     clean_filename,
     new_dataset_id,
@@ -124,7 +125,11 @@ class Datasets(MethodView):
     @blp.response(201, DatasetSchema)
     @blp.alt_response(413, schema=ProblemSchema, description="Larger than FITJOBS_MAX_UPLOAD_BYTES.")
     @blp.alt_response(415, schema=ProblemSchema, description="Not a .csv, .json, .jsonl or .parquet file.")
-    @blp.alt_response(422, schema=ProblemSchema, description="Not a readable table; `detail` says why.")
+    @blp.alt_response(422, schema=ProblemSchema,
+                      description="Not a readable table, compressed data or an archive, over a FITJOBS_UPLOAD_MAX_* "
+                                  "limit, or over the check's memory or CPU limit; `detail` says which.")
+    @blp.alt_response(503, schema=ProblemSchema,
+                      description="Every check process stayed busy; retry after `Retry-After` seconds.")
     def post(self, query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Upload a CSV, JSON, JSON Lines or Parquet file; answers with its id, rows and columns.
 
@@ -144,13 +149,24 @@ class Datasets(MethodView):
         except RequestEntityTooLarge as exc:
             raise too_large(settings.max_upload_bytes) from exc
         try:
-            table = current_check_runner().run("inspect_upload", {"path": str(path)}, settings.check_timeout)
+            table = current_check_runner().run(
+                "inspect_upload", {"path": str(path), "limits": UploadLimits.from_settings(settings).to_dict()},
+                settings.check_timeout)
             if "problem" in table:
                 message = table["problem"][0].upper() + table["problem"][1:]
                 raise ValidationFailed(f"{message}.", errors={"file": [f"{message}."]})
             dataset = current_dataset_store().add(
                 dataset_id=dataset_id, filename=filename, format=suffix.lstrip("."), size_bytes=size,
                 sha256=sha256, rows=table["rows"], columns=table["columns"])
+        except CheckLimitExceeded as exc:
+            remove_upload(settings.uploads_dir, dataset_id)
+            message = f"The uploaded file could not be checked within its limits: {exc}."
+            raise ValidationFailed(message, errors={"file": [message]}) from exc
+        except CheckBusy as exc:
+            remove_upload(settings.uploads_dir, dataset_id)
+            raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}; try again later.",
+                                     extra={"retryable": True},
+                                     headers={"Retry-After": str(exc.retry_after)}) from exc
         except CheckFailed as exc:
             remove_upload(settings.uploads_dir, dataset_id)
             raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}.",

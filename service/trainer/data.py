@@ -211,6 +211,8 @@ def load_table(path: Path, named: str, split: str, cache_dir: Path | None) -> Da
     try:
         return load_dataset(loader, data_files=str(path), split="train",
                             cache_dir=str(cache_dir) if cache_dir else None)
+    except MemoryError:
+        raise  # the process's memory limit, not a property of the file
     except Exception as exc:  # pandas, pyarrow and datasets each raise their own types
         if "corresponds to no data" in str(exc):
             # datasets' way of saying the file parsed but held no rows (a CSV with only a header).
@@ -288,6 +290,8 @@ def load_records(records: list[dict[str, Any]], split: str) -> Dataset:
     """Inline rows as a Dataset; a column mixing value types is reported with its first odd row."""
     try:
         return Dataset.from_list(records)
+    except MemoryError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid or ArrowTypeError here
         raise invalid("mixed_types", f"{split} records: {describe_mixed_types(records) or root_cause(exc)}",
                       split=split) from exc
