@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from service.locations import Locations
+from service.trainer.data import caused_by_memory
 
 OPERATIONS = ("dry_run", "inspect_upload", "ping")
 PARENT_POLL_SECONDS = 1.0
@@ -47,17 +48,6 @@ def cpu_seconds_used() -> float:
     """CPU time this process used so far, user and system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def caused_by_memory(exc: BaseException) -> bool:
-    """Whether an exception is, or was raised while handling, a failed allocation."""
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 20:
-        if isinstance(current, MemoryError):
-            return True
-        current, seen = current.__cause__ or current.__context__, seen + 1
-    return False
 
 
 class CheckServer:

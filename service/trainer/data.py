@@ -211,9 +211,9 @@ def load_table(path: Path, named: str, split: str, cache_dir: Path | None) -> Da
     try:
         return load_dataset(loader, data_files=str(path), split="train",
                             cache_dir=str(cache_dir) if cache_dir else None)
-    except MemoryError:
-        raise  # the process's memory limit, not a property of the file
     except Exception as exc:  # pandas, pyarrow and datasets each raise their own types
+        if caused_by_memory(exc):
+            raise  # the process's memory limit, not a property of the file
         if "corresponds to no data" in str(exc):
             # datasets' way of saying the file parsed but held no rows (a CSV with only a header).
             raise invalid("no_rows", f"{named} has no rows", split=split) from exc
@@ -290,9 +290,9 @@ def load_records(records: list[dict[str, Any]], split: str) -> Dataset:
     """Inline rows as a Dataset; a column mixing value types is reported with its first odd row."""
     try:
         return Dataset.from_list(records)
-    except MemoryError:
-        raise
-    except Exception as exc:  # pyarrow raises ArrowInvalid or ArrowTypeError here
+    except Exception as exc:
+        if caused_by_memory(exc):
+            raise  # pyarrow raises ArrowInvalid or ArrowTypeError here
         raise invalid("mixed_types", f"{split} records: {describe_mixed_types(records) or root_cause(exc)}",
                       split=split) from exc
 
@@ -311,6 +311,18 @@ def describe_mixed_types(records: list[dict[str, Any]]) -> str | None:
                 return (f"column {column!r}, row {row}: {value!r} is {type(value).__name__} "
                         f"but row {seen[1]} holds {seen[0].__name__}; a column must hold one type")
     return None
+
+
+def caused_by_memory(exc: BaseException) -> bool:
+    """Whether an exception is, or was raised while handling, a failed allocation."""
+    current: BaseException | None = exc
+    for _ in range(20):
+        if current is None:
+            return False
+        if isinstance(current, MemoryError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def root_cause(exc: BaseException) -> str:
