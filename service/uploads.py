@@ -29,7 +29,8 @@ PARQUET_MAGIC = b"PAR1"
 CONTAINER_MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x1f\x8b", "gzip"),
     # bzip2: "BZh", the block size digit, and the magic of the first block (pi) or of the end (sqrt pi).
-    *((0, b"BZh" + bytes([level]) + block, "bzip2") for level in b"123456789" for block in (b"1AY&SY", b"\x17rE8P\x90")),
+    *((0, b"BZh" + bytes([level]) + block, "bzip2")
+      for level in b"123456789" for block in (b"1AY&SY", b"\x17rE8P\x90")),
     (0, b"\xfd7zXZ\x00", "xz"),
     (0, b"\x5d\x00\x00", "lzma"),
     (0, b"\x28\xb5\x2f\xfd", "zstd"),

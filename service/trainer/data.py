@@ -21,7 +21,7 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 
 from service.jobs import FailureCode
-from service.locations import UPLOAD_CACHE, Locations, PathRefused, job_model_dir, upload_file
+from service.locations import UPLOAD_CACHE, Locations, PathRefused, in_system_folder, job_model_dir, upload_file
 from service.trainer.failures import TrainingFailure
 
 FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -274,9 +274,13 @@ def load_hub_dataset(source: dict[str, Any], split: str) -> Dataset:
 
 
 def resolve_data_path(name: str, data_root: Path, split: str) -> Path:
-    """The real path of a data file or folder; refuses one that resolves (symlinks followed) outside ``data_root``."""
+    """The real path of a data file or folder; refuses one that resolves (symlinks followed) outside ``data_root``
+    or into /proc, /sys or /dev. Runs when the job loads its data, so a link changed after submit is caught."""
     root = data_root.resolve()
     path = (root / name).resolve()
+    if in_system_folder(path):
+        raise invalid("path_outside_root", f"{split} file {name!r} leads into /proc, /sys or /dev, which hold no "
+                                           "data files", split=split, value=name)
     if not path.is_relative_to(root):
         raise invalid("path_outside_root", f"{split} file {name!r} resolves outside the data root",
                       split=split, value=name)
