@@ -88,7 +88,7 @@ def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
     real = Path(os.path.realpath(candidate))
     # Messages say which rule was broken, never where the path resolves to: that would disclose
     # the targets of links and of /proc/self entries, and the server's own folders.
-    if in_system_folder(real):
+    if in_system_folder(real) or passes_through_system_folder(str(candidate)):
         raise PathRefused(f"leads into {', '.join(SYSTEM_FOLDERS[:-1])} or {SYSTEM_FOLDERS[-1]}, which hold no "
                           f"{what} files")
     if not any(real == root or real.is_relative_to(root) for root in real_roots):
@@ -99,6 +99,38 @@ def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
 def in_system_folder(real: Path) -> bool:
     """Whether a resolved path lies in /proc, /sys or /dev (process state, kernel settings, devices)."""
     return any(real == Path(folder) or real.is_relative_to(folder) for folder in SYSTEM_FOLDERS)
+
+
+def passes_through_system_folder(path: str, max_links: int = 40) -> bool:
+    """Whether resolving an absolute path, link by link, steps into /proc, /sys or /dev on the way.
+
+    Catches what the resolved path alone hides: ``/proc/self/cwd/...`` and links to it end in
+    an ordinary folder (the reading process's), but only by way of /proc.
+    """
+    parts = path.split("/")
+    resolved = "/"
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        step = os.path.join(resolved, part)
+        if in_system_folder(Path(step)):
+            return True
+        if os.path.islink(step):
+            links += 1
+            if links > max_links:
+                return False  # a link loop; the caller's realpath check refuses what it resolves to
+            target = os.readlink(step)
+            parts = target.split("/") + parts
+            if target.startswith("/"):
+                resolved = "/"
+            continue
+        resolved = step
+    return False
 
 
 def upload_dir(uploads_dir: Path, dataset_id: str) -> Path:

@@ -21,7 +21,15 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 
 from service.jobs import FailureCode
-from service.locations import UPLOAD_CACHE, Locations, PathRefused, in_system_folder, job_model_dir, upload_file
+from service.locations import (
+    UPLOAD_CACHE,
+    Locations,
+    PathRefused,
+    in_system_folder,
+    job_model_dir,
+    passes_through_system_folder,
+    upload_file,
+)
 from service.trainer.failures import TrainingFailure
 
 FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -278,7 +286,7 @@ def resolve_data_path(name: str, data_root: Path, split: str) -> Path:
     or into /proc, /sys or /dev. Runs when the job loads its data, so a link changed after submit is caught."""
     root = data_root.resolve()
     path = (root / name).resolve()
-    if in_system_folder(path):
+    if in_system_folder(path) or passes_through_system_folder(str(root / name)):
         raise invalid("path_outside_root", f"{split} file {name!r} leads into /proc, /sys or /dev, which hold no "
                                            "data files", split=split, value=name)
     if not path.is_relative_to(root):
