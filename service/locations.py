@@ -85,12 +85,18 @@ def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
     check_path_text(value)
     real_roots = [Path(os.path.realpath(root)) for root in roots]
     candidate = Path(value) if os.path.isabs(value) else real_roots[0] / value
-    real = Path(os.path.realpath(candidate))
     # Messages say which rule was broken, never where the path resolves to: that would disclose
     # the targets of links and of /proc/self entries, and the server's own folders.
-    if in_system_folder(real) or passes_through_system_folder(str(candidate)):
-        raise PathRefused(f"leads into {', '.join(SYSTEM_FOLDERS[:-1])} or {SYSTEM_FOLDERS[-1]}, which hold no "
-                          f"{what} files")
+    system = PathRefused(f"leads into {', '.join(SYSTEM_FOLDERS[:-1])} or {SYSTEM_FOLDERS[-1]}, which hold no "
+                         f"{what} files")
+    if passes_through_system_folder(str(candidate)):
+        raise system
+    try:
+        real = Path(os.path.realpath(candidate))
+    except OSError as exc:  # a link this process may not read
+        raise PathRefused("cannot be resolved: a link on the way cannot be read") from exc
+    if in_system_folder(real):
+        raise system
     if not any(real == root or real.is_relative_to(root) for root in real_roots):
         raise PathRefused(f"lies outside the {what} root{'s' if len(roots) > 1 else ''} once links are followed")
     return real
@@ -124,7 +130,10 @@ def passes_through_system_folder(path: str, max_links: int = 40) -> bool:
             links += 1
             if links > max_links:
                 return False  # a link loop; the caller's realpath check refuses what it resolves to
-            target = os.readlink(step)
+            try:
+                target = os.readlink(step)
+            except OSError:
+                return False  # unreadable: resolving it fails too, and the caller refuses that
             parts = target.split("/") + parts
             if target.startswith("/"):
                 resolved = "/"

@@ -105,7 +105,10 @@ class CheckServer:
             if caused_by_memory(exc):
                 return {"limit": "memory", "error": "the check ran out of memory"}
             traceback.print_exc()
-            return {"error": f"{type(exc).__name__}: {exc}"}
+            # The API quotes this to its caller: the exception's type (and an OS error's reason), never its
+            # text, which may hold server-side paths. The traceback above goes to the API's log.
+            reason = f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
+            return {"error": f"{type(exc).__name__}{reason}"}
 
 
 def serve(requests: TextIO, answers: TextIO, server: CheckServer) -> None:

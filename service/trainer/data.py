@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -225,7 +226,8 @@ def load_table(path: Path, named: str, split: str, cache_dir: Path | None) -> Da
         if "corresponds to no data" in str(exc):
             # datasets' way of saying the file parsed but held no rows (a CSV with only a header).
             raise invalid("no_rows", f"{named} has no rows", split=split) from exc
-        raise invalid("unreadable_file", f"{named} could not be read as {loader}: {root_cause(exc)}",
+        raise invalid("unreadable_file", f"{named} could not be read as {loader}: "
+                                         f"{without_path(root_cause(exc), path)}",
                       split=split) from exc
 
 
@@ -235,7 +237,8 @@ def load_saved(folder: Path, named: str, split: str, wanted: str | None) -> Data
         # In memory, so later transforms never write cache files into the caller's data folder.
         saved = load_from_disk(str(folder), keep_in_memory=True)
     except Exception as exc:  # FileNotFoundError, arrow and JSON errors
-        raise invalid("unreadable_folder", f"{named} is not a folder written by save_to_disk: {root_cause(exc)}",
+        raise invalid("unreadable_folder", f"{named} is not a folder written by save_to_disk: "
+                                           f"{without_path(root_cause(exc), folder)}",
                       split=split) from exc
     if isinstance(saved, DatasetDict):
         name = wanted or split
@@ -285,10 +288,17 @@ def resolve_data_path(name: str, data_root: Path, split: str) -> Path:
     """The real path of a data file or folder; refuses one that resolves (symlinks followed) outside ``data_root``
     or into /proc, /sys or /dev. Runs when the job loads its data, so a link changed after submit is caught."""
     root = data_root.resolve()
-    path = (root / name).resolve()
-    if in_system_folder(path) or passes_through_system_folder(str(root / name)):
-        raise invalid("path_outside_root", f"{split} file {name!r} leads into /proc, /sys or /dev, which hold no "
-                                           "data files", split=split, value=name)
+    system = invalid("path_outside_root", f"{split} file {name!r} leads into /proc, /sys or /dev, which hold no "
+                                          "data files", split=split, value=name)
+    if passes_through_system_folder(str(root / name)):
+        raise system
+    try:
+        path = (root / name).resolve()
+    except OSError as exc:  # a link this process may not read
+        raise invalid("path_outside_root", f"{split} file {name!r} cannot be resolved: a link on the way cannot be "
+                                           "read", split=split, value=name) from exc
+    if in_system_folder(path):
+        raise system
     if not path.is_relative_to(root):
         raise invalid("path_outside_root", f"{split} file {name!r} resolves outside the data root",
                       split=split, value=name)
@@ -335,6 +345,14 @@ def caused_by_memory(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def without_path(text: str, path: Path) -> str:
+    """``text`` with the file's server-side path (as given and resolved) and its folder left out."""
+    for spelling in sorted({str(path), os.path.realpath(path), str(path.parent), os.path.realpath(path.parent)},
+                           key=len, reverse=True):
+        text = text.replace(spelling, "<file>" if spelling.endswith(path.name) else "<folder>")
+    return text
 
 
 def root_cause(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Dataset
 
-from service.trainer.data import InvalidData, invalid
+from service.trainer.data import InvalidData, invalid, root_cause, without_path
 from service.uploads import UploadLimits
 
 # The header line (CSV) or first record (JSON Lines) is read up to this many bytes.
@@ -95,8 +95,12 @@ def check_csv_header(path: Path, limits: UploadLimits) -> None:
     if line is None:
         raise over("header_too_long", f"the uploaded file's first line is longer than {size_text(MAX_HEAD_BYTES)}; "
                                       "a CSV header names the columns and is far shorter")
-    names = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
-    check_columns(len(names), limits, " in its header line")
+    text = line.decode("utf-8", errors="replace")
+    try:
+        count = len(next(csv.reader([text]), []))
+    except csv.Error:
+        count = text.count(",") + 1  # not CSV the csv module can split; the reader reports it once it runs
+    check_columns(count, limits, " in its header line")
 
 
 def check_first_record(path: Path, limits: UploadLimits) -> None:
@@ -117,8 +121,8 @@ def check_parquet(path: Path, limits: UploadLimits) -> None:
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for a broken footer
-        raise over("unreadable_file", f"the uploaded file could not be read as parquet: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+        cause = without_path(root_cause(exc), path)
+        raise over("unreadable_file", f"the uploaded file could not be read as parquet: {cause}") from exc
     meta = parquet.metadata
     check_columns(meta.num_columns, limits, " in its Parquet metadata")
     check_rows(meta.num_rows, limits, " in its Parquet metadata")
