@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -36,6 +37,7 @@ from service.api.sources import current_check_runner
 from service.check_runner import CheckRunner
 from service.config import Settings
 from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.service import descendants, start_service
 
 ANSWER_SECONDS = 5.0
 ZEROS_MIB = 256
@@ -329,3 +331,43 @@ def test_checks_beyond_the_queue_wait_are_503_with_retry_after(tmp_path: Path) -
         runner(app).close()
         thread.join(10)
         app.extensions["fitjobs.store"].engine.dispose()
+
+
+def check_server_peaks(root: int) -> dict[int, int]:
+    """VmHWM (peak resident bytes) of every check server below ``root``, by pid."""
+    peaks = {}
+    for pid in descendants(root):
+        try:
+            if b"service.trainer.check_server" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        peaks[pid] = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+    return peaks
+
+
+def test_bombs_sent_to_a_running_api_are_refused_within_5_s_each(tmp_path: Path) -> None:
+    """The same bombs over HTTP to `fitjobs api` (gunicorn, gevent workers): answers, disk and memory."""
+    api = start_service(tmp_path / "home", role="api", extra_env={"FITJOBS_API_WORKERS": "1"})
+    try:
+        bombs = [("gzip", "train.csv", gzip_of_zeros(), "is gzip data"),
+                 ("zip", "train.csv", zip_of_zeros(), "is zip data"),
+                 ("parquet", "train.parquet", dictionary_parquet(10_000_000, "a fine film"), "10,000,000 rows"),
+                 ("wide csv", "train.csv", wide_csv(100_000), "100,000 columns")]
+        api_pid = api.process.pid
+        for kind, filename, body, named in bombs:
+            started = time.monotonic()
+            response = requests.post(api.url + "/v1/datasets", files={"file": (filename, body)}, timeout=30)
+            seconds = time.monotonic() - started
+            assert response.status_code == 422, (kind, response.text)
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert named in response.json()["detail"], (kind, response.json())
+            assert seconds < ANSWER_SECONDS, f"{kind}: answered in {seconds:.1f} s"
+            assert list((api.home / "uploads").iterdir()) == [], f"{kind}: left files behind"
+        peaks = check_server_peaks(api_pid)
+        assert peaks, "the checks ran in check server processes"
+        print(f"\ncheck server peak RSS behind `fitjobs api`: {max(peaks.values()) / 2 ** 20:.0f} MiB")
+        assert max(peaks.values()) < MAX_CHECK_PEAK_BYTES
+    finally:
+        api.stop()
