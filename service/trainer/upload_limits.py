@@ -43,10 +43,11 @@ def first_line(path: Path, limit: int) -> bytes | None:
     """The file's first line without its line end, or None when it is longer than ``limit`` bytes."""
     with open(path, "rb") as handle:
         head = handle.read(limit + 1)
-    line, newline, _ = head.partition(b"\n")
-    if not newline and len(head) > limit:
-        return None
-    return line.rstrip(b"\r")
+    # A line ends at "\n", "\r\n" or a lone "\r" (as the CSV readers allow).
+    ends = [index for index in (head.find(b"\n"), head.find(b"\r")) if index >= 0]
+    if not ends:
+        return None if len(head) > limit else head
+    return head[:min(ends)]
 
 
 def check_columns(count: int, limits: UploadLimits, where: str) -> None:

@@ -79,3 +79,9 @@ def test_reasons_quoted_from_readers_leave_out_the_server_path(tmp_path: Path) -
     path = tmp_path / "uploads" / "ds_x" / "data.csv"
     text = f"FileNotFoundError: {path} is missing; looked in {path.parent}"
     assert without_path(text, path) == "FileNotFoundError: <file> is missing; looked in <folder>"
+
+
+def test_a_header_ended_by_a_lone_carriage_return_is_counted(tmp_path: Path) -> None:
+    (tmp_path / "mac.csv").write_bytes(b",".join(b"c%d" % index for index in range(11)) + b"\rx\r" + b"y" * 100)
+    with pytest.raises(InvalidData, match="11 columns in its header line"):
+        check_before_reading(tmp_path / "mac.csv", LIMITS)
