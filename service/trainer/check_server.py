@@ -50,6 +50,12 @@ def cpu_seconds_used() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def lower_soft_limit(which: int, value: int) -> None:
+    """Set a resource's soft limit to ``value``, or to its hard limit where that is lower."""
+    _, hard = resource.getrlimit(which)
+    resource.setrlimit(which, (value if hard == resource.RLIM_INFINITY else min(value, hard), hard))
+
+
 class CheckServer:
     """Answers requests; keeps the tokenizers it loaded."""
 
@@ -86,11 +92,9 @@ class CheckServer:
     def limit_next_request(self) -> None:
         """Allow the next request its memory and CPU time on top of what the process used so far."""
         if self.memory_bytes is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-            resource.setrlimit(resource.RLIMIT_DATA, (data_bytes() + self.memory_bytes, hard))
+            lower_soft_limit(resource.RLIMIT_DATA, data_bytes() + self.memory_bytes)
         if self.cpu_seconds is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-            resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(cpu_seconds_used()) + self.cpu_seconds, hard))
+            lower_soft_limit(resource.RLIMIT_CPU, math.ceil(cpu_seconds_used()) + self.cpu_seconds)
 
     def handle(self, line: str) -> dict[str, Any]:
         """The answer to one request line: {"result": ...}, {"error": "..."} or {"limit": "memory", ...}."""

@@ -26,6 +26,9 @@ from service.uploads import UploadLimits
 # The header line (CSV) or first record (JSON Lines) is read up to this many bytes.
 MAX_HEAD_BYTES = 4 * 1024 * 1024
 PARQUET_BATCH_ROWS = 65_536
+PARQUET_MAGIC = b"PAR1"
+# A Parquet footer (schema and row-group metadata) is read whole; ordinary files have kilobytes to a few MiB.
+MAX_FOOTER_BYTES = 64 * 1024 * 1024
 MIB = 1024 * 1024
 
 
@@ -119,6 +122,13 @@ def check_first_record(path: Path, limits: UploadLimits) -> None:
 
 def check_parquet(path: Path, limits: UploadLimits) -> None:
     """Rows, columns and sizes from the footer, then each column decoded batch by batch and measured."""
+    with open(path, "rb") as handle:
+        handle.seek(max(path.stat().st_size - 8, 0))
+        tail = handle.read(8)
+    footer = int.from_bytes(tail[:4], "little") if len(tail) == 8 and tail[4:] == PARQUET_MAGIC else 0
+    if footer > MAX_FOOTER_BYTES:
+        raise over("metadata_too_large", f"the uploaded file's Parquet metadata takes {size_text(footer)}; the limit "
+                                         f"is {size_text(MAX_FOOTER_BYTES)}")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for a broken footer

@@ -85,3 +85,10 @@ def test_a_header_ended_by_a_lone_carriage_return_is_counted(tmp_path: Path) -> 
     (tmp_path / "mac.csv").write_bytes(b",".join(b"c%d" % index for index in range(11)) + b"\rx\r" + b"y" * 100)
     with pytest.raises(InvalidData, match="11 columns in its header line"):
         check_before_reading(tmp_path / "mac.csv", LIMITS)
+
+
+def test_a_parquet_footer_claiming_to_be_huge_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "footer.parquet"
+    path.write_bytes(b"PAR1" + b"\x00" * 64 + (512 * 1024 * 1024).to_bytes(4, "little") + b"PAR1")
+    with pytest.raises(InvalidData, match="Parquet metadata takes 512.0 MiB"):
+        check_before_reading(path, LIMITS)
