@@ -81,7 +81,9 @@ class CheckLimits:
 
     def memory_message(self) -> str:
         """What a check over the memory limit is told."""
-        return (f"the check needed more than {(self.memory_bytes or 0) / MIB:,.0f} MiB of memory "
+        if self.memory_bytes is None:
+            return "the check ran out of memory"
+        return (f"the check needed more than {self.memory_bytes / MIB:,.0f} MiB of memory "
                 "(FITJOBS_CHECK_MEMORY_BYTES)")
 
     def cpu_message(self) -> str:
