@@ -18,7 +18,8 @@ LOCKS = {"cpu": REPO_ROOT / "docker" / "requirements" / "cpu.txt",
          "cuda": REPO_ROOT / "docker" / "requirements" / "cuda.txt"}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s\\;]+)")
 # What a Linux x86_64 image with Python 3.11 evaluates markers as.
-IMAGE_ENVIRONMENT: dict[str, str] = {**default_environment(), "python_version": "3.11", "sys_platform": "linux",
+IMAGE_ENVIRONMENT: dict[str, str] = {**{key: str(value) for key, value in default_environment().items()},
+                                     "python_version": "3.11", "sys_platform": "linux",
                                      "platform_system": "Linux", "platform_machine": "x86_64"}
 
 
