@@ -39,7 +39,8 @@ def test_the_statement_is_plain_sql_a_trigger_can_run(store: JobStore) -> None:
 
     with store.engine.connect() as conn:
         assert conn.execute(text(queue_depth_sql(2))).scalar_one() == 2
-    assert queue_depth_sql(4) == ("SELECT count(*) FROM jobs WHERE state = 'queued' AND COALESCE(gpus, 1) = 4 "
+    assert queue_depth_sql(4) == ("SELECT count(*) FROM jobs WHERE (state = 'queued' OR (state = 'running' AND "
+                                  "lease_expires_at < CURRENT_TIMESTAMP)) AND COALESCE(gpus, 1) = 4 "
                                   "AND gpu_type IS NULL")
     assert queue_depth_sql(2, "h100").endswith("= 2 AND gpu_type = 'h100'")
     for bad in (-1, "1; DROP TABLE jobs", 1.5, True):
@@ -83,3 +84,12 @@ def test_gpu_types_split_the_queue_and_the_claims(store: JobStore) -> None:
     # A long-running worker of a type takes its type's jobs, and untyped ones.
     assert store.claim_next_job("h4", free_gpus=4, node_gpus=4, gpu_type="h100").id == h100_pair.id  # type: ignore[union-attr]
     assert store.get_job(a100.id).state is JobState.QUEUED
+
+
+def test_a_running_job_whose_lease_lapsed_counts_as_waiting(store: JobStore) -> None:
+    live, _ = store.create_job(SPEC, gpus=2)
+    lapsed, _ = store.create_job(SPEC, gpus=2)
+    assert store.claim_next_job("alive", 60.0, free_gpus=2, node_gpus=2, exact=True).id == live.id  # type: ignore[union-attr]
+    assert store.claim_next_job("gone", -30.0, free_gpus=2, node_gpus=2, exact=True).id == lapsed.id  # type: ignore[union-attr]
+    assert store.queue_depth(2) == 1
+    assert [job.id for job in store.expired_jobs()] == [lapsed.id]
