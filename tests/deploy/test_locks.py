@@ -97,3 +97,19 @@ def test_the_documented_cuda_and_cudnn_are_the_locked_ones() -> None:
         assert f"nvidia-cudnn-cu12 {cudnn}" in text, document
         major_minor = ".".join(runtime.split(".")[:2])
         assert f"CUDA {major_minor}" in text and f"cuDNN {'.'.join(cudnn.split('.')[:2])}" in text, document
+
+
+def test_this_environment_runs_the_locked_versions() -> None:
+    """`make setup` installs the CPU lock first, so the tests run what the images install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    mismatched = {}
+    for name, (locked, _) in read_lock(LOCKS["cpu"]).items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            mismatched[name] = (locked, None)
+            continue
+        if canonicalize_name(name) not in ("pip",) and installed != locked:
+            mismatched[name] = (locked, installed)
+    assert not mismatched, f"locked vs installed (run `make setup`): {mismatched}"
