@@ -34,10 +34,13 @@ LIMIT_REQUEST_FIELD_SIZE = 8190
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """gunicorn's configuration of `fitjobs api`, from the FITJOBS_API_* settings."""
+    from service.api.gunicorn_workers import worker_class
+
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.api_workers,
-        "worker_class": settings.api_worker_class,
+        # gunicorn's worker of that class, answering the requests gunicorn itself refuses as problem+json.
+        "worker_class": worker_class(settings.api_worker_class),
         "timeout": settings.api_timeout,
         "graceful_timeout": settings.api_graceful_timeout,
         # With gevent this also bounds the time a client may take to send a request's head.

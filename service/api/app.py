@@ -8,6 +8,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from service.api.auth import install_auth
+from service.api.edge import install_edge
 from service.api.event_streams import EventStreams
 from service.config import Settings
 from service.errors import install_error_handlers
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
         max_streams=settings.api_max_streams)
     app.extensions["fitjobs.api"] = build_api(app)
     install_auth(app, settings.api_tokens)
+    install_edge(app)
     # After flask-smorest, which registers its own JSON error handler for HTTPException.
     install_error_handlers(app)
     configure_logging(settings.log_level)

@@ -1,0 +1,103 @@
+"""What every request passes before a view runs: a request id, and limits on what a body or URL may hold.
+
+- Each request gets an id: the caller's `X-Request-ID` when it is a sane token, else a new one.
+  Every response carries it back, and every problem+json body names it as `request_id`, so an
+  error the caller reports can be found in the logs.
+- A JSON body may nest at most MAX_JSON_DEPTH arrays and objects, and hold no integer of more
+  than MAX_INTEGER_DIGITS digits, no NaN or Infinity: checked on the raw text, before Python
+  parses it (deep nesting exhausts the parser's recursion, and int() of a long digit string
+  costs quadratic time and fails past 4,300 digits).
+- Values taken from the URL path (ids, artifact names) hold no control characters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+
+from flask import Flask, Response, g, has_request_context, request
+
+from service.errors import BadRequest, ValidationFailed
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is echoed only when it looks like one: no spaces, quotes or control characters.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+
+MAX_JSON_DEPTH = 64
+# The widest integer any field accepts is 2**63 - 1: 19 digits.
+MAX_INTEGER_DIGITS = 19
+# Strings (consumed whole, so that nothing inside them counts), brackets, numbers and the
+# non-standard constants Python's parser accepts.
+JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|-?(\d+)(\.\d+)?([eE][+-]?\d+)?|NaN|-?Infinity',
+                        re.DOTALL)
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def request_id() -> str:
+    """The id of the request being served (assigned on first use)."""
+    if not has_request_context():
+        return ""
+    if "request_id" not in g:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return str(g.request_id)
+
+
+def check_json_text(text: str) -> None:
+    """Refuse a JSON document nested deeper than MAX_JSON_DEPTH or holding numbers no field accepts."""
+    depth = 0
+    for token in JSON_TOKEN.finditer(text):
+        first = token.group()[0]
+        if first in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"The JSON body nests arrays and objects more than {MAX_JSON_DEPTH} deep.")
+        elif first in "]}":
+            depth -= 1
+        elif first == '"':
+            continue
+        elif token.group(1) is None:
+            raise BadRequest(f"The JSON body holds {token.group()}, which is not a JSON number.")
+        elif len(token.group(1)) > MAX_INTEGER_DIGITS:
+            raise ValidationFailed(
+                f"The JSON body holds a number of {len(token.group(1))} digits; no field accepts more than "
+                f"{MAX_INTEGER_DIGITS}.", errors={"body": [f"A number has more than {MAX_INTEGER_DIGITS} digits."]})
+        elif token.group(3) is not None and math.isinf(float(token.group())):
+            raise ValidationFailed(f"The JSON body holds {token.group()[:40]}, beyond the range of a number.",
+                                   errors={"body": ["A number is beyond the range of a 64-bit float."]})
+
+
+def check_request() -> None:
+    """Refuse control characters in URL path values, and JSON bodies past the limits above."""
+    bad = sorted(name for name, value in (request.view_args or {}).items()
+                 if isinstance(value, str) and CONTROL_CHARACTER.search(value))
+    if bad:
+        errors = {name: ["Must not contain NUL or other control characters."] for name in bad}
+        raise ValidationFailed(f"{', '.join(bad)}: Must not contain NUL or other control characters.",
+                               errors=errors)
+    if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+        body = request.get_data(cache=True)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest("The request body is not valid UTF-8 JSON.") from exc
+        check_json_text(text)
+
+
+def assign_request_id() -> None:
+    """Fix the request's id before anything can fail, so that every problem body names it."""
+    request_id()
+
+
+def add_request_id(response: Response) -> Response:
+    """Every response names the request it answers."""
+    response.headers[REQUEST_ID_HEADER] = request_id()
+    return response
+
+
+def install_edge(app: Flask) -> None:
+    """Check every request as above (after authentication), and tag every response with its request id."""
+    app.before_request_funcs.setdefault(None, []).insert(0, assign_request_id)
+    app.before_request(check_request)
+    app.after_request(add_request_id)
