@@ -6,7 +6,6 @@ import argparse
 import functools
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -89,7 +88,7 @@ def api_arbiter(settings: Settings) -> Any:
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
 
-    from service.api.lifecycle import mark_draining
+    from service.api.lifecycle import create_drain_flag, mark_draining
 
     class FitjobsGunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -105,19 +104,18 @@ def api_arbiter(settings: Settings) -> Any:
         """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully."""
 
         def handle_term(self) -> None:
-            mark_draining(self.pid)
+            mark_draining()
             log.info("SIGTERM: readiness is false; serving %.0f s more, then finishing in-flight "
                      "requests", settings.api_drain_seconds)
             time.sleep(settings.api_drain_seconds)  # the workers go on serving meanwhile
             super().handle_term()
 
+    create_drain_flag()  # before the arbiter forks any worker, so that each inherits it
     return DrainingArbiter(FitjobsGunicorn())
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the HTTP API with gunicorn."""
-    from service.api.lifecycle import drain_flag
-
     # In a child process, so that this one (the gunicorn master) never imports SQLAlchemy or psycopg.
     migrated = subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=settings.child_environ(),
                               stdout=subprocess.DEVNULL, check=False)
@@ -125,10 +123,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         print(f"fitjobs: the database schema could not be upgraded (exit status {migrated.returncode})",
               file=sys.stderr)
         return 1
-    try:
-        api_arbiter(settings).run()
-    finally:
-        drain_flag(os.getpid()).unlink(missing_ok=True)
+    api_arbiter(settings).run()
     return 0
 
 
