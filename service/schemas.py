@@ -27,6 +27,31 @@ DEFAULT_WARMUP_RATIO = 0.06
 MAX_LABELS = 100_000
 
 
+# C0 and C1 control characters (NUL included) and DEL: no name, path, column or id holds one.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+NO_CONTROL_CHARACTERS = "Must not contain NUL or other control characters."
+MAX_INT64 = 2**63 - 1
+
+
+class PlainString(fields.String):
+    """A name, path, column or id: a string without NUL or other control characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if CONTROL_CHARACTERS.search(text):
+            raise ValidationError(NO_CONTROL_CHARACTERS)
+        return text
+
+
+class QueryInteger(fields.Integer):
+    """An integer from a query string: ASCII digits only (int() would also take '٣', ' 3 ' and '1_0')."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,19}", value):
+            raise ValidationError("Must be a whole number written with the digits 0-9 (at most 19 of them).")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class StrictSchema(Schema):
     """Rejects unknown fields, at every nesting level."""
 
@@ -42,29 +67,29 @@ class TrainSourceSchema(StrictSchema):
 
     source_keys: tuple[str, ...] = ("path", "records", "upload", "dataset")
 
-    path = fields.String(validate=validate.Length(min=1, max=4096), metadata={
+    path = PlainString(validate=validate.Length(min=1, max=4096), metadata={
         "description": "A .csv, .json, .jsonl or .parquet file, or a folder written by `save_to_disk`, "
                        "under the data root (FITJOBS_DATA_ROOT): relative to it, or absolute inside it."})
     records = fields.List(
-        fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True)),
+        fields.Dict(keys=PlainString(), values=fields.Raw(allow_none=True)),
         validate=validate.Length(min=1, max=MAX_RECORDS),
         metadata={"description": f"Inline rows, at most {MAX_RECORDS}."})
-    upload = fields.String(validate=validate.Regexp(DATASET_ID.pattern, error="Must be a dataset id from "
+    upload = PlainString(validate=validate.Regexp(DATASET_ID.pattern, error="Must be a dataset id from "
                                                                              "POST /v1/datasets (ds_...)."),
                            metadata={"description": "The id of a dataset uploaded with POST /v1/datasets."})
-    dataset = fields.String(validate=[validate.Length(min=1, max=256),
+    dataset = PlainString(validate=[validate.Length(min=1, max=256),
                                       validate.Regexp(HUB_NAME.pattern, error="Must be a Hub dataset name "
                                                                               "such as 'glue' or 'org/name'.")],
                             metadata={"description": "A Hugging Face Hub dataset; offline "
                                                      "(HF_DATASETS_OFFLINE=1) it loads from the local cache."})
-    config = fields.String(validate=validate.Regexp(r"^[\w.\-]{1,256}$", error="Must be a configuration name."),
+    config = PlainString(validate=validate.Regexp(r"^[\w.\-]{1,256}$", error="Must be a configuration name."),
                            metadata={"description": "The Hub dataset's configuration (subset), e.g. 'sst2'."})
-    split = fields.String(validate=validate.Regexp(r"^[\w.\-]{1,64}(\[[\w%:.\-]{0,64}\])?$",
+    split = PlainString(validate=validate.Regexp(r"^[\w.\-]{1,64}(\[[\w%:.\-]{0,64}\])?$",
                                                    error="Must be a split name, optionally sliced: 'train[:1000]'."),
                           metadata={"description": "Split of a Hub dataset or of a `save_to_disk` folder holding "
                                                    "several; default: `train` for training data, `validation` "
                                                    "for validation data."})
-    revision = fields.String(validate=SOURCE_REVISION,
+    revision = PlainString(validate=SOURCE_REVISION,
                              metadata={"description": "Branch, tag or commit of the Hub dataset."})
 
     @validates("path")
@@ -111,10 +136,10 @@ class DataSchema(StrictSchema):
     validation = fields.Nested(ValidationSourceSchema,
                                load_default=lambda: {"split_fraction": 0.1},
                                metadata={"description": "Default: {\"split_fraction\": 0.1}."})
-    text_column = fields.String(load_default="text", validate=validate.Length(min=1, max=256))
-    text_pair_column = fields.String(load_default=None, allow_none=True,
+    text_column = PlainString(load_default="text", validate=validate.Length(min=1, max=256))
+    text_pair_column = PlainString(load_default=None, allow_none=True,
                                      validate=validate.Length(min=1, max=256))
-    label_column = fields.String(load_default="label", validate=validate.Length(min=1, max=256))
+    label_column = PlainString(load_default="label", validate=validate.Length(min=1, max=256))
 
 
 class JitCompileField(fields.Field):
@@ -145,6 +170,8 @@ class ClassWeightField(fields.Field):
         for label, weight in value.items():
             if not isinstance(label, str) or not 1 <= len(label) <= 512:
                 raise ValidationError("Labels must be names of 1 to 512 characters.")
+            if CONTROL_CHARACTERS.search(label):
+                raise ValidationError(f"Label {label!r}: {NO_CONTROL_CHARACTERS}")
             # bool is an int in Python; `true` is no weight.
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
                     or not math.isfinite(weight) or weight <= 0:
@@ -278,8 +305,8 @@ class ResourcesSchema(StrictSchema):
 class HubModelSchema(StrictSchema):
     """A Hugging Face Hub model, optionally at a revision."""
 
-    hub = fields.String(required=True, validate=validate.Length(min=1, max=512))
-    revision = fields.String(validate=SOURCE_REVISION, metadata={"description": "Branch, tag or commit."})
+    hub = PlainString(required=True, validate=validate.Length(min=1, max=512))
+    revision = PlainString(validate=SOURCE_REVISION, metadata={"description": "Branch, tag or commit."})
 
     @validates("hub")
     def _is_hub_name(self, value: str, **_: Any) -> None:
@@ -290,7 +317,7 @@ class HubModelSchema(StrictSchema):
 class PathModelSchema(StrictSchema):
     """A local model folder (``save_pretrained`` output) under a model root."""
 
-    path = fields.String(required=True, validate=validate.Length(min=1, max=4096), metadata={
+    path = PlainString(required=True, validate=validate.Length(min=1, max=4096), metadata={
         "description": "Relative to the first model root (FITJOBS_MODEL_ROOTS), or absolute inside a root."})
 
     @validates("path")
@@ -304,7 +331,7 @@ class PathModelSchema(StrictSchema):
 class JobModelSchema(StrictSchema):
     """The model a succeeded job trained, to continue training it."""
 
-    job = fields.String(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."))
+    job = PlainString(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."))
 
 
 MODEL_SCHEMAS: dict[str, type[Schema]] = {"hub": HubModelSchema, "path": PathModelSchema, "job": JobModelSchema}
@@ -317,6 +344,8 @@ class ModelField(fields.Field):
         if isinstance(value, str):
             if not 1 <= len(value) <= 512:
                 raise ValidationError("Length must be between 1 and 512.")
+            if CONTROL_CHARACTERS.search(value):
+                raise ValidationError(NO_CONTROL_CHARACTERS)
             if value.startswith("/"):
                 try:
                     check_path_text(value)
@@ -451,7 +480,7 @@ class JobSchema(Schema):
 class IdempotencyHeaderSchema(Schema):
     """Headers of POST /v1/jobs (other headers are ignored)."""
 
-    idempotency_key = fields.String(data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
+    idempotency_key = PlainString(data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
                                     metadata={"description": "Repeat a submission safely: the same key and "
                                                              "spec return the first job (200)."})
 
@@ -459,8 +488,8 @@ class IdempotencyHeaderSchema(Schema):
 class PageQuerySchema(StrictSchema):
     """Paging of a list endpoint: page size and the cursor of the page to continue from."""
 
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=200),
+    limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=200))
+    cursor = PlainString(validate=validate.Length(max=200),
                            metadata={"description": "The `next` value of the previous page."})
 
 
@@ -509,7 +538,7 @@ class EventSchema(Schema):
 
 
 class EventListQuerySchema(StrictSchema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0),
+    after = QueryInteger(load_default=0, validate=validate.Range(min=0, max=MAX_INT64),
                            metadata={"description": "Only events with an id above this one."})
 
 
@@ -611,7 +640,7 @@ class DatasetListSchema(Schema):
 class UploadQuerySchema(StrictSchema):
     """Query of a raw-body upload (a multipart upload names its file in the form)."""
 
-    filename = fields.String(validate=validate.Length(min=1, max=255), metadata={
+    filename = PlainString(validate=validate.Length(min=1, max=255), metadata={
         "description": "Name of the uploaded file; its suffix (.csv, .json, .jsonl, .parquet) fixes how it is "
                        "read. Needed for a raw body without a Content-Disposition file name."})
 

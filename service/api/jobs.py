@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
@@ -15,7 +16,7 @@ from marshmallow import EXCLUDE
 
 from service.api.context import current_event_streams, current_settings, current_store
 from service.api.event_streams import open_stream, stream_frames
-from service.api.paging import decode_cursor, encode_cursor
+from service.api.paging import MAX_SEQ, decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
@@ -329,8 +330,7 @@ class JobEvents(MethodView):
         """
         job = load_job(job_id)
         if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-            last_seen = request.headers.get("Last-Event-ID", "").strip()
-            after = int(last_seen) if last_seen.isdigit() else query["after"]
+            after = last_event_id() if request.headers.get("Last-Event-ID", "").strip() else query["after"]
             streams = current_event_streams()
             backlog, subscription = open_stream(streams, job, after)
             response = Response(stream_frames(streams, backlog, subscription,
@@ -343,6 +343,16 @@ class JobEvents(MethodView):
             return response
         events = current_store().list_events(job_id, after=query["after"])
         return {"events": [asdict(event) for event in events]}
+
+
+def last_event_id() -> int:
+    """The event id a reconnecting event stream resumes after, from `Last-Event-ID`; a 422 unless it is one."""
+    given = request.headers.get("Last-Event-ID", "").strip()
+    # [0-9], not str.isdigit(): that accepts other scripts' digits, which int() then reads.
+    if not re.fullmatch(r"[0-9]{1,19}", given) or int(given) > MAX_SEQ:
+        message = "Must be the id of an event this stream sent (digits 0-9, at most 2**63 - 1)."
+        raise ValidationFailed(f"Last-Event-ID: {message}", errors={"Last-Event-ID": [message]})
+    return int(given)
 
 
 @blp.route("/jobs/<job_id>/logs")
