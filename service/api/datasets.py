@@ -13,7 +13,7 @@ from werkzeug.http import parse_options_header
 
 from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
-from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
+from service.api.sources import active_jobs_using, check_unavailable, current_check_runner, current_dataset_store
 from service.check_runner import CheckFailed
 from service.errors import (
     BadRequest,
@@ -21,7 +21,6 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
-    ServiceUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -153,8 +152,7 @@ class Datasets(MethodView):
                 sha256=sha256, rows=table["rows"], columns=table["columns"])
         except CheckFailed as exc:
             remove_upload(settings.uploads_dir, dataset_id)
-            raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}.",
-                                     extra={"retryable": not exc.timed_out}) from exc
+            raise check_unavailable(exc, "The uploaded file could not be checked") from exc
         except BaseException:
             remove_upload(settings.uploads_dir, dataset_id)
             raise

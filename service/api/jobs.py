@@ -17,7 +17,13 @@ from marshmallow import EXCLUDE
 from service.api.context import current_event_streams, current_settings, current_store
 from service.api.event_streams import open_stream, stream_frames
 from service.api.paging import MAX_SEQ, decode_cursor, encode_cursor
-from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
+from service.api.sources import (
+    check_spec_sources,
+    check_unavailable,
+    current_check_runner,
+    current_dataset_store,
+    current_locations,
+)
 from service.artifacts import job_artifacts_dir
 from service.check_runner import CheckFailed
 from service.errors import (
@@ -25,7 +31,6 @@ from service.errors import (
     Conflict,
     DryRunFailed,
     NotFound,
-    ServiceUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
     summarize_errors,
@@ -246,8 +251,7 @@ def dry_run(spec: dict[str, Any]) -> dict[str, Any]:
     except CheckFailed as exc:
         hint = (" The data may be too large to check quickly; a job checks it again as its first phase."
                 if exc.timed_out else "")
-        raise ServiceUnavailable(f"The dry run could not finish: {exc}.{hint}",
-                                 extra={"retryable": not exc.timed_out}) from exc
+        raise check_unavailable(exc, "The dry run could not finish", hint) from exc
 
 
 @blp.route("/jobs:validate")
