@@ -73,7 +73,12 @@ class TrainSourceSchema(StrictSchema):
     records = fields.List(
         fields.Dict(keys=PlainString(), values=fields.Raw(allow_none=True)),
         validate=validate.Length(min=1, max=MAX_RECORDS),
-        metadata={"description": f"Inline rows, at most {MAX_RECORDS}."})
+        metadata={"description": f"Inline rows, at most {MAX_RECORDS}. A job read back shows `records_count` "
+                                 "and `records_sha256` instead, unless asked for `?include=records`."})
+    records_count = fields.Integer(dump_only=True, metadata={
+        "description": "How many inline rows the job was given (in place of `records`)."})
+    records_sha256 = fields.String(dump_only=True, metadata={
+        "description": "SHA-256 (hex) of the inline rows as canonical JSON: sorted keys, no spaces, UTF-8."})
     upload = PlainString(validate=validate.Regexp(DATASET_ID.pattern, error="Must be a dataset id from "
                                                                              "POST /v1/datasets (ds_...)."),
                            metadata={"description": "The id of a dataset uploaded with POST /v1/datasets."})
@@ -368,6 +373,17 @@ class ModelField(fields.Field):
         return value
 
 
+# The shapes of a spec's `model`, for the OpenAPI document.
+MODEL_VARIANTS: list[dict[str, Any]] = [
+    {"type": "string", "maxLength": 512},
+    {"type": "object", "required": ["hub"], "additionalProperties": False,
+     "properties": {"hub": {"type": "string"}, "revision": {"type": "string"}}},
+    {"type": "object", "required": ["path"], "additionalProperties": False,
+     "properties": {"path": {"type": "string"}}},
+    {"type": "object", "required": ["job"], "additionalProperties": False,
+     "properties": {"job": {"type": "string"}}}]
+
+
 class TrainingSpecSchema(StrictSchema):
     """What to fine-tune, on which data, how."""
 
@@ -376,13 +392,7 @@ class TrainingSpecSchema(StrictSchema):
                        "(FITJOBS_MODEL_ROOTS); or an object: `{\"hub\": name, \"revision\": ...}`, "
                        "`{\"path\": ...}`, or `{\"job\": id}` to continue from a succeeded job's model "
                        "(its labels must match the data's unless `num_labels` is set).",
-        "oneOf": [{"type": "string", "maxLength": 512},
-                  {"type": "object", "required": ["hub"], "additionalProperties": False,
-                   "properties": {"hub": {"type": "string"}, "revision": {"type": "string"}}},
-                  {"type": "object", "required": ["path"], "additionalProperties": False,
-                   "properties": {"path": {"type": "string"}}},
-                  {"type": "object", "required": ["job"], "additionalProperties": False,
-                   "properties": {"job": {"type": "string"}}}]})
+        "oneOf": MODEL_VARIANTS})
     num_labels = fields.Integer(strict=True, load_default=None, allow_none=True,
                                 validate=validate.Range(min=2, max=100_000),
                                 metadata={"description": "Inferred from the training labels when omitted."})
@@ -477,6 +487,31 @@ class JobSchema(Schema):
                        "started, and in lists and other answers."})
 
 
+class JobSummarySchema(Schema):
+    """A job as lists show it: what it trains and where it stands, without its spec or result."""
+
+    id = fields.String()
+    state = fields.Enum(JobState, by_value=True)
+    model = ModelField(metadata={"description": "The spec's `model`, as submitted.", "oneOf": MODEL_VARIANTS})
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime(allow_none=True)
+    attempt = fields.Integer()
+    priority = fields.Integer()
+    cancel_requested = fields.Boolean()
+    progress = fields.Nested(ProgressSchema)
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+    reused_from = fields.String(allow_none=True)
+
+
+class JobQuerySchema(StrictSchema):
+    """What GET /v1/jobs/{job_id} includes beyond the defaults."""
+
+    include = fields.String(validate=validate.OneOf(["records"]), metadata={
+        "description": "`records`: the spec's inline rows themselves, instead of their count and SHA-256."})
+
+
 class IdempotencyHeaderSchema(Schema):
     """Headers of POST /v1/jobs (other headers are ignored)."""
 
@@ -498,7 +533,7 @@ class JobListQuerySchema(PageQuerySchema):
 
 
 class JobListSchema(Schema):
-    jobs = fields.List(fields.Nested(JobSchema))
+    jobs = fields.List(fields.Nested(JobSummarySchema))
     next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})
 
 

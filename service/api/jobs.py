@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -45,6 +47,7 @@ from service.schemas import (
     IdempotencyHeaderSchema,
     JobListQuerySchema,
     JobListSchema,
+    JobQuerySchema,
     JobSchema,
     MetricsSchema,
     ProblemSchema,
@@ -84,13 +87,47 @@ def load_job(job_id: str) -> Job:
         raise NotFound(f"No job has the id {job_id!r}.") from exc
 
 
-def job_document(job: Job, queue: QueuePlace | None = None) -> dict[str, Any]:
+def records_digest(records: list[dict[str, Any]]) -> str:
+    """SHA-256 (hex) of inline rows as canonical JSON: sorted keys, no spaces, UTF-8."""
+    canonical = json.dumps(records, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def spec_document(spec: dict[str, Any], *, include_records: bool = False) -> dict[str, Any]:
+    """A stored spec as the API shows it: inline rows as their count and digest, unless included."""
+    data = spec.get("data")
+    if include_records or not isinstance(data, dict):
+        return spec
+    shown = dict(data)
+    for role in ("train", "validation"):
+        source = data.get(role)
+        if isinstance(source, dict) and isinstance(source.get("records"), list):
+            rest = {key: value for key, value in source.items() if key != "records"}
+            shown[role] = {**rest, "records_count": len(source["records"]),
+                           "records_sha256": records_digest(source["records"])}
+    return {**spec, "data": shown}
+
+
+def job_error(job: Job) -> dict[str, Any] | None:
+    """A job's error for JobErrorSchema, which dumps the failure code as a FailureCode member."""
+    return {**asdict(job.error), "code": FailureCode(job.error.code)} if job.error else None
+
+
+def job_document(job: Job, queue: QueuePlace | None = None, *, include_records: bool = False) -> dict[str, Any]:
     """The API representation of a job, ready for JobSchema; ``queue`` is its place while queued."""
     document = asdict(job)
-    # JobSchema documents the failure code as the FailureCode enum, and dumps enum members.
-    document["error"] = {**asdict(job.error), "code": FailureCode(job.error.code)} if job.error else None
+    document["spec"] = spec_document(job.spec, include_records=include_records)
+    document["error"] = job_error(job)
     document["queue"] = asdict(queue) if queue is not None else None
     return document
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """A job as lists show it, ready for JobSummarySchema: no spec, no result."""
+    return {"id": job.id, "state": job.state, "model": job.spec.get("model"), "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at, "updated_at": job.updated_at,
+            "attempt": job.attempt, "priority": job.priority, "cancel_requested": job.cancel_requested,
+            "progress": asdict(job.progress), "error": job_error(job), "reused_from": job.reused_from}
 
 
 def registered_workers() -> list[Worker]:
@@ -199,11 +236,15 @@ class Jobs(MethodView):
     @blp.arguments(JobListQuerySchema, location="query")
     @blp.response(200, JobListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
-        """List jobs, newest first, optionally of one state; follow `next` for more."""
+        """List jobs, newest first, optionally of one state; follow `next` for more.
+
+        Each job is a summary: its model, state, progress, times and error; GET /v1/jobs/{job_id}
+        has its spec and result.
+        """
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_store().list_jobs(
             state=query.get("state"), limit=query["limit"], before_seq=before)
-        return {"jobs": [job_document(job) for job in page],
+        return {"jobs": [job_summary(job) for job in page],
                 "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
     @require_json_body
@@ -285,11 +326,16 @@ class JobValidation(MethodView):
 
 @blp.route("/jobs/<job_id>")
 class JobResource(MethodView):
+    @blp.arguments(JobQuerySchema, location="query")
     @blp.response(200, JobSchema)
-    def get(self, job_id: str) -> dict[str, Any]:
-        """A job's state, progress, timestamps, error or result; while queued, its place in line and why it waits."""
+    def get(self, query: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """A job's state, progress, timestamps, error or result; while queued, its place in line and why it waits.
+
+        Inline `records` of its spec show as `records_count` and `records_sha256`; `?include=records`
+        returns the rows themselves.
+        """
         job = load_job(job_id)
-        return job_document(job, queue_place(job))
+        return job_document(job, queue_place(job), include_records=query.get("include") == "records")
 
 
 @blp.route("/jobs/<job_id>/cancel")
