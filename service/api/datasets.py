@@ -172,13 +172,17 @@ class DatasetResource(MethodView):
     def delete(self, dataset_id: str) -> Response:
         """Delete an uploaded dataset; refused while a queued or running job reads it."""
         load_dataset_record(dataset_id)
-        using = active_jobs_using(dataset_id)
-        if using:
-            ids = [job.id for job in using]
-            raise Conflict(f"Dataset {dataset_id} is read by {len(ids)} queued or running job(s): "
-                           f"{', '.join(ids)}; cancel them or wait until they end.", extra={"jobs": ids})
+
+        def refuse_while_read() -> None:
+            using = active_jobs_using(dataset_id)
+            if using:
+                ids = [job.id for job in using]
+                raise Conflict(f"Dataset {dataset_id} is read by {len(ids)} queued or running job(s): "
+                               f"{', '.join(ids)}; cancel them or wait until they end.", extra={"jobs": ids})
+
         try:
-            current_dataset_store().remove(dataset_id)
+            # Checked with the dataset locked: a submit naming it waits, or has already created its job.
+            current_dataset_store().remove(dataset_id, unless=refuse_while_read)
         except DatasetNotFound as exc:
             raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
         remove_upload(current_settings().uploads_dir, dataset_id)

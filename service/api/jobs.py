@@ -269,11 +269,19 @@ class Jobs(MethodView):
         # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
         fingerprint = job_fingerprint(spec)
         source = reusable_job(fingerprint) if spec["reuse"] else None
+        uploads = {spec["data"][role]["upload"]: role for role in ("train", "validation")
+                   if "upload" in spec["data"][role]}
         try:
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
                 max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
-                fingerprint=fingerprint, reuse_of=source)
+                fingerprint=fingerprint, reuse_of=source, uploads=list(uploads))
+        except DatasetNotFound as exc:
+            # Deleted since check_spec_sources saw it.
+            dataset_id = exc.args[0]
+            message = f"No uploaded dataset has the id {dataset_id!r}."
+            field = f"data.{uploads.get(dataset_id, 'train')}.upload"
+            raise ValidationFailed(f"{field}: {message}", errors={field: [message]}) from exc
         except IdempotencyConflict as exc:
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc

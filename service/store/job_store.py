@@ -15,7 +15,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
-from service.store.tables import job_events, jobs, metrics, workers
+from service.store.dataset_store import DatasetNotFound
+from service.store.tables import datasets, job_events, jobs, metrics, workers
 
 
 class JobNotFound(LookupError):
@@ -124,13 +125,15 @@ class JobStore:
                    priority: int = 0, max_attempts: int = 3,
                    max_runtime_seconds: int | None = None,
                    gpus: int | None = None, fingerprint: str | None = None,
-                   reuse_of: Job | None = None) -> tuple[Job, bool]:
+                   reuse_of: Job | None = None, uploads: Sequence[str] = ()) -> tuple[Job, bool]:
         """Queue a new job for ``spec``; returns (job, created).
 
         With ``reuse_of`` (a job find_reusable_job gave for the same ``fingerprint``) the job is
         created succeeded instead, with that job's result and progress, and never trains.
         With an ``idempotency_key`` already used for the same spec, the existing job comes
         back with created=False; used for a different spec, IdempotencyConflict is raised.
+        The uploaded datasets in ``uploads`` are locked while the job is inserted (see
+        DatasetStore.remove), and DatasetNotFound is raised when one no longer exists.
         """
         digest = spec_digest(spec)
         if idempotency_key is not None:
@@ -145,6 +148,7 @@ class JobStore:
                       idempotency_key=idempotency_key, spec_hash=digest, fingerprint=fingerprint)
         try:
             with self._write() as conn:
+                self._lock_uploads(conn, uploads)
                 source = (self._reusable(conn, reuse_of.id, fingerprint)
                           if reuse_of is not None and fingerprint is not None else None)
                 if source is None:
@@ -158,6 +162,22 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
+
+    @staticmethod
+    def _lock_uploads(conn: Connection, uploads: Sequence[str]) -> None:
+        """Lock the rows of these uploaded datasets until the transaction ends; DatasetNotFound if one is gone.
+
+        A delete of one of them waits for this transaction, and then sees the job it inserted;
+        a delete that locked first has removed the row once this lock is granted.
+        """
+        wanted = sorted(set(uploads))
+        if not wanted:
+            return
+        found = set(conn.execute(select(datasets.c.id).where(datasets.c.id.in_(wanted))
+                                 .order_by(datasets.c.id).with_for_update()).scalars())
+        for dataset_id in wanted:
+            if dataset_id not in found:
+                raise DatasetNotFound(dataset_id)
 
     def find_reusable_job(self, fingerprint: str) -> Job | None:
         """The newest job that trained this fingerprint itself and succeeded, or None."""
