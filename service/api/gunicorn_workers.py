@@ -10,6 +10,8 @@ so it imports neither Flask nor anything that imports it (see service.api).
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from typing import Any
 
 from gunicorn import util
@@ -22,21 +24,26 @@ PROBLEM_TYPE_BASE = "https://fitjobs.dev/problems/"
 MAX_DETAIL_CHARS = 300
 
 
-def problem_answer(status: int, reason: str, message: str) -> bytes:
+log = logging.getLogger("gunicorn.error")
+
+
+def problem_answer(status: int, reason: str, message: str, request_id: str) -> bytes:
     """The whole HTTP/1.1 answer gunicorn sends for a request it refused, as problem+json."""
     detail = message or reason
     if len(detail) > MAX_DETAIL_CHARS:
         detail = detail[:MAX_DETAIL_CHARS] + "..."
     body = json.dumps({"type": PROBLEM_TYPE_BASE + reason.lower().replace(" ", "-"), "title": reason,
-                       "status": status, "detail": detail}).encode()
+                       "status": status, "detail": detail, "request_id": request_id}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_CONTENT_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n")
     return head.encode("latin-1") + body
 
 
 def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    """Drop-in for gunicorn.util.write_error."""
-    util.write_nonblock(sock, problem_answer(status_int, reason, mesg))
+    """Drop-in for gunicorn.util.write_error; the refusal is logged with the request id it answers with."""
+    request_id = uuid.uuid4().hex
+    log.info("request %s refused with %d %s", request_id, status_int, reason)
+    util.write_nonblock(sock, problem_answer(status_int, reason, mesg, request_id))
 
 
 class ProblemErrors:
