@@ -97,6 +97,23 @@ class TrainSourceSchema(StrictSchema):
     revision = PlainString(validate=SOURCE_REVISION,
                              metadata={"description": "Branch, tag or commit of the Hub dataset."})
 
+    # Keys that go only with some sources, and which sources those are.
+    source_options: dict[str, tuple[str, ...]] = {"config": ("dataset",), "revision": ("dataset",),
+                                                  "split": ("dataset", "path")}
+
+    @classmethod
+    def openapi_rules(cls) -> dict[str, Any]:
+        """Exactly one source key, and only the options that go with it, as JSON Schema."""
+        variants = []
+        for key in cls.source_keys:
+            banned = [{"required": [option]} for option, partners in cls.source_options.items()
+                      if key not in partners]
+            variants.append({"required": [key], **({"not": {"anyOf": banned}} if banned else {})})
+        # A job read back shows its inline rows as their count and digest (read-only).
+        records = next(variant for variant in variants if variant["required"] == ["records"])
+        variants.append({**records, "required": ["records_count", "records_sha256"]})
+        return {"oneOf": variants}
+
     @validates("path")
     def _path_is_plain(self, value: str, **_: Any) -> None:
         check_data_path(value)
@@ -107,7 +124,7 @@ class TrainSourceSchema(StrictSchema):
         if len(given) != 1:
             names = ", ".join(f"`{name}`" for name in self.source_keys[:-1]) + f" or `{self.source_keys[-1]}`"
             raise ValidationError(f"Give exactly one of {names}.")
-        for key, partners in (("config", ("dataset",)), ("revision", ("dataset",)), ("split", ("dataset", "path"))):
+        for key, partners in self.source_options.items():
             if key in data and given[0] not in partners:
                 raise ValidationError(f"`{key}` goes only with {' or '.join(f'`{p}`' for p in partners)}.", key)
 
@@ -278,7 +295,8 @@ class HyperparametersSchema(StrictSchema):
                                  "left out weigh 1. Every key must be a label of the training data (checked "
                                  "at submit).",
                   "oneOf": [{"type": "string", "enum": ["none", "balanced"]},
-                            {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                            {"type": "object",
+                             "additionalProperties": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
                              "minProperties": 1}]})
     early_stopping = fields.Nested(
         EarlyStoppingSchema, load_default=None, allow_none=True,
@@ -375,7 +393,7 @@ class ModelField(fields.Field):
 
 # The shapes of a spec's `model`, for the OpenAPI document.
 MODEL_VARIANTS: list[dict[str, Any]] = [
-    {"type": "string", "maxLength": 512},
+    {"type": "string", "minLength": 1, "maxLength": 512},
     {"type": "object", "required": ["hub"], "additionalProperties": False,
      "properties": {"hub": {"type": "string"}, "revision": {"type": "string"}}},
     {"type": "object", "required": ["path"], "additionalProperties": False,
@@ -672,10 +690,16 @@ class DatasetListSchema(Schema):
     next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})
 
 
+# What `POST /v1/datasets` reads, by the file name's suffix (any case); for the OpenAPI document.
+UPLOAD_NAME_PATTERN = (r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f/\\]"
+                       r"\.([cC][sS][vV]|[jJ][sS][oO][nN][lL]?|[pP][aA][rR][qQ][uU][eE][tT])$")
+
+
 class UploadQuerySchema(StrictSchema):
     """Query of a raw-body upload (a multipart upload names its file in the form)."""
 
-    filename = PlainString(validate=validate.Length(min=1, max=255), metadata={
+    filename = PlainString(validate=[validate.Length(min=1, max=255), validate.Regexp(
+        UPLOAD_NAME_PATTERN, error="Must be a file name ending in .csv, .json, .jsonl or .parquet.")], metadata={
         "description": "Name of the uploaded file; its suffix (.csv, .json, .jsonl, .parquet) fixes how it is "
                        "read. Needed for a raw body without a Content-Disposition file name."})
 
@@ -760,6 +784,8 @@ class ProblemSchema(Schema):
     status = fields.Integer()
     detail = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    request_id = fields.String(metadata={
+        "description": "The id of the request this answers (its `X-Request-ID`); the logs name it too."})
 
 
 class DryRunProblemSchema(ProblemSchema):

@@ -10,6 +10,13 @@ from flask_smorest import Api
 from service.api.auth import install_auth
 from service.api.edge import install_edge
 from service.api.event_streams import EventStreams
+from service.api.openapi import (
+    PathParametersPlugin,
+    ProblemResponsesPlugin,
+    SchemaRulesPlugin,
+    exclusive_bounds,
+    plain_string_pattern,
+)
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.logconfig import configure_logging
@@ -35,8 +42,11 @@ def build_api(app: Flask) -> Api:
     from service.api.prometheus import blp as prometheus_blp
 
     api = FitjobsApi(app, spec_kwargs={
+        "extra_plugins": [ProblemResponsesPlugin(), SchemaRulesPlugin(), PathParametersPlugin()],
         "info": {"description": "Fine-tune transformers models with TensorFlow/Keras as a service. "
                                 "Errors are application/problem+json (RFC 9457)."}})
+    api.ma_plugin.converter.add_attribute_function(exclusive_bounds)
+    api.ma_plugin.converter.add_attribute_function(plain_string_pattern)
     for blueprint in (jobs_blp, datasets_blp, artifacts_blp, health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
     return api

@@ -44,16 +44,20 @@ log = logging.getLogger(__name__)
 
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The raw-body content types that name a format (application/octet-stream also works, with ?filename=).
+RAW_UPLOAD_TYPES = ("text/csv", "application/json", "application/x-ndjson", "application/vnd.apache.parquet")
 UPLOAD_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary",
-                     "description": "A .csv, .json, .jsonl or .parquet file."}}}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                     "description": "The file itself; name it with ?filename= or a "
-                                                    "Content-Disposition header."},
-        "text/csv": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "A .csv, .json, .jsonl or .parquet file."}}},
+            "encoding": {"file": {"contentType": ", ".join(RAW_UPLOAD_TYPES)}}},
+        **{media: {"schema": {"type": "string", "format": "binary"},
+                   "description": "The file itself, in the format its content type names; ?filename= (or a "
+                                  "Content-Disposition header) may name it, and its suffix then fixes the format."}
+           for media in RAW_UPLOAD_TYPES},
     },
 }
 
