@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from flask_smorest import Api
 
@@ -41,12 +42,15 @@ def build_api(app: Flask) -> Api:
     from service.api.jobs import blp as jobs_blp
     from service.api.prometheus import blp as prometheus_blp
 
+    marshmallow_plugin = MarshmallowPlugin()
     api = FitjobsApi(app, spec_kwargs={
+        "marshmallow_plugin": marshmallow_plugin,
         "extra_plugins": [ProblemResponsesPlugin(), SchemaRulesPlugin(), PathParametersPlugin()],
         "info": {"description": "Fine-tune transformers models with TensorFlow/Keras as a service. "
                                 "Errors are application/problem+json (RFC 9457)."}})
-    api.ma_plugin.converter.add_attribute_function(exclusive_bounds)
-    api.ma_plugin.converter.add_attribute_function(plain_string_pattern)
+    assert marshmallow_plugin.converter is not None, "the Api initialised its spec"
+    marshmallow_plugin.converter.add_attribute_function(exclusive_bounds)  # type: ignore[no-untyped-call]
+    marshmallow_plugin.converter.add_attribute_function(plain_string_pattern)  # type: ignore[no-untyped-call]
     for blueprint in (jobs_blp, datasets_blp, artifacts_blp, health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
     return api

@@ -62,7 +62,7 @@ class SchemaRulesPlugin(BasePlugin):
 NO_CONTROL_CHARACTERS_PATTERN = f"^[^{CONTROL_CHARACTERS.pattern[1:-1]}]*$"
 
 
-def plain_string_pattern(converter: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+def plain_string_pattern(converter: Any, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
     """A name, path, column or id holds no control characters (unless a stricter pattern says more)."""
     if not isinstance(field, PlainString) or any(isinstance(v, validate.Regexp) for v in field.validators):
         return {}
@@ -89,7 +89,7 @@ class PathParametersPlugin(BasePlugin):
                 parameter["schema"] = dict(PATH_PARAMETER_SCHEMAS[parameter["name"]])
 
 
-def exclusive_bounds(converter: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+def exclusive_bounds(converter: Any, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
     """exclusiveMinimum/exclusiveMaximum for the Range validators that exclude their bounds."""
     flags: dict[str, Any] = {}
     for validator in field.validators:
