@@ -103,3 +103,28 @@ def test_every_documented_error_response_is_problem_json() -> None:
     assert "request_id" in document["components"]["schemas"]["Problem"]["properties"]
     sources = document["components"]["schemas"]["TrainSource"]["oneOf"]
     assert [variant["required"] for variant in sources][:4] == [["path"], ["records"], ["upload"], ["dataset"]]
+
+
+class FailingChecks:
+    """Stands in for the check server (a child process) failing with an OS error that names a path."""
+
+    def run(self, kind: str, payload: dict[str, object], timeout: float) -> dict[str, object]:
+        from service.check_runner import CheckFailed
+
+        raise CheckFailed("the check server stopped: [Errno 2] No such file or directory: '/srv/secret/run.sock'")
+
+
+def test_503s_of_failed_checks_do_not_quote_the_os_error(app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    app.extensions["fitjobs.check_runner"] = FailingChecks()
+    client = app.test_client()
+    spec = {"model": "bert-base-uncased", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
+    with caplog.at_level(logging.WARNING):
+        answers = [client.post("/v1/jobs:validate", json=spec),
+                   client.post("/v1/datasets?filename=rows.csv", data=b"text,label\na,0\n",
+                               headers={"Content-Type": "text/csv"})]
+    for response in answers:
+        assert response.status_code == 503 and response.mimetype == PROBLEM_CONTENT_TYPE
+        body = json.dumps(response.get_json())
+        assert "/srv/secret" not in body and "Errno" not in body, body
+        assert "check process failed" in response.get_json()["detail"]
+    assert "/srv/secret/run.sock" in caplog.text, "the cause is in the log for the operator"
