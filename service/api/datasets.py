@@ -113,6 +113,8 @@ def upload_stream(query: dict[str, Any]) -> tuple[IO[bytes], str, str | None]:
 
 @blp.route("")
 class Datasets(MethodView):
+    RAW_BODY = True  # an upload's body is the file itself, whatever its content type (see service.api.edge)
+
     @blp.arguments(DatasetListQuerySchema, location="query")
     @blp.response(200, DatasetListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 - Each request gets an id: the caller's `X-Request-ID` when it is a sane token, else a new one.
   Every response carries it back, and every problem+json body names it as `request_id`, so an
   error the caller reports can be found in the logs.
-- A JSON body may nest at most MAX_JSON_DEPTH arrays and objects, and hold no integer of more
-  than MAX_INTEGER_DIGITS digits, no NaN or Infinity: checked on the raw text, before Python
-  parses it (deep nesting exhausts the parser's recursion, and int() of a long digit string
-  costs quadratic time and fails past 4,300 digits).
+- A JSON body (not an uploaded file: see takes_raw_body) may nest at most MAX_JSON_DEPTH
+  arrays and objects, and hold no integer of more than MAX_INTEGER_DIGITS digits, no NaN or
+  Infinity: checked on the raw text, before Python parses it (deep nesting exhausts the
+  parser's recursion, and int() of a long digit string costs quadratic time and fails past
+  4,300 digits).
 - Values taken from the URL path (ids, artifact names) hold no control characters.
 """
 
@@ -16,7 +17,7 @@ import math
 import re
 import uuid
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 from service.errors import BadRequest, ValidationFailed
 
@@ -68,6 +69,12 @@ def check_json_text(text: str) -> None:
                                    errors={"body": ["A number is beyond the range of a 64-bit float."]})
 
 
+def takes_raw_body() -> bool:
+    """Whether this request's view reads its body as a file (an upload), not as a JSON document."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(getattr(view, "view_class", view), "RAW_BODY", False))
+
+
 def check_request() -> None:
     """Refuse control characters in URL path values, and JSON bodies past the limits above."""
     bad = sorted(name for name, value in (request.view_args or {}).items()
@@ -76,7 +83,7 @@ def check_request() -> None:
         errors = {name: ["Must not contain NUL or other control characters."] for name in bad}
         raise ValidationFailed(f"{', '.join(bad)}: Must not contain NUL or other control characters.",
                                errors=errors)
-    if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+    if request.method in ("POST", "PUT", "PATCH") and request.is_json and not takes_raw_body():
         body = request.get_data(cache=True)
         try:
             text = body.decode("utf-8")

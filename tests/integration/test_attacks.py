@@ -266,6 +266,19 @@ def test_request_ids_are_echoed_when_sane_and_replaced_otherwise(api: RunningSer
     assert api.get("/healthz").headers["X-Request-ID"]
 
 
+def test_an_uploaded_json_file_is_data_not_a_request_document(api: RunningService) -> None:
+    # An uploaded file is read by the upload check, not parsed as a request: no body limit applies.
+    rows = [{"text": "a" * 10, "label": "x"}, {"text": "b" * 10, "label": "y"}]
+    plain = api.post("/v1/datasets?filename=rows.json", data=json.dumps(rows).encode(),
+                     headers={"Content-Type": "application/json"})
+    ANSWERS.append(("JSON upload", plain.status_code))
+    assert plain.status_code == 201 and plain.json()["rows"] == 2, plain.text
+    rows[0]["id"] = int("9" * 25)
+    wide = api.post("/v1/datasets?filename=rows.json", data=json.dumps(rows).encode(),
+                    headers={"Content-Type": "application/json"})
+    assert list(problem("JSON upload with a 25-digit number", wide, 422)["errors"]) == ["file"]
+
+
 # -- what error messages disclose --------------------------------------------------------------
 
 def test_path_refusals_name_the_rule_and_not_where_the_path_leads(api: RunningService, tmp_path: Path) -> None:
