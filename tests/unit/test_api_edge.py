@@ -45,6 +45,8 @@ def test_an_unexpected_exception_is_a_500_problem_logged_with_its_request_id(
     ('{"a": NaN}', BadRequest),
     ('{"a": Infinity}', BadRequest),
     ('{"a": 1e400}', ValidationFailed),
+    ('{"a": 1e+0289}', ValidationFailed),
+    ('{"a": [' + "[]," * 1000 + "[" * 64 + "]" * 64 + "]}", BadRequest),
 ])
 def test_json_past_the_limits_is_refused_before_parsing(text: str, refusal: type[Exception]) -> None:
     with pytest.raises(refusal):
@@ -53,7 +55,7 @@ def test_json_past_the_limits_is_refused_before_parsing(text: str, refusal: type
 
 @pytest.mark.parametrize("text", [
     "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH,
-    '{"a": ' + "9" * 19 + ', "b": 1.5e300, "c": 0.' + "1" * 40 + "}",
+    '{"a": ' + "9" * 19 + ', "b": 1.5e288, "c": 0.' + "1" * 40 + ', "d": -' + "9" * 19 + "e288, \"e\": 1e-999}",
     # Brackets, digits and NaN inside strings are text, not structure.
     json.dumps({"text": "[" * 500 + "NaN " + "9" * 5000, "escaped": 'a\\"[[[' * 100}),
 ])
