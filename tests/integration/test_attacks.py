@@ -148,7 +148,7 @@ def test_long_integers_deep_nesting_and_non_numbers_are_refused_before_parsing(a
 
     spec = json.dumps(records_spec())
     problem("5,000-digit integer", post(spec[:-1] + ', "priority": ' + "9" * 5000 + "}"), 422,
-            mentions="5000 digits")
+            mentions="more than 19 digits")
     problem("20-digit integer", post(spec[:-1] + ', "priority": ' + "1" * 20 + "}"), 422, mentions="digits")
     problem("integer in a record", post(spec.replace('"label": "positive"', '"label": ' + "7" * 4400, 1)), 422)
     problem("100,000 deep", post("[" * 100_000 + "]" * 100_000), 400, mentions="64 deep")
@@ -268,7 +268,7 @@ def test_request_ids_are_echoed_when_sane_and_replaced_otherwise(api: RunningSer
 
 def test_an_uploaded_json_file_is_data_not_a_request_document(api: RunningService) -> None:
     # An uploaded file is read by the upload check, not parsed as a request: no body limit applies.
-    rows = [{"text": "a" * 10, "label": "x"}, {"text": "b" * 10, "label": "y"}]
+    rows: list[dict[str, Any]] = [{"text": "a" * 10, "label": "x"}, {"text": "b" * 10, "label": "y"}]
     plain = api.post("/v1/datasets?filename=rows.json", data=json.dumps(rows).encode(),
                      headers={"Content-Type": "application/json"})
     ANSWERS.append(("JSON upload", plain.status_code))
