@@ -265,8 +265,11 @@ def _describe(job: dict[str, Any]) -> str:
                  f" step {progress['step']}/{progress.get('steps_per_epoch') or '?'}")
     if job.get("error"):
         line += f" [{job['error']['code']}] {job['error']['message']}"
-    if job.get("result"):
-        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(job["result"].items()))
+    # A list shows summaries (no result); a single job's result also holds reports and flags.
+    numbers = {k: v for k, v in (job.get("result") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(numbers.items()))
     return line
 
 
