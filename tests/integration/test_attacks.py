@@ -140,6 +140,14 @@ def test_unknown_paths_wrong_methods_and_large_bodies(api: RunningService) -> No
     problem("wrong content type", api.post("/v1/jobs", data=b"x", headers={"Content-Type": "text/plain"}), 415)
 
 
+def test_artifact_names_no_file_can_have_are_404(api: RunningService) -> None:
+    job = api.post("/v1/jobs", json=records_spec()).json()["id"]
+    for case, name in [("a 300-byte artifact name", "a" * 300), ("a 300-byte component", "x/" + "b" * 300 + "/c"),
+                       ("a 300-byte multibyte name", "\u00e9" * 150),
+                       ("a name leaving the folder", "..%2F..%2F..%2Fetc%2Fpasswd")]:
+        problem(case, api.get(f"/v1/jobs/{job}/artifacts/{name}"), 404, mentions="no artifact")
+
+
 # -- input limits -------------------------------------------------------------------------------
 
 def test_long_integers_deep_nesting_and_non_numbers_are_refused_before_parsing(api: RunningService) -> None:
