@@ -115,6 +115,18 @@ def test_gunicorn_refusals_are_problem_json(api: RunningService, case: str, data
     assert document["type"].startswith("https://fitjobs.dev/problems/")
 
 
+def test_gthread_workers_answer_their_refusals_as_problem_json_too(tmp_path: Path) -> None:
+    service = start_service(tmp_path / "home", role="api", extra_env={"FITJOBS_API_WORKER_CLASS": "gthread"})
+    try:
+        for case, data, status, mentions in GUNICORN_REFUSALS[:3]:
+            got, headers, body = raw_exchange(service, data)
+            ANSWERS.append((f"gthread: {case}", got))
+            assert (got, headers["content-type"]) == (status, PROBLEM)
+            assert mentions in json.loads(body)["detail"].lower()
+    finally:
+        service.stop()
+
+
 def test_broken_chunked_body_is_400(api: RunningService) -> None:
     status, headers, body = raw_exchange(api, (
         b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
