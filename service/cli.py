@@ -48,6 +48,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_request_fields": LIMIT_REQUEST_FIELDS,
         "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         "accesslog": "-",
+        # gunicorn's default line, then the request id every answer carries (the error log names it too).
+        "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s',
         "loglevel": settings.log_level.lower(),
         "proc_name": "fitjobs-api",
         # gunicorn's control socket sits in $HOME by default, shared by every gunicorn there.

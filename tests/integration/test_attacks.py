@@ -283,7 +283,13 @@ def test_request_ids_are_echoed_when_sane_and_replaced_otherwise(api: RunningSer
         answer = api.get("/v1/jobs/job_missing", headers={"X-Request-ID": insane})
         given = problem("request id replaced", answer, 404)["request_id"]
         assert given != insane and len(given) == 32
-    assert api.get("/healthz").headers["X-Request-ID"]
+    tagged = api.get("/healthz", headers={"X-Request-ID": "access-log-probe-1"})
+    assert tagged.headers["X-Request-ID"] == "access-log-probe-1"
+    deadline = time.monotonic() + 5
+    while "access-log-probe-1" not in api.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert '"GET /healthz HTTP/1.1" 200' in next(line for line in api.output().splitlines()
+                                                  if "access-log-probe-1" in line)
 
 
 def test_an_uploaded_json_file_is_data_not_a_request_document(api: RunningService) -> None:
