@@ -243,7 +243,7 @@ class Jobs(MethodView):
         """
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_store().list_jobs(
-            state=query.get("state"), limit=query["limit"], before_seq=before)
+            state=query.get("state"), limit=query["limit"], before_seq=before, summary=True)
         return {"jobs": [job_summary(job) for job in page],
                 "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 

@@ -77,8 +77,16 @@ def _event_from_row(row: Row[Any]) -> JobEvent:
                     state=JobState(row.state) if row.state else None, data=row.data)
 
 
+# A job as lists show it: every column but the spec (only its model) and the result, which can be
+# megabytes each (inline records, evaluation reports).
+SUMMARY_COLUMNS = [*(column for column in jobs.c if column.name not in ("spec", "result")),
+                   jobs.c.spec["model"].label("spec_model")]
+
+
 def _job_from_row(row: Row[Any]) -> Job:
-    m = row._mapping
+    m: dict[str, Any] = dict(row._mapping)
+    if "spec_model" in m:  # a summary row (SUMMARY_COLUMNS)
+        m.update(spec={"model": m["spec_model"]}, result=None)
     error = (JobError(m["error_code"], m["error_message"] or "", bool(m["error_retryable"]))
              if m["error_code"] else None)
     return Job(
@@ -223,9 +231,13 @@ class JobStore:
             return self._get(conn, job_id)
 
     def list_jobs(self, *, state: JobState | None = None, limit: int = 20,
-                  before_seq: int | None = None) -> tuple[list[Job], int | None]:
-        """Newest first; returns a page and the seq to continue before, or None at the end."""
-        query = select(jobs).order_by(jobs.c.seq.desc()).limit(limit + 1)
+                  before_seq: int | None = None, summary: bool = False) -> tuple[list[Job], int | None]:
+        """Newest first; returns a page and the seq to continue before, or None at the end.
+
+        With ``summary`` the jobs carry only their model as spec, and no result: neither is read.
+        """
+        query = select(*SUMMARY_COLUMNS) if summary else select(jobs)
+        query = query.order_by(jobs.c.seq.desc()).limit(limit + 1)
         if state is not None:
             query = query.where(jobs.c.state == state.value)
         if before_seq is not None:

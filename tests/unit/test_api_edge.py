@@ -18,6 +18,7 @@ from service.api.gunicorn_workers import PROBLEM_CONTENT_TYPE as GUNICORN_PROBLE
 from service.api.gunicorn_workers import PROBLEM_TYPE_BASE as GUNICORN_TYPE_BASE
 from service.api.gunicorn_workers import problem_answer
 from service.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, BadRequest, ValidationFailed
+from service.store import JobStore
 
 COMMITTED = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
@@ -130,3 +131,16 @@ def test_503s_of_failed_checks_do_not_quote_the_os_error(app: Flask, caplog: pyt
         assert "/srv/secret" not in body and "Errno" not in body, body
         assert "check process failed" in response.get_json()["detail"]
     assert "/srv/secret/run.sock" in caplog.text, "the cause is in the log for the operator"
+
+
+def test_job_summaries_read_the_model_but_neither_spec_nor_result(store: JobStore) -> None:
+    records = [{"text": "x" * 1000, "label": i % 2} for i in range(2000)]
+    hub, _ = store.create_job({"model": "bert-base-uncased", "data": {"train": {"records": records}}})
+    folder, _ = store.create_job({"model": {"path": "models/m", "revision": None}, "data": {"train": {"path": "a"}}})
+    page, _ = store.list_jobs(summary=True)
+    assert [(job.id, job.spec, job.result) for job in page] == [
+        (folder.id, {"model": {"path": "models/m", "revision": None}}, None),
+        (hub.id, {"model": "bert-base-uncased"}, None)]
+    full, _ = store.list_jobs()
+    assert full[1].spec["data"]["train"]["records"] == records
+    assert [job.state for job in page] == [job.state for job in full]
