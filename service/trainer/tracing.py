@@ -81,6 +81,16 @@ class StepFunction:
                                  "without AutoGraph; it is traced with AutoGraph instead.",
                                  {"function": self.name, "reason": self.fallback_reason})
 
+    def get_concrete_function(self, *args: Any) -> Any:
+        """Trace for these arguments now, as ``tf.function`` does (falling back to AutoGraph if needed)."""
+        try:
+            return self._function.get_concrete_function(*args)
+        except TypeError as exc:
+            if self.autograph:
+                raise
+            self._fall_back(exc)
+        return self._function.get_concrete_function(*args)
+
     def experimental_get_tracing_count(self) -> int:
         """Traces made so far, the ones before a fallback to AutoGraph included."""
         return int(self._traces_before_fallback + self._function.experimental_get_tracing_count())

@@ -78,3 +78,11 @@ def test_a_type_error_in_both_modes_is_raised() -> None:
     step = StepFunction(broken, input_signature=SIGNATURE)
     with pytest.raises((TypeError, ValueError)):
         step(tf.constant([1.0]))
+
+
+def test_tracing_ahead_falls_back_as_a_call_does() -> None:
+    step = StepFunction(branching, name="train", input_signature=SIGNATURE)
+    concrete = step.get_concrete_function()
+    assert step.autograph is True and concrete is not None
+    assert step(tf.constant([3.0])).numpy().tolist() == [6.0]
+    assert step.experimental_get_tracing_count() == 1
