@@ -17,6 +17,7 @@ from typing import Any
 from service.artifacts import MODEL_FOLDER, job_artifacts_dir
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
+JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
 UPLOAD_STEM = "data"
 UPLOAD_CACHE = "arrow-cache"
 # Percent-escapes and their lookalikes are refused outright: a path that only means something
@@ -106,7 +107,7 @@ def upload_file(uploads_dir: Path, dataset_id: str) -> Path | None:
 
 def job_model_dir(artifacts_dir: Path, job_id: str) -> Path:
     """The published model folder of a succeeded job."""
-    if not re.match(r"^job_[0-9a-f]{32}$", job_id):
+    if not JOB_ID.match(job_id):
         raise PathRefused(f"{job_id!r} is not a job id")
     return job_artifacts_dir(artifacts_dir, job_id) / MODEL_FOLDER
 
