@@ -278,6 +278,28 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_CHECK_TIMEOUT", "check_timeout", "300", _non_negative_float,
                 "Seconds a dry run (`POST /v1/jobs:validate`) or the check of an uploaded file may take "
                 "before it is stopped."),
+    SettingSpec("FITJOBS_CHECK_CONCURRENCY", "check_concurrency", "2", _positive_int,
+                "Dry runs and upload checks one API worker runs at once, each in its own check process; "
+                "more wait for a free one."),
+    SettingSpec("FITJOBS_CHECK_QUEUE_SECONDS", "check_queue_seconds", "10", _non_negative_float,
+                "Seconds a dry run or upload check waits for a free check process before it is answered "
+                "503 with Retry-After."),
+    SettingSpec("FITJOBS_CHECK_MEMORY_BYTES", "check_memory_bytes", str(2 * 1024 ** 3), _positive_int,
+                "Memory one dry run or upload check may allocate (RLIMIT_DATA of its check process, above what "
+                "the process held before it); a check that needs more is answered 422."),
+    SettingSpec("FITJOBS_CHECK_CPU_SECONDS", "check_cpu_seconds", "120", _positive_int,
+                "CPU seconds one dry run or upload check may use (RLIMIT_CPU of its check process); a check "
+                "that needs more is answered 422."),
+    SettingSpec("FITJOBS_UPLOAD_MAX_ROWS", "upload_max_rows", "5000000", _positive_int,
+                "Rows an uploaded table may have; Parquet files are refused from their metadata, before "
+                "their data is read."),
+    SettingSpec("FITJOBS_UPLOAD_MAX_COLUMNS", "upload_max_columns", "1000", _positive_int,
+                "Columns an uploaded table may have; a CSV file is refused from its header line."),
+    SettingSpec("FITJOBS_UPLOAD_MAX_CELL_BYTES", "upload_max_cell_bytes", str(1024 * 1024), _positive_int,
+                "Bytes one value (cell) of an uploaded table may hold once decoded."),
+    SettingSpec("FITJOBS_UPLOAD_MAX_DECODED_BYTES", "upload_max_decoded_bytes", str(2 * 1024 ** 3), _positive_int,
+                "Bytes an uploaded table may decode to (a Parquet file's columns uncompressed and its "
+                "dictionaries expanded); compressed files and archives are refused outright."),
     SettingSpec("FITJOBS_URL", "url", "http://127.0.0.1:8080", str,
                 "Base URL the CLI's client commands (submit, status, wait, ...) talk to."),
     SettingSpec("FITJOBS_TOKEN", "token", "", str,
@@ -367,6 +389,14 @@ class Settings:
     max_upload_bytes: int
     model_roots: tuple[Path, ...]
     check_timeout: float
+    check_concurrency: int
+    check_queue_seconds: float
+    check_memory_bytes: int
+    check_cpu_seconds: int
+    upload_max_rows: int
+    upload_max_columns: int
+    upload_max_cell_bytes: int
+    upload_max_decoded_bytes: int
     url: str
     token: str
     log_level: str

@@ -23,6 +23,8 @@ UPLOAD_CACHE = "arrow-cache"
 # Percent-escapes and their lookalikes are refused outright: a path that only means something
 # after a decoding step is not one the caller can have meant literally.
 ENCODED = re.compile(r"%[0-9a-fA-F]{2}")
+# Never a source of data or models, whatever the roots: reading them reveals or blocks on live system state.
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
 
 
 class PathRefused(ValueError):
@@ -84,11 +86,61 @@ def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
     check_path_text(value)
     real_roots = [Path(os.path.realpath(root)) for root in roots]
     candidate = Path(value) if os.path.isabs(value) else real_roots[0] / value
-    real = Path(os.path.realpath(candidate))
+    # Messages say which rule was broken, never where the path resolves to: that would disclose
+    # the targets of links and of /proc/self entries, and the server's own folders.
+    system = PathRefused(f"leads into {', '.join(SYSTEM_FOLDERS[:-1])} or {SYSTEM_FOLDERS[-1]}, which hold no "
+                         f"{what} files")
+    if passes_through_system_folder(str(candidate)):
+        raise system
+    try:
+        real = Path(os.path.realpath(candidate))
+    except OSError as exc:  # a link this process may not read
+        raise PathRefused("cannot be resolved: a link on the way cannot be read") from exc
+    if in_system_folder(real):
+        raise system
     if not any(real == root or real.is_relative_to(root) for root in real_roots):
-        listed = ", ".join(str(root) for root in roots)
-        raise PathRefused(f"resolves to {real}, outside the {what} root{'s' if len(roots) > 1 else ''} ({listed})")
+        raise PathRefused(f"lies outside the {what} root{'s' if len(roots) > 1 else ''} once links are followed")
     return real
+
+
+def in_system_folder(real: Path) -> bool:
+    """Whether a resolved path lies in /proc, /sys or /dev (process state, kernel settings, devices)."""
+    return any(real == Path(folder) or real.is_relative_to(folder) for folder in SYSTEM_FOLDERS)
+
+
+def passes_through_system_folder(path: str, max_links: int = 40) -> bool:
+    """Whether resolving an absolute path, link by link, steps into /proc, /sys or /dev on the way.
+
+    Catches what the resolved path alone hides: ``/proc/self/cwd/...`` and links to it end in
+    an ordinary folder (the reading process's), but only by way of /proc.
+    """
+    parts = path.split("/")
+    resolved = "/"
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        step = os.path.join(resolved, part)
+        if in_system_folder(Path(step)):
+            return True
+        if os.path.islink(step):
+            links += 1
+            if links > max_links:
+                return False  # a link loop; the caller's realpath check refuses what it resolves to
+            try:
+                target = os.readlink(step)
+            except OSError:
+                return False  # unreadable: resolving it fails too, and the caller refuses that
+            parts = target.split("/") + parts
+            if target.startswith("/"):
+                resolved = "/"
+            continue
+        resolved = step
+    return False
 
 
 def upload_dir(uploads_dir: Path, dataset_id: str) -> Path:
@@ -120,6 +172,7 @@ class ModelSource:
     ref: str  # the Hub id, or the folder
     revision: str | None = None
     job_id: str | None = None
+    given: str | None = None  # a local folder as the spec names it; messages use it, never the resolved ``ref``
 
     @property
     def local_folder(self) -> Path | None:
@@ -132,7 +185,7 @@ class ModelSource:
             return f"the model of job {self.job_id}"
         if self.kind == "hub" and self.revision:
             return f"{self.ref!r} at revision {self.revision!r}"
-        return repr(self.ref)
+        return repr(self.given if self.given is not None else self.ref)
 
     def cache_key(self) -> str:
         """A key under which a tokenizer loaded from this source may be reused."""
@@ -144,16 +197,24 @@ def model_source(model: str | dict[str, Any], locations: Locations, *, enforce_r
 
     A string is a Hub id, or (starting with '/') a local folder; ``{"hub": ..., "revision": ...}``,
     ``{"path": ...}`` (relative to the first model root, or absolute) and ``{"job": ...}`` say it
-    explicitly. Local folders must lie under a model root when ``enforce_roots`` (PathRefused).
+    explicitly. With ``enforce_roots``, local folders must lie under a model root and a job's
+    model under the artifacts folder, symlinks followed (PathRefused otherwise).
     """
     if isinstance(model, str):
         model = {"path": model} if model.startswith("/") else {"hub": model}
     if "hub" in model:
         return ModelSource("hub", model["hub"], revision=model.get("revision"))
     if "job" in model:
-        return ModelSource("job", str(job_model_dir(locations.artifacts_dir, model["job"])), job_id=model["job"])
+        folder = job_model_dir(locations.artifacts_dir, model["job"])
+        if enforce_roots:
+            real = Path(os.path.realpath(folder))
+            if not real.is_relative_to(os.path.realpath(locations.artifacts_dir)):
+                raise PathRefused(f"the model of job {model['job']} lies outside the artifacts folder once links "
+                                  "are followed")
+            folder = real
+        return ModelSource("job", str(folder), job_id=model["job"])
     path = model["path"]
     if enforce_roots:
-        return ModelSource("local", str(contained_path(path, locations.model_roots, "model")))
+        return ModelSource("local", str(contained_path(path, locations.model_roots, "model")), given=path)
     base = locations.model_roots[0] if locations.model_roots else Path("/")
-    return ModelSource("local", os.path.realpath(path if os.path.isabs(path) else base / path))
+    return ModelSource("local", os.path.realpath(path if os.path.isabs(path) else base / path), given=path)

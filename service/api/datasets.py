@@ -16,7 +16,7 @@ from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
 from service.api.tenant import quota_exceeded
-from service.check_runner import CheckFailed
+from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
 from service.errors import (
     BadRequest,
     Conflict,
@@ -32,6 +32,7 @@ from service.store.dataset_store import DatasetNotFound
 from service.tenants import QuotaReached
 from service.uploads import (
     UploadedDataset,
+    UploadLimits,
     UploadRefused,
     clean_filename,
     new_dataset_id,
@@ -142,9 +143,13 @@ class Datasets(MethodView):
     @blp.response(201, DatasetSchema)
     @blp.alt_response(413, schema=ProblemSchema, description="Larger than FITJOBS_MAX_UPLOAD_BYTES.")
     @blp.alt_response(415, schema=ProblemSchema, description="Not a .csv, .json, .jsonl or .parquet file.")
-    @blp.alt_response(422, schema=ProblemSchema, description="Not a readable table; `detail` says why.")
+    @blp.alt_response(422, schema=ProblemSchema,
+                      description="Not a readable table, compressed data or an archive, over a FITJOBS_UPLOAD_MAX_* "
+                                  "limit, or over the check's memory or CPU limit; `detail` says which.")
     @blp.alt_response(429, schema=ProblemSchema,
                       description="The tenant's uploads would exceed its upload_bytes quota (`quota` names it).")
+    @blp.alt_response(503, schema=ProblemSchema,
+                      description="Every check process stayed busy; retry after `Retry-After` seconds.")
     def post(self, query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Upload a CSV, JSON, JSON Lines or Parquet file; answers with its id, rows and columns.
 
@@ -169,7 +174,9 @@ class Datasets(MethodView):
         try:
             # Before the file is read: an upload over the quota costs no check.
             check_upload_room(size)
-            table = current_check_runner().run("inspect_upload", {"path": str(path)}, settings.check_timeout)
+            table = current_check_runner().run(
+                "inspect_upload", {"path": str(path), "limits": UploadLimits.from_settings(settings).to_dict()},
+                settings.check_timeout)
             if "problem" in table:
                 message = table["problem"][0].upper() + table["problem"][1:]
                 raise ValidationFailed(f"{message}.", errors={"file": [f"{message}."]})
@@ -180,6 +187,15 @@ class Datasets(MethodView):
         except QuotaReached as exc:
             remove_upload(settings.uploads_dir, dataset_id)
             raise quota_exceeded(exc) from exc
+        except CheckLimitExceeded as exc:
+            remove_upload(settings.uploads_dir, dataset_id)
+            message = f"The uploaded file could not be checked within its limits: {exc}."
+            raise ValidationFailed(message, errors={"file": [message]}) from exc
+        except CheckBusy as exc:
+            remove_upload(settings.uploads_dir, dataset_id)
+            raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}; try again later.",
+                                     extra={"retryable": True},
+                                     headers={"Retry-After": str(exc.retry_after)}) from exc
         except CheckFailed as exc:
             remove_upload(settings.uploads_dir, dataset_id)
             raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}.",

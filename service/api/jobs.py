@@ -20,7 +20,7 @@ from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
 from service.api.tenant import quota_exceeded
 from service.artifacts import job_artifacts_dir
-from service.check_runner import CheckFailed
+from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
 from service.errors import (
     BadRequest,
     Conflict,
@@ -264,6 +264,12 @@ def dry_run(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         return current_check_runner().run("dry_run", {"spec": spec, "locations": current_locations().to_dict()},
                                           timeout)
+    except CheckLimitExceeded as exc:
+        message = f"The dry run could not finish within its limits: {exc}."
+        raise ValidationFailed(message, errors={"data": [message]}) from exc
+    except CheckBusy as exc:
+        raise ServiceUnavailable(f"The dry run could not start: {exc}; try again later.", extra={"retryable": True},
+                                 headers={"Retry-After": str(exc.retry_after)}) from exc
     except CheckFailed as exc:
         hint = (" The data may be too large to check quickly; a job checks it again as its first phase."
                 if exc.timed_out else "")

@@ -13,7 +13,7 @@ from flask import current_app
 
 from service.api.auth import current_tenant
 from service.api.context import current_settings, current_store
-from service.check_runner import CheckRunner
+from service.check_runner import CheckLimits, CheckRunner
 from service.errors import ValidationFailed, summarize_errors
 from service.jobs import Job, JobState
 from service.locations import Locations, PathRefused, contained_path, job_model_dir
@@ -33,7 +33,8 @@ def current_check_runner() -> CheckRunner:
     """This application's check server client (its child starts on first use)."""
     extensions = current_app.extensions
     if "fitjobs.check_runner" not in extensions:
-        extensions["fitjobs.check_runner"] = CheckRunner(current_settings().child_environ())
+        settings = current_settings()
+        extensions["fitjobs.check_runner"] = CheckRunner(settings.child_environ(), CheckLimits.from_settings(settings))
     return cast(CheckRunner, extensions["fitjobs.check_runner"])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 
 from service.jobs import FailureCode
-from service.locations import UPLOAD_CACHE, Locations, PathRefused, job_model_dir, upload_file
+from service.locations import (
+    UPLOAD_CACHE,
+    Locations,
+    PathRefused,
+    in_system_folder,
+    job_model_dir,
+    passes_through_system_folder,
+    upload_file,
+)
 from service.trainer.failures import TrainingFailure
 
 FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -212,10 +221,13 @@ def load_table(path: Path, named: str, split: str, cache_dir: Path | None) -> Da
         return load_dataset(loader, data_files=str(path), split="train",
                             cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as exc:  # pandas, pyarrow and datasets each raise their own types
+        if caused_by_memory(exc):
+            raise  # the process's memory limit, not a property of the file
         if "corresponds to no data" in str(exc):
             # datasets' way of saying the file parsed but held no rows (a CSV with only a header).
             raise invalid("no_rows", f"{named} has no rows", split=split) from exc
-        raise invalid("unreadable_file", f"{named} could not be read as {loader}: {root_cause(exc)}",
+        raise invalid("unreadable_file", f"{named} could not be read as {loader}: "
+                                         f"{without_path(root_cause(exc), path)}",
                       split=split) from exc
 
 
@@ -225,7 +237,8 @@ def load_saved(folder: Path, named: str, split: str, wanted: str | None) -> Data
         # In memory, so later transforms never write cache files into the caller's data folder.
         saved = load_from_disk(str(folder), keep_in_memory=True)
     except Exception as exc:  # FileNotFoundError, arrow and JSON errors
-        raise invalid("unreadable_folder", f"{named} is not a folder written by save_to_disk: {root_cause(exc)}",
+        raise invalid("unreadable_folder", f"{named} is not a folder written by save_to_disk: "
+                                           f"{without_path(root_cause(exc), folder)}",
                       split=split) from exc
     if isinstance(saved, DatasetDict):
         name = wanted or split
@@ -272,9 +285,20 @@ def load_hub_dataset(source: dict[str, Any], split: str) -> Dataset:
 
 
 def resolve_data_path(name: str, data_root: Path, split: str) -> Path:
-    """The real path of a data file or folder; refuses one that resolves (symlinks followed) outside ``data_root``."""
+    """The real path of a data file or folder; refuses one that resolves (symlinks followed) outside ``data_root``
+    or into /proc, /sys or /dev. Runs when the job loads its data, so a link changed after submit is caught."""
     root = data_root.resolve()
-    path = (root / name).resolve()
+    system = invalid("path_outside_root", f"{split} file {name!r} leads into /proc, /sys or /dev, which hold no "
+                                          "data files", split=split, value=name)
+    if passes_through_system_folder(str(root / name)):
+        raise system
+    try:
+        path = (root / name).resolve()
+    except OSError as exc:  # a link this process may not read
+        raise invalid("path_outside_root", f"{split} file {name!r} cannot be resolved: a link on the way cannot be "
+                                           "read", split=split, value=name) from exc
+    if in_system_folder(path):
+        raise system
     if not path.is_relative_to(root):
         raise invalid("path_outside_root", f"{split} file {name!r} resolves outside the data root",
                       split=split, value=name)
@@ -288,7 +312,9 @@ def load_records(records: list[dict[str, Any]], split: str) -> Dataset:
     """Inline rows as a Dataset; a column mixing value types is reported with its first odd row."""
     try:
         return Dataset.from_list(records)
-    except Exception as exc:  # pyarrow raises ArrowInvalid or ArrowTypeError here
+    except Exception as exc:
+        if caused_by_memory(exc):
+            raise  # pyarrow raises ArrowInvalid or ArrowTypeError here
         raise invalid("mixed_types", f"{split} records: {describe_mixed_types(records) or root_cause(exc)}",
                       split=split) from exc
 
@@ -307,6 +333,26 @@ def describe_mixed_types(records: list[dict[str, Any]]) -> str | None:
                 return (f"column {column!r}, row {row}: {value!r} is {type(value).__name__} "
                         f"but row {seen[1]} holds {seen[0].__name__}; a column must hold one type")
     return None
+
+
+def caused_by_memory(exc: BaseException) -> bool:
+    """Whether an exception is, or was raised while handling, a failed allocation."""
+    current: BaseException | None = exc
+    for _ in range(20):
+        if current is None:
+            return False
+        if isinstance(current, MemoryError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def without_path(text: str, path: Path) -> str:
+    """``text`` with the file's server-side path (as given and resolved) and its folder left out."""
+    for spelling in sorted({str(path), os.path.realpath(path), str(path.parent), os.path.realpath(path.parent)},
+                           key=len, reverse=True):
+        text = text.replace(spelling, "<file>" if spelling.endswith(path.name) else "<folder>")
+    return text
 
 
 def root_cause(exc: BaseException) -> str:

@@ -24,6 +24,8 @@ from service.locations import UPLOAD_CACHE, Locations, ModelSource, PathRefused,
 from service.trainer.data import LABELS, DataInspection, InvalidData, inspect_data, load_table
 from service.trainer.failures import TrainingFailure
 from service.trainer.modeling import load_model_config, load_tokenizer
+from service.trainer.upload_limits import check_after_reading, check_before_reading
+from service.uploads import UploadLimits
 
 # Token lengths are measured on at most this many rows per split (a seeded sample beyond it):
 # enough for percentiles and the truncated share to within about a percent, in a few seconds.
@@ -272,10 +274,20 @@ def duplicates_warning(duplicates: dict[str, Any]) -> dict[str, Any]:
                        f"training row{where}; validation metrics will overstate how well the model generalizes"}
 
 
-def inspect_upload(path: Path) -> dict[str, Any]:
-    """Rows, columns and column types of an uploaded file, read the way training reads it; or its problem."""
+def inspect_upload(path: Path, limits: UploadLimits | None = None) -> dict[str, Any]:
+    """Rows, columns and column types of an uploaded file, read the way training reads it; or its problem.
+
+    The file is held to ``limits`` (default: this process's settings) before its data is read
+    and again once it is.
+    """
+    if limits is None:
+        from service.config import Settings
+
+        limits = UploadLimits.from_settings(Settings.from_env())
     try:
+        check_before_reading(path, limits)
         table = load_table(path, "the uploaded file", "upload", path.parent / UPLOAD_CACHE)
+        check_after_reading(table, limits)
     except InvalidData as failure:
         return {"problem": failure.problem.message}
     if len(table) == 0:
@@ -286,4 +298,3 @@ def inspect_upload(path: Path) -> dict[str, Any]:
                            "and a label column"}
     return {"rows": len(table), "columns": list(table.column_names),
             "features": {name: str(feature) for name, feature in table.features.items()}}
-

@@ -44,8 +44,8 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
     seconds of phases before this call (queued, startup), reported with the others.
     """
     prepare_tensorflow(threads)
-    from service.trainer.data import prepare_data
-    from service.trainer.modeling import load_classifier, load_tokenizer
+    from service.trainer.data import as_locations, prepare_data
+    from service.trainer.modeling import load_classifier, load_tokenizer, spec_model_source
     from service.trainer.precision import apply_policy, choose_compute, detect_device, keep_head_in_float32
 
     phases = PhaseClock(reporter, timings)
@@ -57,7 +57,7 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
                    {"train_rows": len(data.train), "validation_rows": len(data.validation),
                     "labels": [data.id2label[i] for i in range(data.num_labels)]})
     with phases.measure("tokenize"):
-        tokenizer = load_tokenizer(spec["model"])
+        tokenizer = load_tokenizer(spec_model_source(spec["model"], as_locations(data_root)))
         train_tokens, validation_tokens = tokenize(data, spec, tokenizer, checkpoint_dir / "tokens")
     import tf_keras
 
@@ -73,7 +73,8 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
     strategy = choose_strategy(devices)
     with phases.measure("model_load"), strategy.scope():
         # Variables made here are mirrored; compile and fit follow the model's strategy.
-        model = load_classifier(spec["model"], data.num_labels, data.id2label, data.label2id)
+        model = load_classifier(spec_model_source(spec["model"], as_locations(data_root)), data.num_labels,
+                                data.id2label, data.label2id)
         keep_head_in_float32(model)
     replicas = strategy.num_replicas_in_sync
     reporter.event("model_loaded", f"Loaded {spec['model']} ({model.config.model_type}) on {replicas} "

@@ -8,11 +8,12 @@ never run.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from service.jobs import FailureCode
-from service.locations import Locations, ModelSource, model_source
+from service.locations import Locations, ModelSource, PathRefused, model_source
 from service.trainer.failures import TrainingFailure
 
 TF_WEIGHTS = "tf_model.h5"
@@ -38,18 +39,40 @@ def resolve_model(model: ModelRef) -> ModelSource:
     return model_source(model, Locations.from_settings(Settings.from_env()), enforce_roots=False)
 
 
-def short_cause(exc: BaseException) -> str:
-    """'Type: first line' of an exception, cut to MAX_CAUSE characters."""
+def spec_model_source(model: str | dict[str, Any], locations: Locations | None = None) -> ModelSource:
+    """The ModelSource of an accepted spec's ``model``, held to the model roots again as it loads.
+
+    The API checked the roots at submit time; a folder swapped for a symlink while the job was
+    queued is refused here (model_not_found), symlinks followed, without naming where it leads.
+    A Hub name stays a Hub id: it is never looked up as a folder.
+    """
+    if locations is None:
+        from service.config import Settings
+
+        locations = Locations.from_settings(Settings.from_env())
+    try:
+        return model_source(model, locations, enforce_roots=True)
+    except PathRefused as exc:
+        given = model if isinstance(model, str) else model.get("path", model.get("job"))
+        raise TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model {given!r} {exc}; it is refused when the job "
+                                                           "loads it") from exc
+
+
+def short_cause(exc: BaseException, source: ModelSource | None = None) -> str:
+    """'Type: first line' of an exception, cut to MAX_CAUSE characters; a local folder's resolved path
+    is replaced by the name the spec gave it."""
     lines = str(exc).strip().splitlines()
     cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if source is not None and source.kind != "hub" and source.ref:
+        cause = cause.replace(source.ref, source.given if source.given is not None else "the model folder")
     # Some causes list every model type transformers knows.
     return cause[:MAX_CAUSE] + "..." if len(cause) > MAX_CAUSE else cause
 
 
-def load_failed(model_ref: str, what: str, exc: BaseException) -> TrainingFailure:
+def load_failed(source: ModelSource, what: str, exc: BaseException) -> TrainingFailure:
     """A model_load_failed failure naming the model, what could not be loaded, and why."""
-    return TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"could not load the {what} of model {model_ref}: "
-                                                          f"{short_cause(exc)}")
+    return TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"could not load the {what} of model "
+                                                          f"{source.describe()}: {short_cause(exc, source)}")
 
 
 def classify_load_error(source: ModelSource, what: str, exc: BaseException) -> TrainingFailure:
@@ -64,27 +87,33 @@ def classify_load_error(source: ModelSource, what: str, exc: BaseException) -> T
             any(phrase in texts for phrase in NOT_FOUND_PHRASES):
         where = "on the Hub or in the local cache" if source.kind == "hub" else "there"
         return TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model {source.describe()} was not found {where} "
-                                                            f"({what}): {short_cause(exc)}")
+                                                            f"({what}): {short_cause(exc, source)}")
     if any(phrase in texts for phrase in UNSUPPORTED_PHRASES):
         return TrainingFailure(FailureCode.UNSUPPORTED_MODEL,
                                f"model {source.describe()} is of a type transformers cannot build without running "
-                               f"its code: {short_cause(exc)}")
-    return load_failed(source.describe(), what, exc)
+                               f"its code: {short_cause(exc, source)}")
+    return load_failed(source, what, exc)
 
 
 def check_local_folder(source: ModelSource) -> None:
-    """A local or job model folder exists and holds a config.json (model_not_found otherwise)."""
+    """A local or job model folder exists and holds a config.json; a Hub id names no local file (model_not_found)."""
     folder = source.local_folder
     if folder is None:
+        # transformers reads a Hub id as a folder when one of that name is in the working folder.
+        if os.path.lexists(source.ref):
+            raise TrainingFailure(FailureCode.MODEL_NOT_FOUND,
+                                  f"model {source.ref!r} is a Hub id, and a file or folder of that name in the "
+                                  "working folder would be loaded in its place; a Hub id is only looked up on the "
+                                  "Hub (give a local model as {\"path\": ...})")
         return
     if source.kind == "job" and not folder.is_dir():
         raise TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"job {source.job_id} has no published model to "
                                                            "continue from (it has not succeeded)")
     if not folder.is_dir():
-        raise TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model folder {source.ref!r} does not exist")
+        raise TrainingFailure(FailureCode.MODEL_NOT_FOUND, f"model folder {source.describe()} does not exist")
     if not (folder / "config.json").is_file():
         # Checked here: without it transformers guesses the model type from the folder's name.
-        raise TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"model folder {source.ref!r} has no config.json")
+        raise TrainingFailure(FailureCode.MODEL_LOAD_FAILED, f"model folder {source.describe()} has no config.json")
 
 
 def local_folder(model_ref: str) -> Path | None:
@@ -190,6 +219,6 @@ def load_pytorch_safetensors(folder: Path, config: Any) -> Any:
     missing = [key for key in info["missing_keys"] if "classifier" not in key.split(".")[0]]
     if missing:
         raise TrainingFailure(FailureCode.MODEL_LOAD_FAILED,
-                              f"the weights in {folder} lack {len(missing)} tensors the model needs, "
+                              f"the model's {SAFETENSORS_WEIGHTS} lacks {len(missing)} tensors the model needs, "
                               f"e.g. {', '.join(missing[:3])}")
     return model

@@ -94,3 +94,18 @@ def test_the_api_process_never_imports_tensorflow_transformers_or_datasets() -> 
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {"upload": 201, "validate": 422, "problem": "model_not_found", "imported": []}, \
         done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", ["/proc/self/environ", "/proc/self/cwd/README.md", "/proc/1/root/etc/passwd",
+                                  "/sys/kernel/notes", "/dev/zero"])
+@pytest.mark.parametrize("endpoint", ["/v1/jobs", "/v1/jobs:validate"])
+def test_data_paths_into_proc_sys_and_dev_are_422_naming_the_rule_only(client: FlaskClient, path: str,
+                                                                      endpoint: str) -> None:
+    import os
+
+    response = client.post(endpoint, json=spec({"path": path}))
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    message = response.get_json()["errors"]["data.train.path"][0]
+    assert "leads into /proc, /sys or /dev" in message
+    assert os.getcwd() not in response.get_data(as_text=True)
+    assert client.get("/v1/jobs").get_json()["jobs"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,55 @@ def test_roc_auc_acceptance_needs_two_labels(config_only_model: Path, tmp_path: 
     assert "3: a, b, c" in problems[0]["message"]
     f1_bar = {"metric": "val_macro_f1", "min": 0.8}
     assert dry_run(with_settings(three, acceptance=f1_bar), where, None, TokenizerCache())["valid"]
+
+
+def test_a_model_folder_swapped_for_a_link_out_of_the_roots_is_refused_at_load_time(config_only_model: Path,
+                                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from service.jobs import FailureCode
+    from service.trainer.failures import TrainingFailure
+    from service.trainer.modeling import load_tokenizer, spec_model_source
+
+    roots = tmp_path / "models"
+    inside = roots / "tiny"
+    shutil.copytree(config_only_model, inside)
+    outside = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(config_only_model, outside)
+    where = Locations(data_root=tmp_path / "data", uploads_dir=tmp_path / "uploads",
+                      artifacts_dir=tmp_path / "artifacts", model_roots=(roots,))
+    assert load_tokenizer(spec_model_source({"path": "tiny"}, where)) is not None
+    # While the job waits in the queue, the folder becomes a link to a model outside the roots.
+    shutil.rmtree(inside)
+    os.symlink(outside, inside)
+    for model in ({"path": "tiny"}, str(inside)):
+        with pytest.raises(TrainingFailure) as caught:
+            spec_model_source(model, where)
+        assert caught.value.code is FailureCode.MODEL_NOT_FOUND
+        assert "outside the model root" in caught.value.message and "when the job loads it" in caught.value.message
+        assert str(outside) not in caught.value.message and "elsewhere" not in caught.value.message
+
+
+def test_a_hub_id_is_never_read_from_the_working_folder(config_only_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from service.jobs import FailureCode
+    from service.trainer.failures import TrainingFailure
+    from service.trainer.modeling import load_model_config
+
+    shutil.copytree(config_only_model, tmp_path / "org" / "name")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainingFailure) as caught:
+        load_model_config("org/name")
+    assert caught.value.code is FailureCode.MODEL_NOT_FOUND and "is a Hub id" in caught.value.message
+    # The dry run's check server works in an empty folder of its own: the name is a Hub id there too.
+    runner = CheckRunner({**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    try:
+        spec = {**spec_for(config_only_model, sentiment_rows(20, seed=1)), "model": "org/name"}
+        report = runner.run("dry_run", {"spec": spec, "locations": locations_in(tmp_path, config_only_model)
+                                        .to_dict()}, timeout=120)
+    finally:
+        runner.close()
+    assert [problem["code"] for problem in report["problems"]] == ["model_not_found"]
+    assert report["model"] is None

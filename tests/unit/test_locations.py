@@ -99,3 +99,41 @@ def test_upload_ids_are_checked_before_they_name_a_folder(tmp_path: Path) -> Non
     folder.mkdir()
     (folder / "data.csv").write_text("text,label\n")
     assert upload_file(tmp_path, "ds_" + "0" * 32) == folder / "data.csv"
+
+
+@pytest.mark.parametrize("value", ["/proc/self/environ", "/proc/self/cwd", "/sys/kernel", "/dev/zero"])
+def test_system_folders_are_refused_even_under_a_root_of_slash(value: str) -> None:
+    with pytest.raises(PathRefused, match=r"leads into /proc, /sys or /dev") as caught:
+        contained_path(value, [Path("/")], "data")
+    assert os.getcwd() not in str(caught.value) and str(os.getpid()) not in str(caught.value)
+
+
+def test_refusals_name_the_rule_not_where_a_link_leads(root: Path, tmp_path: Path) -> None:
+    os.symlink(tmp_path / "outside" / "secret.csv", root / "link.csv")
+    os.symlink("/proc/self/environ", root / "environ.csv")
+    with pytest.raises(PathRefused, match="outside the data root once links are followed") as outside:
+        contained_path("link.csv", [root], "data")
+    assert str(tmp_path / "outside") not in str(outside.value) and str(root) not in str(outside.value)
+    with pytest.raises(PathRefused, match="leads into /proc") as proc:
+        contained_path("environ.csv", [root], "data")
+    assert str(os.getpid()) not in str(proc.value)
+
+
+def test_a_job_model_swapped_for_a_link_out_of_the_artifacts_folder_is_refused(tmp_path: Path) -> None:
+    locations = Locations(data_root=tmp_path / "data", uploads_dir=tmp_path / "uploads",
+                          artifacts_dir=tmp_path / "artifacts", model_roots=(tmp_path / "models",))
+    job_id = "job_" + "b" * 32
+    (tmp_path / "artifacts" / job_id).mkdir(parents=True)
+    os.symlink(tmp_path / "outside", tmp_path / "artifacts" / job_id / "model")
+    with pytest.raises(PathRefused, match="outside the artifacts folder") as caught:
+        model_source({"job": job_id}, locations)
+    assert str(tmp_path / "outside") not in str(caught.value)
+    assert model_source({"job": job_id}, locations, enforce_roots=False).kind == "job"
+
+
+def test_links_by_way_of_proc_are_refused_though_they_end_elsewhere(root: Path) -> None:
+    os.symlink("/proc/self/cwd", root / "cwd-link")
+    for value in ("/proc/self/cwd/README.md", "cwd-link/README.md", str(root / "cwd-link")):
+        with pytest.raises(PathRefused, match="leads into /proc") as caught:
+            contained_path(value, [root, Path("/")], "data")
+        assert os.getcwd() not in str(caught.value)

@@ -433,3 +433,9 @@ def test_continuing_from_a_job_with_other_labels_needs_num_labels(data_root: Pat
     assert "set num_labels" in caught.value.message
     data = prepare_data({**spec, "num_labels": 3}, locations_of(data_root))
     assert data.label2id == {"negative": 0, "neutral": 1, "positive": 2}
+
+
+def test_data_paths_into_proc_are_refused_when_the_job_loads_them(data_root: Path) -> None:
+    os.symlink("/proc/self/environ", data_root / "environ.csv")
+    invalid_data(make_spec({"path": "environ.csv"}), data_root, "'environ.csv'", "leads into /proc")
+    invalid_data(make_spec({"path": "/proc/self/status"}), data_root, "leads into /proc")
