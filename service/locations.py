@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import MODEL_FOLDER, job_artifacts_dir
+from service.artifacts import MODEL_FOLDER, artifacts_key, job_artifacts_dir
+from service.storage import Storage
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
@@ -155,6 +156,49 @@ def upload_file(uploads_dir: Path, dataset_id: str) -> Path | None:
     folder = upload_dir(uploads_dir, dataset_id)
     found = sorted(folder.glob(f"{UPLOAD_STEM}.*")) if folder.is_dir() else []
     return found[0] if found else None
+
+
+UPLOADS = "uploads"
+
+
+def upload_key(storage: Storage, dataset_id: str) -> str | None:
+    """The storage key of an uploaded dataset's file, or None when there is none."""
+    folder = f"{UPLOADS}/{upload_dir(Path(UPLOADS), dataset_id).name}"
+    names = [f.name for f in storage.list_files(folder) if "/" not in f.name and f.name.startswith(f"{UPLOAD_STEM}.")]
+    return f"{folder}/{sorted(names)[0]}" if names else None
+
+
+def fetch_upload(storage: Storage, uploads_dir: Path, dataset_id: str) -> None:
+    """Copy an uploaded dataset's file from an object store into its local folder, unless it is there already."""
+    if storage.is_local:
+        return  # the local folder is the stored one
+    key = upload_key(storage, dataset_id)
+    if key is None:
+        return  # deleted: the data loader reports upload_not_found
+    local = upload_dir(uploads_dir, dataset_id) / key.rsplit("/", 1)[1]
+    if local.is_file() and local.stat().st_size == storage.size(key):
+        return
+    storage.get_file(key, local)
+
+
+def fetch_inputs(spec: dict[str, Any], storage: Storage, locations: Locations) -> None:
+    """Copy the uploads and the job model a spec reads from an object store to this node's folders.
+
+    They land where local storage keeps them (``locations.uploads_dir``, ``.artifacts_dir``),
+    so the data and model loaders read them as always; with local storage nothing is copied.
+    """
+    if storage.is_local:
+        return
+    for role in ("train", "validation"):
+        dataset_id = ((spec.get("data") or {}).get(role) or {}).get("upload")
+        if isinstance(dataset_id, str) and DATASET_ID.match(dataset_id):
+            fetch_upload(storage, locations.uploads_dir, dataset_id)
+    model = spec.get("model")
+    if isinstance(model, dict) and isinstance(model.get("job"), str) and JOB_ID.match(model["job"]):
+        local = job_artifacts_dir(locations.artifacts_dir, model["job"])
+        if not local.is_dir():
+            # Missing in storage too: the model loader then reports model_not_found.
+            storage.fetch_published(artifacts_key(model["job"]), local)
 
 
 def job_model_dir(artifacts_dir: Path, job_id: str) -> Path:

@@ -179,7 +179,7 @@ class Storage:
         except FileNotFoundError:
             pass
 
-    def list(self, key: str) -> list[StoredFile]:
+    def list_files(self, key: str) -> list[StoredFile]:
         """Every file under the key (recursively), named relative to it, sorted by name."""
         base = self.path(key)
         try:
@@ -278,7 +278,7 @@ class Storage:
         try:
             staging.mkdir(parents=True)
             if published.files:
-                names = [f.name for f in published.files]
+                names = [check_key(f.name) for f in published.files]
                 for name in names:
                     (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get([self.path(f"{published.prefix}/{name}") for name in names],

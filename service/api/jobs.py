@@ -19,7 +19,7 @@ from service.api.event_streams import open_stream, stream_frames
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
 from service.api.tenant import quota_exceeded
-from service.artifacts import job_artifacts_dir
+from service.artifacts import published_artifacts
 from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
 from service.errors import (
     BadRequest,
@@ -33,6 +33,7 @@ from service.errors import (
 )
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
+from service.locations import fetch_inputs
 from service.schemas import (
     DryRunProblemSchema,
     DryRunReportSchema,
@@ -150,7 +151,7 @@ def reusable_job(fingerprint: str | None) -> Job | None:
         return None
     source = current_store().find_reusable_job(fingerprint, current_tenant().name)
     # Without its published files there is nothing to share; the new job trains instead.
-    if source is None or not job_artifacts_dir(current_settings().artifacts_dir, source.id).is_dir():
+    if source is None or published_artifacts(current_settings().storage, source.id) is None:
         return None
     return source
 
@@ -260,7 +261,14 @@ MAX_PROBLEMS_IN_DETAIL = 3
 
 def dry_run(spec: dict[str, Any]) -> dict[str, Any]:
     """The dry-run report of a loaded spec, from the check server, within FITJOBS_CHECK_TIMEOUT."""
-    timeout = current_settings().check_timeout
+    settings = current_settings()
+    timeout = settings.check_timeout
+    # With an object store, the uploads and job model the spec reads are copied to this node first.
+    try:
+        fetch_inputs(spec, settings.storage, current_locations())
+    except OSError as exc:
+        raise ServiceUnavailable(f"The dry run could not read the spec's stored inputs: {exc}.",
+                                 extra={"retryable": True}) from exc
     try:
         return current_check_runner().run("dry_run", {"spec": spec, "locations": current_locations().to_dict()},
                                           timeout)

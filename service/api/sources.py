@@ -13,10 +13,11 @@ from flask import current_app
 
 from service.api.auth import current_tenant
 from service.api.context import current_settings, current_store
+from service.artifacts import has_model
 from service.check_runner import CheckLimits, CheckRunner
 from service.errors import ValidationFailed, summarize_errors
 from service.jobs import Job, JobState
-from service.locations import Locations, PathRefused, contained_path, job_model_dir
+from service.locations import Locations, PathRefused, contained_path
 from service.store import JobNotFound
 from service.store.dataset_store import DatasetNotFound, DatasetStore
 
@@ -106,7 +107,7 @@ def job_model_errors(job_id: str) -> Iterator[tuple[str, str]]:
     elif job.reused_from is not None:
         yield "model.job", (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; continue from "
                             f"{{\"job\": \"{job.reused_from}\"}} instead.")
-    elif not job_model_dir(current_settings().artifacts_dir, job_id).is_dir():
+    elif not has_model(current_settings().storage, job_id):
         yield "model.job", f"Job {job_id} has no published model."
 
 

@@ -6,6 +6,7 @@ service.supervisor.leases, which stops renewing when those beats stop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.artifacts import read_artifact
 from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
@@ -287,7 +289,8 @@ class Supervisor:
     def _attempt_end(self, child: TrainerProcess, status: int) -> AttemptEnd:
         """How a trainer's attempt ended: its outcome file (or exit status), and why it was stopped."""
         outcome = (read_outcome(child.attempt_dir)
-                   or outcome_of_exit_status(status, self.settings.artifacts_dir / child.job_id))
+                   or outcome_of_exit_status(status, functools.partial(read_artifact, self.settings.storage,
+                                                                       child.job_id)))
         seconds = round(time.monotonic() - child.started, 1)
         if outcome is not None and outcome.status == "succeeded":
             return AttemptEnd.succeeded(f"Training finished in {seconds} s.", outcome.result)

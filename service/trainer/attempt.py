@@ -20,11 +20,11 @@ from typing import Any
 
 from service.config import Settings
 from service.jobs import FailureCode, Job
+from service.locations import Locations, fetch_inputs
 from service.logconfig import configure_logging
 from service.store import open_store
 from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.failures import TrainingFailure
-from service.trainer.inputs import fetch_inputs
 from service.trainer.outcome import Outcome, TrainerExit, finish
 from service.trainer.stop import DrainRequested, StopSignal
 from service.trainer.store_reporter import StaleAttempt, StoreReporter
@@ -163,7 +163,7 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
                        f"{startup:.1f} s after its {'assignment' if start.warm else 'start'}.",
                        start.event_data(startup))
         mirror = checkpoint_mirror(settings, job_id, reporter)
-        fetch_inputs(job.spec, settings)
+        fetch_inputs(job.spec, settings.storage, Locations.from_settings(settings))
         result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
                               checkpoint_dir=settings.checkpoint_dir(job_id), storage=settings.storage,
                               job_id=job_id, reporter=reporter, mirror=mirror,
