@@ -78,6 +78,7 @@ def publish_artifacts(storage: Storage, staging: Path, job_id: str) -> None:
             storage.publish_folder(staging, artifacts_key(job_id), move=True)
             return
         version = storage.publish_folder(staging, artifacts_key(job_id))
+        storage.remove(f"{TARBALL_CACHE}/{job_id}")  # tarballs of replaced versions
         if (staging / MODEL_FOLDER).is_dir():
             tarball = staging.with_name(f".{staging.name}.{MODEL_TARBALL}")
             try:
