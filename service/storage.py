@@ -15,9 +15,11 @@ previous version's objects are deleted once the new manifest is in place.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -25,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -100,6 +102,16 @@ class Storage:
         """Whether the root is a folder of this machine's file system."""
         return self.local_root is not None
 
+    def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        # s3fs and gcsfs run an asyncio loop on a thread of their own and wait for it; under
+        # gunicorn's gevent workers that thread is a greenlet, so object store calls go to a
+        # real thread of gevent's pool instead.
+        if self.local_root is None and _gevent_patched():
+            from gevent import get_hub
+
+            return get_hub().threadpool.apply(call, args, kwargs)
+        return call(*args, **kwargs)
+
     def path(self, key: str) -> str:
         """The file system path (bucket/prefix/key for object stores) of a key."""
         return f"{self.root}/{check_key(key)}"
@@ -118,20 +130,22 @@ class Storage:
 
     def exists(self, key: str) -> bool:
         """Whether a file is stored under the key."""
-        return bool(self.fs.isfile(self.path(key)))
+        return bool(self._run(self.fs.isfile, self.path(key)))
 
     def size(self, key: str) -> int:
         """Size in bytes of the stored file (FileNotFoundError when there is none)."""
-        return int(self.fs.size(self.path(key)))
+        return int(self._run(self.fs.size, self.path(key)))
 
     def open(self, key: str) -> IO[bytes]:
         """The stored file, open for reading in a stream (read in parts, never all at once)."""
-        handle: IO[bytes] = self.fs.open(self.path(key), "rb")
-        return handle
+        handle = self._run(self.fs.open, self.path(key), "rb")
+        if self.local_root is None and _gevent_patched():
+            handle = _NativeReads(handle)
+        return cast(IO[bytes], handle)
 
     def read_bytes(self, key: str) -> bytes:
         """The whole content of a small stored file."""
-        return bytes(self.fs.cat_file(self.path(key)))
+        return bytes(self._run(self.fs.cat_file, self.path(key)))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under the key, replacing what was there in one step."""
@@ -142,7 +156,7 @@ class Storage:
             staged.write_bytes(data)
             os.replace(staged, target)
             return
-        self.fs.pipe_file(self.path(key), data)
+        self._run(self.fs.pipe_file, self.path(key), data)
 
     def put_file(self, local: Path, key: str) -> None:
         """Store a local file under the key; a reader sees the old file or the whole new one."""
@@ -157,7 +171,7 @@ class Storage:
                 staged.unlink(missing_ok=True)
             return
         # An S3 PUT (or a completed multipart upload) replaces the object whole.
-        self.fs.put_file(str(local), self.path(key))
+        self._run(self.fs.put_file, str(local), self.path(key))
 
     def get_file(self, key: str, local: Path) -> None:
         """Copy a stored file to ``local``, written under a temporary name and renamed."""
@@ -165,7 +179,7 @@ class Storage:
         fd, staged = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
         os.close(fd)
         try:
-            self.fs.get_file(self.path(key), staged)
+            self._run(self.fs.get_file, self.path(key), staged)
             os.replace(staged, local)
         finally:
             Path(staged).unlink(missing_ok=True)
@@ -174,8 +188,8 @@ class Storage:
         """Delete the file or the whole folder under the key; nothing there is not an error."""
         path = self.path(key)
         try:
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
+            if self._run(self.fs.exists, path):
+                self._run(self.fs.rm, path, recursive=True)
         except FileNotFoundError:
             pass
 
@@ -183,7 +197,7 @@ class Storage:
         """Every file under the key (recursively), named relative to it, sorted by name."""
         base = self.path(key)
         try:
-            found = self.fs.find(base, detail=True)
+            found = self._run(self.fs.find, base, detail=True)
         except FileNotFoundError:
             return []
         files = []
@@ -209,13 +223,14 @@ class Storage:
         version = f"v{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
         prefix = f"{key}/{version}"
         if files:
-            self.fs.put([str(path) for _, path in files], [self.path(f"{prefix}/{name}") for name, _ in files])
+            self._run(self.fs.put, [str(path) for _, path in files],
+                      [self.path(f"{prefix}/{name}") for name, _ in files])
         previous = self.published(key)
         manifest = {"version": version, "files": [{"name": name, "size": path.stat().st_size}
                                                   for name, path in files],
                     "published_at": time.time()}
         # The manifest last: until this PUT, readers see the previous version (or none).
-        self.fs.pipe_file(self.path(f"{key}/{MANIFEST}"), json.dumps(manifest).encode())
+        self._run(self.fs.pipe_file, self.path(f"{key}/{MANIFEST}"), json.dumps(manifest).encode())
         if previous is not None and previous.version != version:
             self._remove_quietly(previous.prefix)
         return version
@@ -262,7 +277,7 @@ class Storage:
             files = tuple(StoredFile(name, path.stat().st_size) for name, path in _files_under(folder))
             return Published(version=self._local_version(folder), prefix=key, files=files)
         try:
-            manifest = json.loads(self.fs.cat_file(self.path(f"{key}/{MANIFEST}")))
+            manifest = json.loads(self._run(self.fs.cat_file, self.path(f"{key}/{MANIFEST}")))
         except FileNotFoundError:
             return None
         version = str(manifest["version"])
@@ -281,7 +296,7 @@ class Storage:
                 names = [check_key(f.name) for f in published.files]
                 for name in names:
                     (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get([self.path(f"{published.prefix}/{name}") for name in names],
+                self._run(self.fs.get, [self.path(f"{published.prefix}/{name}") for name in names],
                             [str(staging / name) for name in names])
             if destination.exists():
                 shutil.rmtree(destination)
@@ -303,6 +318,40 @@ class Storage:
             self.remove(key)
         except OSError:
             pass
+
+
+def _gevent_patched() -> bool:
+    """Whether gevent has monkey-patched threading in this process (a gunicorn gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
+
+
+class _NativeReads(io.RawIOBase):
+    """A file of an object store whose reads run on a real thread (see Storage._run)."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__()
+        self.handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        from gevent import get_hub
+
+        return bytes(get_hub().threadpool.apply(self.handle.read, (size,)))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            from gevent import get_hub
+
+            get_hub().threadpool.apply(self.handle.close)
+        super().close()
 
 
 @lru_cache(maxsize=8)
