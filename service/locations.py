@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.artifacts import MODEL_FOLDER, artifacts_key, job_artifacts_dir
-from service.storage import Storage
+from service.storage import Storage, open_storage
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
@@ -40,24 +40,28 @@ class Locations:
     uploads_dir: Path
     artifacts_dir: Path
     model_roots: tuple[Path, ...] = ()
+    data_url_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any, data_root: Path | None = None) -> Locations:
         """The locations of a Settings (``data_root`` overrides its data root)."""
         return cls(data_root=data_root or settings.data_root, uploads_dir=settings.uploads_dir,
-                   artifacts_dir=settings.artifacts_dir, model_roots=tuple(settings.model_roots))
+                   artifacts_dir=settings.artifacts_dir, model_roots=tuple(settings.model_roots),
+                   data_url_prefixes=tuple(settings.data_url_prefixes))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain strings, for handing to another process."""
         return {"data_root": str(self.data_root), "uploads_dir": str(self.uploads_dir),
-                "artifacts_dir": str(self.artifacts_dir), "model_roots": [str(p) for p in self.model_roots]}
+                "artifacts_dir": str(self.artifacts_dir), "model_roots": [str(p) for p in self.model_roots],
+                "data_url_prefixes": list(self.data_url_prefixes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Locations:
         """The inverse of to_dict."""
         return cls(data_root=Path(data["data_root"]), uploads_dir=Path(data["uploads_dir"]),
                    artifacts_dir=Path(data["artifacts_dir"]),
-                   model_roots=tuple(Path(p) for p in data.get("model_roots", ())))
+                   model_roots=tuple(Path(p) for p in data.get("model_roots", ())),
+                   data_url_prefixes=tuple(data.get("data_url_prefixes", ())))
 
 
 def check_path_text(value: str) -> None:
@@ -142,6 +146,46 @@ def passes_through_system_folder(path: str, max_links: int = 40) -> bool:
             continue
         resolved = step
     return False
+
+
+DATA_URL_SCHEMES = ("s3", "gs")
+
+
+def check_data_url_text(value: str) -> tuple[str, list[str]]:
+    """(scheme, components) of an s3:// or gs:// file URL; refuses spellings that could leave a prefix."""
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme not in DATA_URL_SCHEMES:
+        raise PathRefused("is not an s3:// or gs:// URL")
+    check_path_text(rest)
+    parts = rest.split("/")
+    if len(parts) < 2 or any(part in ("", ".") for part in parts):
+        raise PathRefused("has an empty or '.' component; name one file as s3://bucket/folder/file.csv")
+    return scheme, parts
+
+
+def check_data_url(value: str, prefixes: Sequence[str]) -> str:
+    """The URL, when it names a file under one of the allowed ``prefixes`` (compared component by component).
+
+    The same rules as data paths: no '..', '.' or empty components, no percent-escapes or
+    backslashes, and the prefix must match whole components, so ``s3://b/data`` allows
+    ``s3://b/data/x.csv`` but not ``s3://b/database.csv``.
+    """
+    scheme, parts = check_data_url_text(value)
+    if not prefixes:
+        raise PathRefused("cannot be read: no data URLs are allowed here (FITJOBS_DATA_URL_PREFIXES is empty)")
+    for prefix in prefixes:
+        prefix_scheme, _, prefix_rest = prefix.partition("://")
+        prefix_parts = [part for part in prefix_rest.split("/") if part]
+        if prefix_scheme == scheme and len(parts) > len(prefix_parts) and parts[:len(prefix_parts)] == prefix_parts:
+            return f"{scheme}://{'/'.join(parts)}"
+    raise PathRefused("lies outside the allowed data URL prefixes (FITJOBS_DATA_URL_PREFIXES)")
+
+
+def data_url_storage(url: str) -> tuple[Storage, str]:
+    """The storage of a data URL's bucket, and the URL's key in it."""
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    return open_storage(f"{scheme}://{bucket}"), key
 
 
 def upload_dir(uploads_dir: Path, dataset_id: str) -> Path:

@@ -107,9 +107,7 @@ class Storage:
         # gunicorn's gevent workers that thread is a greenlet, so object store calls go to a
         # real thread of gevent's pool instead.
         if self.local_root is None and _gevent_patched():
-            from gevent import get_hub
-
-            return get_hub().threadpool.apply(call, args, kwargs)
+            return _native_pool().apply(call, args, kwargs)
         return call(*args, **kwargs)
 
     def path(self, key: str) -> str:
@@ -135,6 +133,10 @@ class Storage:
     def size(self, key: str) -> int:
         """Size in bytes of the stored file (FileNotFoundError when there is none)."""
         return int(self._run(self.fs.size, self.path(key)))
+
+    def info(self, key: str) -> dict[str, Any]:
+        """What the store says about a stored file: size, and an ETag or hash where it keeps one."""
+        return dict(self._run(self.fs.info, self.path(key)))
 
     def open(self, key: str) -> IO[bytes]:
         """The stored file, open for reading in a stream (read in parts, never all at once)."""
@@ -326,6 +328,11 @@ def _gevent_patched() -> bool:
     return bool(monkey is not None and monkey.is_module_patched("threading"))
 
 
+def _native_pool() -> Any:
+    """gevent's pool of real threads (gevent is imported wherever it has patched threading)."""
+    return sys.modules["gevent"].get_hub().threadpool
+
+
 class _NativeReads(io.RawIOBase):
     """A file of an object store whose reads run on a real thread (see Storage._run)."""
 
@@ -337,9 +344,7 @@ class _NativeReads(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
-        from gevent import get_hub
-
-        return bytes(get_hub().threadpool.apply(self.handle.read, (size,)))
+        return bytes(_native_pool().apply(self.handle.read, (size,)))
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -348,9 +353,7 @@ class _NativeReads(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            from gevent import get_hub
-
-            get_hub().threadpool.apply(self.handle.close)
+            _native_pool().apply(self.handle.close)
         super().close()
 
 

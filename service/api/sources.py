@@ -17,7 +17,7 @@ from service.artifacts import has_model
 from service.check_runner import CheckLimits, CheckRunner
 from service.errors import ValidationFailed, summarize_errors
 from service.jobs import Job, JobState
-from service.locations import Locations, PathRefused, contained_path
+from service.locations import Locations, PathRefused, check_data_url, contained_path
 from service.store import JobNotFound
 from service.store.dataset_store import DatasetNotFound, DatasetStore
 
@@ -64,6 +64,11 @@ def source_errors(source: dict[str, Any]) -> Iterator[tuple[str, str]]:
             contained_path(source["path"], [settings.data_root], "data")
         except PathRefused as exc:
             yield "path", f"{source['path']!r} {exc}."
+    if "url" in source:
+        try:
+            check_data_url(source["url"], settings.data_url_prefixes)
+        except PathRefused as exc:
+            yield "url", f"{source['url']!r} {exc}."
     if "upload" in source:
         try:
             dataset = current_dataset_store().get(source["upload"])

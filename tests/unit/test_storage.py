@@ -108,11 +108,11 @@ def test_a_reader_never_sees_a_half_published_folder(s3: S3Server, tmp_path: Pat
                                    for f in published.files})
         return result
 
-    storage.fs.put = put_then_look  # type: ignore[method-assign]
+    storage.fs.put = put_then_look
     try:
         storage.publish_folder(new, "artifacts/job_1")
     finally:
-        storage.fs.put = real_put  # type: ignore[method-assign]
+        storage.fs.put = real_put
     assert seen_during_upload == [{"model/a.bin": b"old-a", "model/b.bin": b"old-b"}]
     published = storage.published("artifacts/job_1")
     assert published is not None and [f.name for f in published.files] == ["model/a.bin", "model/b.bin",
