@@ -203,6 +203,12 @@ def upload_file(uploads_dir: Path, dataset_id: str) -> Path | None:
 
 
 UPLOADS = "uploads"
+LOGS = "logs"
+
+
+def trainer_log_key(job_id: str, attempt: int) -> str:
+    """Where the trainer log of one attempt is copied in storage, for API pods that cannot see the worker's disk."""
+    return f"{LOGS}/{job_id}/attempt-{attempt}.log"
 
 
 def upload_key(storage: Storage, dataset_id: str) -> str | None:

@@ -33,7 +33,7 @@ from service.errors import (
 )
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
-from service.locations import fetch_inputs
+from service.locations import fetch_inputs, trainer_log_key
 from service.schemas import (
     DryRunProblemSchema,
     DryRunReportSchema,
@@ -47,6 +47,7 @@ from service.schemas import (
     ProblemSchema,
     TrainingSpecSchema,
 )
+from service.storage import StorageKeyRefused
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, utcnow
@@ -390,6 +391,14 @@ class JobLogs(MethodView):
         job = load_job(job_id)
         if job.attempt == 0:
             return Response("", mimetype="text/plain")
-        log_file = current_settings().attempt_dir(job.id, job.attempt) / "trainer.log"
-        text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+        settings = current_settings()
+        log_file = settings.attempt_dir(job.id, job.attempt) / "trainer.log"
+        if log_file.is_file():
+            text = log_file.read_text(errors="replace")
+        else:
+            # Trained on a node whose disk this pod cannot see: the copy its supervisor stored.
+            try:
+                text = settings.storage.read_bytes(trainer_log_key(job.id, job.attempt)).decode(errors="replace")
+            except (OSError, StorageKeyRefused):
+                text = ""
         return Response(text, mimetype="text/plain")

@@ -26,6 +26,7 @@ from service.supervisor.ending import DRAIN_STARTED, AttemptEnd, error_of, lost_
 from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
+from service.supervisor.logs import LogCopier
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
@@ -68,6 +69,7 @@ class Supervisor:
                                    leases=self.running_attempts)
         self._stop = threading.Event()
         self._last_reap = 0.0
+        self.logs = LogCopier(settings) if not settings.storage_is_home else None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -147,6 +149,8 @@ class Supervisor:
             self._finish_exited()
             self._enforce_cancellations()
             self._reap_stale_jobs()
+            if self.logs is not None:
+                self.logs.copy_running(list(self.children.values()))
             if not self._stop.is_set() and not (self.once_wait is not None and self.claimed):
                 self.warm.replenish(self.slots - len(self.children))
                 self._claim()
@@ -273,6 +277,8 @@ class Supervisor:
             if status is None:
                 continue
             child.kill_group()
+            if self.logs is not None:
+                self.logs.copy_final(child)
             self._finalise(child, status)
             with self._children_lock:
                 del self.children[job_id]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import EVALUATION_FILE, publish_artifacts
+from service.artifacts import EVALUATION_FILE, artifacts_key, publish_artifacts
 from service.storage import Storage, open_storage
 from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.reporter import TrainingReporter
@@ -105,7 +105,7 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
                    f"{report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}.", report["metrics"])
     reporter.event("publishing", "Writing the model and its files.")
     with phases.measure("publish"):
-        staging = work_dir / f"artifacts-staging-{os.getpid()}"
+        staging = staging_folder(work_dir, publish_dir, storage, job_id)
         summary = {name: value for name, value in result.items() if name != "evaluation"}
         write_artifacts(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
                         evaluation=report)
@@ -377,6 +377,23 @@ def write_artifacts(model: Any, tokenizer: Any, spec: dict[str, Any], history: l
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def staging_folder(work_dir: Path, publish_dir: Path | None, storage: Storage | None, job_id: str | None) -> Path:
+    """Where the artifacts are written before they are published.
+
+    Beside their published place when that is a local folder (one file system, so publishing
+    is a rename, and a full disk shows while writing); in the attempt's work folder for an
+    object store.
+    """
+    name = f".{job_id or 'artifacts'}.staging-{os.getpid()}"
+    if storage is not None and job_id is not None:
+        if storage.local_root is not None:
+            return storage.local_path(artifacts_key(job_id)).with_name(name)
+        return work_dir / name.lstrip(".")
+    if publish_dir is not None:
+        return publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
+    return work_dir / name.lstrip(".")
 
 
 def publish(staging: Path, publish_dir: Path | None, storage: Storage | None, job_id: str | None) -> None:

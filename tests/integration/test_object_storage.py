@@ -127,6 +127,7 @@ def test_upload_train_and_download_through_the_bucket(cluster: Cluster, tiny_mod
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded["labels"] == ["negative", "positive"] and len(loaded["predicted"]) == 2
 
+    assert "Epoch 2/2" in cluster.api.get(f"/v1/jobs/{job_id}/logs").text, "the worker's log, from the bucket"
     # Nothing lives on a shared disk: the API's home holds no artifacts or uploads, the worker's
     # scratch no published model, and the bucket no leftover checkpoint.
     api_home = cluster.api.home
