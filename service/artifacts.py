@@ -7,6 +7,7 @@ an object store, so a reader sees a job's whole model or none of it.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tarfile
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from service.storage import Published, Storage
+
+log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts"
 MODEL_FOLDER = "model"
@@ -85,6 +88,9 @@ def publish_artifacts(storage: Storage, staging: Path, job_id: str) -> None:
                 write_tarball(tarball, [(path.relative_to(staging / MODEL_FOLDER).as_posix(), path)
                                         for path in sorted((staging / MODEL_FOLDER).rglob("*")) if path.is_file()])
                 storage.put_file(tarball, tarball_key(job_id, version))
+            except OSError as exc:
+                # The model is published; the API builds the tarball on the first download instead.
+                log.warning("could not store the model tarball of job %s: %s", job_id, exc)
             finally:
                 tarball.unlink(missing_ok=True)
     finally:

@@ -404,7 +404,8 @@ class JobErrorSchema(Schema):
     code = fields.Enum(FailureCode, by_value=True, metadata={
         "type": "string",
         "description": "Why the job failed. below_threshold: the model missed the spec's acceptance threshold; "
-                       "its result, report and model are kept."})
+                       "its result, report and model are kept. storage_unavailable: the object store "
+                       "(FITJOBS_STORAGE_URL) could not be reached or refused access."})
     message = fields.String()
     retryable = fields.Boolean(metadata={"description": "Whether submitting the same spec again may succeed."})
 

@@ -37,6 +37,10 @@ MANIFEST = "manifest.json"
 OBJECT_STORE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
 
+class StorageUnavailable(OSError):
+    """The object store could not be reached or refused a request (network, credentials, permissions)."""
+
+
 class StorageKeyRefused(ValueError):
     """A key that could leave the storage root ('..', empty or absolute components)."""
 
@@ -92,7 +96,9 @@ class Storage:
         self.url = url.rstrip("/") if not url.endswith(":///") else url
         scheme = self.url.split("://", 1)[0] if "://" in self.url else "file"
         # Listings are not cached: another process (a trainer, another API replica) writes too.
-        options: dict[str, Any] = {} if scheme == "file" else {"use_listings_cache": False}
+        # Each Storage has its own client, made from the environment when it is first used.
+        options: dict[str, Any] = {} if scheme == "file" else {"use_listings_cache": False,
+                                                               "skip_instance_cache": True}
         self.fs, root = fsspec.core.url_to_fs(self.url, **options)
         self.root = root.rstrip("/")
         self.local_root: Path | None = Path(root) if isinstance(self.fs, LocalFileSystem) else None
@@ -107,8 +113,20 @@ class Storage:
         # gunicorn's gevent workers that thread is a greenlet, so object store calls go to a
         # real thread of gevent's pool instead.
         if self.local_root is None and _gevent_patched():
-            return _native_pool().apply(call, args, kwargs)
+            return self._translated(_native_pool().apply, call, args, kwargs)
+        if self.local_root is None:
+            return self._translated(call, *args, **kwargs)
         return call(*args, **kwargs)
+
+    def _translated(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        # A missing object stays FileNotFoundError; every other failure of the store (botocore's
+        # credential and connection errors are no OSError) becomes one type callers can classify.
+        try:
+            return call(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StorageUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
 
     def path(self, key: str) -> str:
         """The file system path (bucket/prefix/key for object stores) of a key."""

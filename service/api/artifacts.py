@@ -8,7 +8,9 @@ store (FITJOBS_STORAGE_URL) files are streamed from it; nothing is copied to the
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, request, send_file
@@ -29,12 +31,23 @@ from service.artifacts import (
     read_artifact,
     stored_model_tarball,
 )
-from service.errors import NotFound
+from service.errors import NotFound, ServiceUnavailable
 from service.schemas import ArtifactListSchema, EvaluationSchema
+from service.storage import StorageUnavailable
 
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
 BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Answer 503 when the object store cannot be reached, as for the database."""
+    try:
+        yield
+    except StorageUnavailable as exc:
+        raise ServiceUnavailable(f"The artifact store cannot be reached right now: {exc}.",
+                                 extra={"retryable": True}) from exc
 
 
 def streamed(stream: Any, size: int, mimetype: str, download_name: str) -> Response:
@@ -50,7 +63,9 @@ class JobArtifacts(MethodView):
     @blp.response(200, ArtifactListSchema)
     def get(self, job_id: str) -> dict[str, Any]:
         """Every published file with its size; empty until the job publishes its model."""
-        found = list_artifacts(current_settings().storage, artifact_owner(load_job(job_id)))
+        owner = artifact_owner(load_job(job_id))
+        with storage_errors():
+            found = list_artifacts(current_settings().storage, owner)
         return {"artifacts": [{"name": a.name, "size": a.size} for a in found]}
 
 
@@ -65,7 +80,8 @@ class JobArtifact(MethodView):
             if storage.local_root is not None:
                 path = artifact_path(storage.local_root / ARTIFACTS, owner, name)
                 return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
-            stream, size = open_artifact(storage, owner, name)
+            with storage_errors():
+                stream, size = open_artifact(storage, owner, name)
         except ArtifactNotFound as exc:
             raise NotFound(f"Job {job_id} has no artifact named {name!r}.") from exc
         return streamed(stream, size, "application/octet-stream", name.rsplit("/", 1)[-1])
@@ -86,10 +102,12 @@ class JobModelTarball(MethodView):
                 tarball = model_tarball(storage.local_root / ARTIFACTS, settings.cache_dir, artifact_owner(job))
                 return send_file(tarball, mimetype="application/gzip", as_attachment=True,
                                  download_name=f"{job_id}.model.tar.gz", conditional=True)
-            key, size = stored_model_tarball(storage, settings.cache_dir, artifact_owner(job))
+            with storage_errors():
+                key, size = stored_model_tarball(storage, settings.cache_dir, artifact_owner(job))
+                stream = storage.open(key)
         except ArtifactNotFound as exc:
             raise NotFound(f"Job {job_id} is {job.state.value}; it has no model to download.") from exc
-        return streamed(storage.open(key), size, "application/gzip", f"{job_id}.model.tar.gz")
+        return streamed(stream, size, "application/gzip", f"{job_id}.model.tar.gz")
 
 
 @blp.route("/<job_id>/evaluation")
@@ -105,8 +123,9 @@ class JobEvaluation(MethodView):
         """
         job = load_job(job_id)
         try:
-            report: dict[str, Any] = json.loads(read_artifact(current_settings().storage, artifact_owner(job),
-                                                              EVALUATION_FILE))
+            with storage_errors():
+                report: dict[str, Any] = json.loads(read_artifact(current_settings().storage, artifact_owner(job),
+                                                                  EVALUATION_FILE))
         except (ArtifactNotFound, FileNotFoundError) as exc:
             still = "" if job.state.is_terminal else " yet"
             raise NotFound(f"Job {job_id} is {job.state.value}; it has no evaluation{still}.") from exc

@@ -22,6 +22,7 @@ from service.config import Settings
 from service.jobs import FailureCode, Job
 from service.locations import Locations, fetch_inputs
 from service.logconfig import configure_logging
+from service.storage import StorageUnavailable
 from service.store import open_store
 from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.failures import TrainingFailure
@@ -118,6 +119,10 @@ def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:
             where = getattr(link, "filename", None) or "its files"
             return FailureCode.DISK_FULL, (f"No space left on the device while writing {where}; the last "
                                            "complete checkpoint is kept, and nothing partial is published.")
+    for link in chain:
+        if isinstance(link, StorageUnavailable):
+            return FailureCode.STORAGE_UNAVAILABLE, (f"The object store could not be reached or refused access: "
+                                                     f"{link}; the job is tried again while attempts remain.")
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
         return FailureCode.OUT_OF_MEMORY, (f"Out of memory while training ({type(exc).__name__}); "
                                            "lower batch_size or max_length.")

@@ -87,10 +87,13 @@ class CheckpointMirror:
         self._publish(BEST, self.local_dir / BEST_FOLDER, ())
 
     def remove(self) -> None:
-        """Delete the stored checkpoint (the job's model is published)."""
-        for part in (BEST, STATE):
-            self.storage.remove_published(self.key(part))
-        self.storage.remove(f"{CHECKPOINTS}/{self.job_id}")
+        """Delete the stored checkpoint (the job's model is published); a failure only leaves it behind."""
+        try:
+            for part in (BEST, STATE):
+                self.storage.remove_published(self.key(part))
+            self.storage.remove(f"{CHECKPOINTS}/{self.job_id}")
+        except OSError as exc:
+            log.warning("could not delete the stored checkpoint of job %s: %s", self.job_id, exc)
 
     def _publish(self, part: str, folder: Path, exclude: Any) -> None:
         try:

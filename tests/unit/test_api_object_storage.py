@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +150,25 @@ def test_uploads_are_kept_in_the_bucket_and_deleted_there(bucket_client: FlaskCl
     assert not (bucket_settings.uploads_dir / dataset["id"]).exists(), "the API's disk keeps no copy"
     assert bucket_client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
     assert not storage.exists(key)
+
+
+def test_an_unreachable_bucket_is_503_not_500(tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    # botocore's own variables: a store nobody listens at, asked once.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home"), "FITJOBS_GPUS": "none",
+                                  "FITJOBS_STORAGE_URL": f"s3://unreachable-{closed_port}/fitjobs"})
+    app = create_app(settings, test_config={"TESTING": True})
+    try:
+        client = app.test_client()
+        job_id = succeeded_job(app, client)
+        for path in ("artifacts", "artifacts/model/config.json", "model.tar.gz", "evaluation"):
+            response = client.get(f"/v1/jobs/{job_id}/{path}")
+            assert response.status_code == 503 and response.mimetype == "application/problem+json", path
+            assert "artifact store cannot be reached" in response.get_json()["detail"]
+            assert response.headers["Retry-After"]
+    finally:
+        app.extensions["fitjobs.store"].engine.dispose()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, Settings
-from service.storage import MANIFEST, Storage, StorageKeyRefused, StoredFile, check_key
+from service.storage import MANIFEST, Storage, StorageKeyRefused, StorageUnavailable, StoredFile, check_key
 from service.trainer.checkpoint_mirror import BEST, STATE, CheckpointMirror
 from tests.support.s3 import S3Server, s3_server
 
@@ -199,3 +199,19 @@ def test_a_checkpoint_mirror_resumes_on_another_node(s3: S3Server, tmp_path: Pat
     writer.remove()
     assert storage.published(writer.key(STATE)) is None and storage.published(writer.key(BEST)) is None
     assert storage.list_files("checkpoints/job_1") == []
+
+
+def test_a_store_that_cannot_be_reached_fails_the_attempt_as_retryable(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.jobs import FailureCode
+    from service.trainer.attempt import classify_exception
+    from tests.support.service import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    mirror = CheckpointMirror(Storage("s3://unreachable-bucket/fitjobs"), "job_1", tmp_path / "checkpoint")
+    with pytest.raises(StorageUnavailable) as raised:
+        mirror.restore()
+    code, message = classify_exception(raised.value)
+    assert code is FailureCode.STORAGE_UNAVAILABLE and code.retryable
+    assert "s3://unreachable-bucket/fitjobs" in message
