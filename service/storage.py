@@ -33,6 +33,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "manifest.json"
+READ_BLOCK_BYTES = 8 << 20
 # URL schemes FITJOBS_STORAGE_URL and data URLs may use, and the fsspec package behind each.
 OBJECT_STORE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
@@ -158,7 +159,9 @@ class Storage:
 
     def open(self, key: str) -> IO[bytes]:
         """The stored file, open for reading in a stream (read in parts, never all at once)."""
-        handle = self._run(self.fs.open, self.path(key), "rb")
+        # Read ahead in blocks of READ_BLOCK_BYTES, not s3fs's 50 MiB: many downloads may stream at once.
+        options = {} if self.local_root is not None else {"block_size": READ_BLOCK_BYTES}
+        handle = self._run(self.fs.open, self.path(key), "rb", **options)
         if self.local_root is None and _gevent_patched():
             handle = _NativeReads(handle)
         return cast(IO[bytes], handle)

@@ -37,6 +37,7 @@ from service.storage import StorageUnavailable
 
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
+STREAM_CHUNK_BYTES = 1 << 20  # each read of an object store file is a call on another thread
 BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
 
 
@@ -52,7 +53,8 @@ def storage_errors() -> Iterator[None]:
 
 def streamed(stream: Any, size: int, mimetype: str, download_name: str) -> Response:
     """A download response that streams ``stream`` (read in blocks, closed at the end) of ``size`` bytes."""
-    response = Response(wrap_file(request.environ, stream), mimetype=mimetype, direct_passthrough=True)
+    response = Response(wrap_file(request.environ, stream, buffer_size=STREAM_CHUNK_BYTES), mimetype=mimetype,
+                        direct_passthrough=True)
     response.content_length = size
     response.headers.set("Content-Disposition", "attachment", filename=download_name)
     return response
