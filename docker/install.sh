@@ -2,18 +2,20 @@
 # Install fitjobs into a virtual environment. The Dockerfile runs this script, and
 # tests/deploy/test_install_script.py runs the same steps on the host.
 #
-#   docker/install.sh deps    [VENV]   create VENV and install the dependencies pyproject.toml pins
+#   docker/install.sh deps    [VENV]   create VENV and install the locked dependencies, hashes checked
 #   docker/install.sh project [VENV]   install the fitjobs package itself (dependencies already there)
 #   docker/install.sh all     [VENV]   both
 #
 # VENV defaults to $FITJOBS_VENV. The two steps are separate so that an image rebuilt after a
-# code change reuses the dependency layer: `deps` reads only pyproject.toml.
+# code change reuses the dependency layer: `deps` reads only the lock file
+# (docker/requirements/cpu.txt, or cuda.txt with FITJOBS_CUDA=1; docker/lock.sh makes them).
 #
 # Environment:
 #   FITJOBS_VENV   target virtual environment when no VENV argument is given
-#   FITJOBS_CUDA   1: install tensorflow[and-cuda] (CUDA and cuDNN as NVIDIA's pip wheels, the
-#                  versions this TensorFlow release was built against) and register those
-#                  libraries with the dynamic linker (needs root: writes /etc/ld.so.conf.d)
+#   FITJOBS_CUDA   1: install the GPU lock, with tensorflow[and-cuda] (CUDA and cuDNN as NVIDIA's
+#                  pip wheels, the versions this TensorFlow release was built against), and
+#                  register those libraries with the dynamic linker (needs root: writes
+#                  /etc/ld.so.conf.d)
 #   PYTHON         interpreter that creates the environment (default: python3.11, else python3)
 #
 # The service starts with `VENV/bin/fitjobs serve` (the Dockerfile's CMD).
@@ -42,24 +44,12 @@ if sys.version_info[:2] != (3, 11):
 PY
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 
-    local requirements
-    requirements=$(mktemp)
-    # The dependency list is read from pyproject.toml, so the image installs exactly the
-    # ranges the project declares; with FITJOBS_CUDA=1 tensorflow gains its and-cuda extra.
-    "$venv/bin/python" - "$src/pyproject.toml" "$cuda" >"$requirements" <<'PY'
-import re
-import sys
-import tomllib
-
-with open(sys.argv[1], "rb") as handle:
-    dependencies = tomllib.load(handle)["project"]["dependencies"]
-for requirement in dependencies:
-    if sys.argv[2] == "1" and re.match(r"tensorflow\s*[<>=!~;]", requirement):
-        requirement = "tensorflow[and-cuda]" + requirement[len("tensorflow"):]
-    print(requirement)
-PY
-    "$venv/bin/python" -m pip install --quiet --requirement "$requirements"
-    rm -f "$requirements"
+    local lock="$src/docker/requirements/cpu.txt"
+    if [[ "$cuda" == "1" ]]; then lock="$src/docker/requirements/cuda.txt"; fi
+    [[ -f "$lock" ]] || { echo "install.sh: $lock is missing (docker/lock.sh makes it)" >&2; exit 1; }
+    # Every package pinned with its hashes: pip refuses a file whose hash differs, and any
+    # package the lock does not list.
+    "$venv/bin/python" -m pip install --quiet --require-hashes --no-deps --requirement "$lock"
 
     if [[ "$cuda" == "1" ]]; then
         # TensorFlow's own library search path misses some of the NVIDIA wheels' folders

@@ -82,6 +82,21 @@ def _gpu_sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _gpu_type(value: str) -> str | None:
+    from service.jobs import GPU_TYPE_PATTERN
+
+    text = value.strip()
+    if not text:
+        return None
+    if not re.fullmatch(GPU_TYPE_PATTERN, text):
+        raise ValueError("must be a GPU type name like `h100` (letters, digits, `.`, `_`, `-`), or empty")
+    return text
+
+
+def _gpu_types(value: str) -> tuple[str, ...]:
+    return tuple(sorted({kind for part in value.split(",") if (kind := _gpu_type(part)) is not None}))
+
+
 def _token_list(value: str) -> tuple[str, ...]:
     tokens = tuple(part.strip() for part in value.split(",") if part.strip())
     if any(len(token) < 16 for token in tokens):
@@ -242,6 +257,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "offered count is queued even while no worker runs (`queue.reason: waiting_for_worker`). Empty: "
                 "a GPU request larger than every registered worker's GPUs gets 422, and one made while no worker "
                 "is registered waits for one."),
+    SettingSpec("FITJOBS_GPU_TYPE", "gpu_type", "", _gpu_type,
+                "The type of this worker's GPUs, e.g. `h100`: it also claims jobs whose `resources.gpu_type` "
+                "names it. Empty: it claims only jobs that name no GPU type."),
+    SettingSpec("FITJOBS_GPU_TYPES", "gpu_types", "", _gpu_types,
+                "GPU types (`resources.gpu_type`) the deployment offers, comma-separated: a job naming another "
+                "gets 422. Empty: any type is accepted, and waits for a worker of that type."),
     SettingSpec("FITJOBS_GPU_DISCOVERY_TIMEOUT", "gpu_discovery_timeout", "120", _positive_float,
                 "Seconds the TensorFlow GPU probe (a short-lived subprocess at worker start) may take."),
     SettingSpec("FITJOBS_POLL_INTERVAL", "poll_interval", "0.5", _non_negative_float,
@@ -375,6 +396,8 @@ class Settings:
     max_concurrent_jobs: int
     gpus: str | tuple[str, ...]
     gpu_sizes: tuple[int, ...]
+    gpu_type: str | None
+    gpu_types: tuple[str, ...]
     gpu_discovery_timeout: float
     poll_interval: float
     shutdown_grace: float

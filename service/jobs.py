@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# resources.gpu_type and FITJOBS_GPU_TYPE: a Kubernetes label value's characters (so no quotes).
+GPU_TYPE_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
 
 class JobState(str, enum.Enum):
     """Where a job is in its life."""
@@ -119,6 +121,7 @@ class Job:
     free_attempts: int = 0
     max_runtime_seconds: int | None = None
     gpus: int | None = None
+    gpu_type: str | None = None  # resources.gpu_type: only workers of this type claim the job
     lease_expires_at: datetime | None = None
     seq: int = 0
     # What the spec trains, hashed (service.fingerprint); None when its inputs were unreadable.
@@ -177,6 +180,13 @@ class Worker:
     slots: int
     started_at: datetime
     heartbeat_at: datetime
+    gpu_type: str | None = None  # FITJOBS_GPU_TYPE of the worker
+
+    def can_run(self, job: Job) -> bool:
+        """Whether this worker can ever run ``job``: enough GPUs, and its GPU type if it names one."""
+        if job.gpu_type is not None and job.gpu_type != self.gpu_type:
+            return False
+        return job.gpus_needed(self.gpus > 0) <= self.gpus
 
 
 class QueueReason(str, enum.Enum):
@@ -209,7 +219,7 @@ def place_in_queue(job: Job, ahead: int, workers: Sequence[Worker],
     ``workers`` and the (owner, GPU request) of every running job."""
     if not workers:
         return QueuePlace(ahead, QueueReason.WAITING_FOR_WORKER)
-    able = [worker for worker in workers if job.gpus_needed(worker.gpus > 0) <= worker.gpus]
+    able = [worker for worker in workers if worker.can_run(job)]
     if not able:
         return QueuePlace(ahead, QueueReason.NO_WORKER_LARGE_ENOUGH)
     if ahead:

@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from service.jobs import FailureCode, JobState, QueueReason
+from service.jobs import GPU_TYPE_PATTERN, FailureCode, JobState, QueueReason
 from service.locations import DATASET_ID, PathRefused, check_data_url_text, check_path_text
 
 MAX_RECORDS = 10_000
@@ -283,6 +283,18 @@ class ResourcesSchema(StrictSchema):
     gpus = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(min=0, max=16),
                           metadata={"description": "GPUs the job needs; omitted: one on a GPU node, "
                                                    "none elsewhere; 0 runs it on the CPU."})
+    gpu_type = fields.String(
+        load_default=None, allow_none=True, validate=validate.Regexp(f"^{GPU_TYPE_PATTERN}$", error=(
+            "A GPU type is a name like `h100` or `a100-80gb`: letters, digits, `.`, `_` and `-`, at most 63.")),
+        metadata={"description": "The GPU type the job needs, e.g. `h100`: only workers whose FITJOBS_GPU_TYPE "
+                                 "names it claim the job (in a cluster, workers of that type are placed on "
+                                 "matching nodes by a Kueue ResourceFlavor or a nodeSelector). Omitted or null: "
+                                 "workers that name no type.", "maxLength": 63})
+
+    @validates_schema
+    def _gpu_type_needs_gpus(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("gpu_type") is not None and data.get("gpus") == 0:
+            raise ValidationError("A job that runs on the CPU (gpus: 0) names no GPU type.", "gpu_type")
 
 
 class HubModelSchema(StrictSchema):
@@ -370,7 +382,7 @@ class TrainingSpecSchema(StrictSchema):
     data = fields.Nested(DataSchema, required=True)
     hyperparameters = fields.Nested(HyperparametersSchema,
                                     load_default=lambda: HyperparametersSchema().load({}))
-    resources = fields.Nested(ResourcesSchema, load_default=lambda: {"gpus": None})
+    resources = fields.Nested(ResourcesSchema, load_default=lambda: {"gpus": None, "gpu_type": None})
     priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=-100, max=100),
                               metadata={"description": "Higher runs first; equal priorities run in order."})
     max_attempts = fields.Integer(strict=True, load_default=3, validate=validate.Range(min=1, max=10),
@@ -419,7 +431,8 @@ class QueueSchema(Schema):
                        "GPUs (or slots) it needs; next in line with room free, it starts on a worker's next pass. "
                        "reserved: it is next and needs more GPUs than any worker has free; workers hold GPUs for "
                        "it as they free up and start no smaller job meanwhile (no backfill). "
-                       "no_worker_large_enough: no live worker has as many GPUs as it needs. "
+                       "no_worker_large_enough: no live worker has as many GPUs as it needs (of its "
+                       "`resources.gpu_type`, when it names one). "
                        "waiting_for_worker: no worker is registered at all; with workers scaled from the queue "
                        "(`fitjobs worker --once`), one is being started for it."})
 

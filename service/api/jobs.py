@@ -111,12 +111,17 @@ def queue_place(job: Job) -> QueuePlace | None:
     return place_in_queue(job, store.count_queued_ahead(job, largest), workers, store.running_gpu_requests())
 
 
-def check_gpus_available(gpus: int | None) -> None:
+def check_gpus_available(gpus: int | None, gpu_type: str | None = None) -> None:
     """Refuse a GPU request the deployment never serves.
 
     With FITJOBS_GPU_SIZES, any count it does not list; without, a count larger than every
-    registered worker's GPUs. While no worker is registered, a job waits for one.
+    registered worker's GPUs. While no worker is registered, a job waits for one. With
+    FITJOBS_GPU_TYPES, a GPU type it does not list.
     """
+    types = current_settings().gpu_types
+    if gpu_type is not None and types and gpu_type not in types:
+        message = f"This deployment offers GPU types {', '.join(types)}, not {gpu_type!r} (FITJOBS_GPU_TYPES)."
+        raise ValidationFailed(f"resources.gpu_type: {message}", errors={"resources.gpu_type": [message]})
     if not gpus:
         return
     offered = current_settings().gpu_sizes
@@ -239,7 +244,7 @@ class Jobs(MethodView):
         key = headers.get("idempotency_key")
         tenant = current_tenant()
         check_spec_sources(spec)
-        check_gpus_available(spec["resources"]["gpus"])
+        check_gpus_available(spec["resources"]["gpus"], spec["resources"]["gpu_type"])
         check_label_settings(spec)
         # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
         fingerprint = job_fingerprint(spec)
@@ -248,6 +253,7 @@ class Jobs(MethodView):
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
                 max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
+                gpu_type=spec["resources"]["gpu_type"],
                 fingerprint=fingerprint, reuse_of=source, tenant=tenant.name, quotas=tenant.quotas)
         except QuotaReached as exc:
             raise quota_exceeded(exc) from exc
@@ -303,7 +309,7 @@ class JobValidation(MethodView):
         problems (the job would fail; answered with 422) and warnings (it would not).
         """
         check_spec_sources(spec)
-        check_gpus_available(spec["resources"]["gpus"])
+        check_gpus_available(spec["resources"]["gpus"], spec["resources"]["gpu_type"])
         report = dry_run(spec)
         problems = report["problems"]
         if problems:

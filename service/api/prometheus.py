@@ -40,9 +40,11 @@ class QueueCollector:
         yield jobs
         # The statement KEDA's triggers scale on, for each size offered or queued.
         depth = GaugeMetricFamily("fitjobs_queue_depth", "Queued jobs needing exactly this many GPUs (no request "
-                                  "counts as one), as KEDA's triggers count them.", labels=["gpus"])
-        for size in sorted(set(self.gpu_sizes) | set(self.store.queued_gpu_sizes())):
-            depth.add_metric([str(size)], self.store.queue_depth(size))
+                                  "counts as one) of this GPU type (empty: none named), as KEDA's triggers count "
+                                  "them.", labels=["gpus", "gpu_type"])
+        offered: set[tuple[int, str | None]] = {(size, None) for size in self.gpu_sizes}
+        for size, kind in sorted(offered | set(self.store.queued_gpu_sizes()), key=lambda p: (p[0], p[1] or "")):
+            depth.add_metric([str(size), kind or ""], self.store.queue_depth(size, kind))
         yield depth
         live = self.store.live_workers(since=utcnow() - timedelta(seconds=3 * self.lease_seconds))
         yield GaugeMetricFamily("fitjobs_workers", "Supervisors heartbeating recently.", value=len(live))

@@ -13,6 +13,7 @@ from typing import Any, overload
 from sqlalchemy import Connection, Engine, Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
 from service.store.queue_depth import queue_depth_sql
@@ -91,7 +92,7 @@ def _job_from_row(row: Row[Any]) -> Job:
         attempt=m["attempt"], owner=m["owner"], cancel_requested=bool(m["cancel_requested"]),
         progress=Progress(**(m["progress"] or {})), error=error, result=m["result"],
         priority=m["priority"], max_attempts=m["max_attempts"], free_attempts=m["free_attempts"],
-        max_runtime_seconds=m["max_runtime_seconds"], gpus=m["gpus"],
+        max_runtime_seconds=m["max_runtime_seconds"], gpus=m["gpus"], gpu_type=m["gpu_type"],
         lease_expires_at=_aware(m["lease_expires_at"]), fingerprint=m["fingerprint"],
         reused_from=m["reused_from"], tenant=m["tenant"],
     )
@@ -126,7 +127,7 @@ class JobStore:
     def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
                    priority: int = 0, max_attempts: int = 3,
                    max_runtime_seconds: int | None = None,
-                   gpus: int | None = None, fingerprint: str | None = None,
+                   gpus: int | None = None, gpu_type: str | None = None, fingerprint: str | None = None,
                    reuse_of: Job | None = None, tenant: str = DEFAULT_TENANT,
                    quotas: Quotas | None = None) -> tuple[Job, bool]:
         """Queue a new job for ``spec`` in ``tenant``; returns (job, created).
@@ -147,7 +148,7 @@ class JobStore:
         job_id = new_job_id()
         values = dict(id=job_id, spec=spec, created_at=now, updated_at=now, attempt=0,
                       cancel_requested=False, priority=priority, max_attempts=max_attempts,
-                      max_runtime_seconds=max_runtime_seconds, gpus=gpus,
+                      max_runtime_seconds=max_runtime_seconds, gpus=gpus, gpu_type=gpu_type,
                       idempotency_key=idempotency_key, spec_hash=digest, fingerprint=fingerprint,
                       tenant=tenant)
         try:
@@ -253,7 +254,8 @@ class JobStore:
         return page, None
 
     def claim_next_job(self, owner: str, lease_seconds: float = 60.0, *,
-                       free_gpus: int = 0, node_gpus: int = 0, exact: bool = False) -> Job | None:
+                       free_gpus: int = 0, node_gpus: int = 0, exact: bool = False,
+                       gpu_type: str | None = None) -> Job | None:
         """Move the job this node runs next to running, if its GPUs are free; None otherwise.
 
         The job a node runs next is the first queued job, by priority (highest first) and then
@@ -264,17 +266,26 @@ class JobStore:
         without an estimate of how long a job runs, no smaller job is known to end in time.
         Counts an attempt and gives ``owner`` a lease it must renew by heartbeating.
 
-        ``exact`` claims only jobs needing exactly ``node_gpus`` GPUs (a worker sized to its job:
-        the jobs ``queue_depth(node_gpus)`` counts, for a GPU node).
+        A worker of ``gpu_type`` also runs jobs that name its type; one without a type runs only
+        jobs that name none. ``exact`` claims only jobs needing exactly ``node_gpus`` GPUs and
+        naming exactly the worker's type, or none when it has none (a worker sized to its job:
+        the jobs ``queue_depth(node_gpus, gpu_type)`` counts, for a GPU node).
         """
         needed = func.coalesce(jobs.c.gpus, 1 if node_gpus else 0)
         fits = needed == node_gpus if exact else needed <= node_gpus
+        typed: ColumnElement[bool]
+        if gpu_type is None:
+            typed = jobs.c.gpu_type.is_(None)
+        elif exact:
+            typed = jobs.c.gpu_type == gpu_type
+        else:
+            typed = or_(jobs.c.gpu_type.is_(None), jobs.c.gpu_type == gpu_type)
         with self._write() as conn:
             # SKIP LOCKED passes over a job another claimer holds at this instant, as every
             # PostgreSQL queue does; the job after it is then this node's next.
             candidate = conn.execute(
                 select(jobs.c.id, jobs.c.attempt, needed.label("needed"))
-                .where(jobs.c.state == JobState.QUEUED.value, fits)
+                .where(jobs.c.state == JobState.QUEUED.value, fits, typed)
                 .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
                 .with_for_update(skip_locked=True)).first()
             if candidate is None or candidate.needed > free_gpus:
@@ -376,17 +387,18 @@ class JobStore:
             return conn.execute(select(func.count()).select_from(jobs).where(
                 jobs.c.state == JobState.QUEUED.value, runnable, ahead)).scalar_one()
 
-    def queue_depth(self, gpus: int) -> int:
-        """Queued jobs needing exactly ``gpus`` GPUs (no request counts as one): KEDA's trigger query."""
+    def queue_depth(self, gpus: int, gpu_type: str | None = None) -> int:
+        """Queued jobs needing exactly ``gpus`` GPUs (no request counts as one) of ``gpu_type`` (None: jobs
+        naming no type): KEDA's trigger query."""
         with self._read() as conn:
-            return int(conn.execute(text(queue_depth_sql(gpus))).scalar_one())
+            return int(conn.execute(text(queue_depth_sql(gpus, gpu_type))).scalar_one())
 
-    def queued_gpu_sizes(self) -> list[int]:
-        """The GPU sizes (as queue_depth counts them) of the queued jobs."""
+    def queued_gpu_sizes(self) -> list[tuple[int, str | None]]:
+        """The (GPU size, GPU type) pairs, as queue_depth counts them, of the queued jobs."""
         with self._read() as conn:
-            sizes = conn.execute(select(func.coalesce(jobs.c.gpus, 1)).distinct()
+            sizes = conn.execute(select(func.coalesce(jobs.c.gpus, 1), jobs.c.gpu_type).distinct()
                                  .where(jobs.c.state == JobState.QUEUED.value))
-            return sorted(int(size) for (size,) in sizes)
+            return sorted(((int(size), kind) for size, kind in sizes), key=lambda pair: (pair[0], pair[1] or ""))
 
     def running_gpu_requests(self) -> list[tuple[str | None, int | None]]:
         """(owner, GPU request) of every running job; a None request takes one GPU on a GPU node."""
@@ -485,13 +497,14 @@ class JobStore:
 
     # -- workers ------------------------------------------------------------------------------
 
-    def register_worker(self, worker_id: str, hostname: str, gpus: int, slots: int) -> None:
+    def register_worker(self, worker_id: str, hostname: str, gpus: int, slots: int,
+                        gpu_type: str | None = None) -> None:
         """Record a supervisor and what it offers (replacing an earlier record of it)."""
         now = utcnow()
         with self._write() as conn:
             conn.execute(delete(workers).where(workers.c.id == worker_id))
             conn.execute(insert(workers).values(id=worker_id, hostname=hostname, gpus=gpus, slots=slots,
-                                                started_at=now, heartbeat_at=now))
+                                                gpu_type=gpu_type, started_at=now, heartbeat_at=now))
 
     def worker_heartbeat(self, worker_id: str) -> None:
         """Mark a supervisor alive."""
@@ -507,7 +520,7 @@ class JobStore:
         """Supervisors that heartbeated after ``since``."""
         with self._read() as conn:
             rows = conn.execute(select(workers).where(workers.c.heartbeat_at >= since).order_by(workers.c.id))
-            return [Worker(id=r.id, hostname=r.hostname, gpus=r.gpus, slots=r.slots,
+            return [Worker(id=r.id, hostname=r.hostname, gpus=r.gpus, slots=r.slots, gpu_type=r.gpu_type,
                            started_at=_aware(r.started_at),
                            heartbeat_at=_aware(r.heartbeat_at))
                     for r in rows]

@@ -48,6 +48,8 @@ jobs = Table(
     Column("max_runtime_seconds", Integer),
     # GPUs the job needs; NULL means "one if the worker has GPUs, else none".
     Column("gpus", Integer),
+    # The GPU type the job needs (resources.gpu_type); NULL: any worker's.
+    Column("gpu_type", String(63)),
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("idempotency_key", String(255)),
     Column("spec_hash", String(64)),
@@ -95,6 +97,7 @@ workers = Table(
     Column("hostname", String(255), nullable=False),
     Column("gpus", Integer, nullable=False),
     Column("slots", Integer, nullable=False),
+    Column("gpu_type", String(63)),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )

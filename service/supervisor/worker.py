@@ -132,7 +132,8 @@ class Supervisor:
         while not self._stop.is_set():
             self.loop_heartbeat.beat()  # retrying is progress: a database outage is no hang
             try:
-                self.store.register_worker(self.owner, socket.gethostname(), len(self.gpus.ids), self.slots)
+                self.store.register_worker(self.owner, socket.gethostname(), len(self.gpus.ids), self.slots,
+                                           gpu_type=self.settings.gpu_type)
                 return
             except SQLAlchemyError as exc:
                 log.warning("database unavailable, retrying registration: %s", exc)
@@ -200,7 +201,7 @@ class Supervisor:
         while len(self.children) < self.slots:
             job = self.store.claim_next_job(self.owner, self.settings.lease_seconds,
                                             free_gpus=len(self.gpus.free), node_gpus=len(self.gpus.ids),
-                                            exact=self.once_wait is not None)
+                                            exact=self.once_wait is not None, gpu_type=self.settings.gpu_type)
             if job is None:
                 return
             self.claimed += 1

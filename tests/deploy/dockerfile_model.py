@@ -54,9 +54,48 @@ def parse_dockerfile(text: str) -> list[Instruction]:
     return instructions
 
 
-def read_dockerfile(path: Path = DOCKERFILE) -> list[Instruction]:
-    """The repository's Dockerfile, parsed."""
+def stages(instructions: list[Instruction]) -> dict[str, list[Instruction]]:
+    """Each stage's instructions by stage name, those of the stage it is built FROM first."""
+    built: dict[str, list[Instruction]] = {}
+    current: list[Instruction] | None = None
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            parts = instruction.value.split()
+            image = parts[0]
+            name = parts[2] if len(parts) == 3 and parts[1].lower() == "as" else ""
+            current = [*built.get(image, []), instruction]
+            built[name or f"stage-{len(built)}"] = current
+        elif current is None:
+            raise ValueError(f"line {instruction.line}: {instruction.keyword} before any FROM")
+        else:
+            current.append(instruction)
+    return built
+
+
+def external_bases(instructions: list[Instruction]) -> list[Instruction]:
+    """The FROM instructions that name an image rather than an earlier stage."""
+    names: set[str] = set()
+    found = []
+    for instruction in instructions:
+        if instruction.keyword != "FROM":
+            continue
+        parts = instruction.value.split()
+        if parts[0] not in names:
+            found.append(instruction)
+        if len(parts) == 3 and parts[1].lower() == "as":
+            names.add(parts[2])
+    return found
+
+
+def read_all(path: Path = DOCKERFILE) -> list[Instruction]:
+    """Every instruction of the repository's Dockerfile, all stages, in order."""
     return parse_dockerfile(path.read_text())
+
+
+def read_dockerfile(path: Path = DOCKERFILE, target: str | None = None) -> list[Instruction]:
+    """The instructions that build ``target`` (default: the last stage, what `docker build` builds)."""
+    built = stages(read_all(path))
+    return built[target] if target is not None else list(built.values())[-1]
 
 
 def image_env(instructions: list[Instruction]) -> dict[str, str]:

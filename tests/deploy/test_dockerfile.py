@@ -1,5 +1,6 @@
 """The Dockerfile passes hadolint and has what a GPU cluster relies on: pinned base, non-root
-user, exec-form `fitjobs serve`, health check, exposed port, cache-friendly layers."""
+user, exec-form `fitjobs serve` (GPU image) and `fitjobs api` (API image without CUDA), health
+check, exposed port, cache-friendly layers installed from hash-checked lock files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,20 @@ from pathlib import Path
 import pytest
 
 from service.config import SETTINGS
-from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, copy_sources, image_env, install_steps
+from tests.deploy.dockerfile_model import (
+    REPO_ROOT,
+    Instruction,
+    copy_sources,
+    external_bases,
+    image_env,
+    install_steps,
+    read_all,
+    read_dockerfile,
+)
+
+# Each image the Dockerfile builds: its target, its command and the lock its dependencies come from.
+IMAGES = {"gpu": (["fitjobs", "serve"], "docker/requirements/cuda.txt"),
+          "api": (["fitjobs", "api"], "docker/requirements/cpu.txt")}
 
 
 def only(instructions: list[Instruction], keyword: str) -> list[Instruction]:
@@ -30,8 +44,8 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_base_image_is_pinned_by_exact_version(dockerfile: list[Instruction]) -> None:
-    bases = only(dockerfile, "FROM")
+def test_base_image_is_pinned_by_exact_version() -> None:
+    bases = external_bases(read_all())
     assert bases
     for base in bases:
         image = base.value.split()[0]
@@ -43,7 +57,9 @@ def test_base_image_is_pinned_by_exact_version(dockerfile: list[Instruction]) ->
     assert re.match(r"python:3\.11\.\d+", bases[-1].value), "pyproject requires Python 3.11"
 
 
-def test_runs_as_a_numeric_non_root_user(dockerfile: list[Instruction]) -> None:
+@pytest.mark.parametrize("target", IMAGES)
+def test_runs_as_a_numeric_non_root_user(target: str) -> None:
+    dockerfile = read_dockerfile(target=target)
     users = only(dockerfile, "USER")
     assert users, "the image must not run as root"
     user, _, group = users[-1].value.partition(":")
@@ -55,10 +71,16 @@ def test_runs_as_a_numeric_non_root_user(dockerfile: list[Instruction]) -> None:
         "nothing runs as root after USER"
 
 
-def test_default_command_is_exec_form_fitjobs_serve(dockerfile: list[Instruction]) -> None:
+def test_default_target_is_the_gpu_image(dockerfile: list[Instruction]) -> None:
+    assert dockerfile == read_dockerfile(target="gpu")
+
+
+@pytest.mark.parametrize("target", IMAGES)
+def test_command_is_exec_form_fitjobs(target: str) -> None:
+    dockerfile = read_dockerfile(target=target)
     commands = only(dockerfile, "CMD")
     assert len(commands) == 1
-    assert commands[0].exec_form() == ["fitjobs", "serve"]
+    assert commands[0].exec_form() == IMAGES[target][0]
     assert not only(dockerfile, "ENTRYPOINT"), "Kubernetes `command:` picks api or worker"
     env = image_env(dockerfile)
     assert env["FITJOBS_HOST"] == "0.0.0.0"
@@ -66,7 +88,9 @@ def test_default_command_is_exec_form_fitjobs_serve(dockerfile: list[Instruction
     assert "/opt/fitjobs/venv/bin" in env["PATH"].split(":")[0]
 
 
-def test_port_is_exposed_and_health_checked(dockerfile: list[Instruction]) -> None:
+@pytest.mark.parametrize("target", IMAGES)
+def test_port_is_exposed_and_health_checked(target: str) -> None:
+    dockerfile = read_dockerfile(target=target)
     port = image_env(dockerfile)["FITJOBS_PORT"]
     exposed = [value for instruction in only(dockerfile, "EXPOSE") for value in instruction.value.split()]
     assert exposed == [port]
@@ -78,23 +102,25 @@ def test_port_is_exposed_and_health_checked(dockerfile: list[Instruction]) -> No
     assert "FITJOBS_PORT" in " ".join(command)
 
 
-def test_fitjobs_variables_in_the_image_are_real_settings(dockerfile: list[Instruction]) -> None:
+def test_fitjobs_variables_in_the_image_are_real_settings() -> None:
     known = {spec.env for spec in SETTINGS}
-    image_settings = {key for key in image_env(dockerfile) if key.startswith("FITJOBS_")}
+    image_settings = {key for key in image_env(read_all()) if key.startswith("FITJOBS_")}
     assert image_settings - {"FITJOBS_VENV"} <= known
 
 
-def test_dependencies_install_before_the_code_is_copied(dockerfile: list[Instruction]) -> None:
+@pytest.mark.parametrize("target", IMAGES)
+def test_dependencies_install_from_the_lock_before_the_code_is_copied(target: str) -> None:
+    dockerfile = read_dockerfile(target=target)
     assert install_steps(dockerfile) == ["deps", "project"]
-    deps_line = next(i.line for i in only(dockerfile, "RUN") if "install.sh deps" in i.value)
-    copied_before = [source for instruction in only(dockerfile, "COPY") if instruction.line < deps_line
-                     for source, _ in copy_sources([instruction])]
-    # A code change must not invalidate the dependency layer.
-    assert sorted(copied_before) == ["docker/install.sh", "pyproject.toml"]
     deps_run = next(i for i in only(dockerfile, "RUN") if "install.sh deps" in i.value)
-    assert "FITJOBS_CUDA=1" in deps_run.value, "the image installs TensorFlow's CUDA libraries"
+    copied_before = [source for instruction in only(dockerfile, "COPY") if instruction.line < deps_run.line
+                     for source, _ in copy_sources([instruction])]
+    # Neither a code change nor a new version in pyproject.toml invalidates the dependency layer.
+    assert sorted(copied_before) == ["docker/install.sh", IMAGES[target][1]]
+    # Only the GPU image installs TensorFlow's CUDA libraries (install.sh then reads cuda.txt).
+    assert ("FITJOBS_CUDA=1" in deps_run.value) is (target == "gpu")
     sources = [source for source, _ in copy_sources(dockerfile)]
-    assert "service/" in sources and "README.md" in sources
+    assert {"service/", "README.md", "pyproject.toml"} <= set(sources)
 
 
 def test_dockerignore_lets_in_only_what_is_copied(dockerfile: list[Instruction]) -> None:
@@ -111,7 +137,7 @@ def test_dockerignore_lets_in_only_what_is_copied(dockerfile: list[Instruction])
                 verdict = negated
         return verdict
 
-    for source, _ in copy_sources(dockerfile):
+    for source, _ in copy_sources(read_all()):
         assert included(source.rstrip("/")), f"{source} is copied but .dockerignore excludes it"
     for path in (".venv/bin/python", ".git/HEAD", ".fitjobs/fitjobs.db", "tests/conftest.py"):
         assert not included(path), f"{path} would enter the build context"

@@ -2,8 +2,9 @@
 
 The test lays out the files the Dockerfile copies, runs the same install steps into a fresh
 virtual environment, starts the Dockerfile's CMD with the image's PATH and checks /readyz and
-the image's HEALTHCHECK command. One difference from the image, because this host has no GPU:
-FITJOBS_CUDA is not set, so TensorFlow comes without NVIDIA's CUDA wheels. pip's cache is used.
+the image's HEALTHCHECK command. One difference from the GPU image, because this host has no GPU:
+FITJOBS_CUDA is not set, so the dependencies come from the CPU lock (the API image's), without
+NVIDIA's CUDA wheels; hashes are checked as in the image. pip's cache is used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, copy_sources, image_env, install_steps
+from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, copy_sources, image_env, install_steps, read_all
 
 INSTALL_TIMEOUT_S = 900
 START_TIMEOUT_S = 120
@@ -33,8 +34,8 @@ def free_port() -> int:
 
 
 def build_context(dockerfile: list[Instruction], target: Path) -> Path:
-    """Copy what the Dockerfile's COPY instructions take, where they put it under WORKDIR."""
-    for source, destination in copy_sources(dockerfile):
+    """Copy what the Dockerfile's COPY instructions take (every stage's), where they put it under WORKDIR."""
+    for source, destination in copy_sources(read_all()):
         assert not destination.startswith("/"), "COPY targets are relative to the source WORKDIR"
         origin = REPO_ROOT / source
         place = target / destination

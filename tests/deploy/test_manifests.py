@@ -19,7 +19,14 @@ from service.cli import build_parser
 from service.config import SETTINGS, Settings
 from tests.deploy.dockerfile_model import REPO_ROOT, Instruction, image_env
 from tests.deploy.kustomize_render import (
+    CLUSTER_OVERLAYS,
+    CLUSTER_SCOPED_KINDS,
+    COMBINATIONS,
+    K8S_ROOT,
+    OPTIONAL_COMPONENTS,
+    OVERLAYS,
     SECRET_TEMPLATES,
+    WITH_ALL_COMPONENTS,
     Rendered,
     component,
     containers,
@@ -39,6 +46,9 @@ GPU_COMPONENTS = {"node", "worker"}
 HTTP_COMPONENTS = {"node", "api"}
 # `fitjobs serve` waits FITJOBS_SHUTDOWN_GRACE + 30 s for its API and supervisor (service/cli.py).
 SERVE_STOP_MARGIN_S = 30
+# The storage class of the ReadWriteMany claim until a reader sets theirs (docs/deploy.md).
+STORAGE_CLASS_PLACEHOLDER = "replace-with-a-readwritemany-class"
+KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def kubernetes_validate() -> str:
@@ -72,12 +82,26 @@ def test_kustomization_builds(rendered: Rendered) -> None:
         assert obj["apiVersion"] and obj["metadata"]["name"]
 
 
+@pytest.mark.parametrize("name", COMBINATIONS)
+def test_every_combination_of_optional_components_builds(
+        name: str, kustomize: Callable[[str], Rendered]) -> None:
+    """Each cluster overlay with any subset of k8s/components/{hub-egress,kueue,image-pull-secret}."""
+    rendered = kustomize(name)
+    names = [(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) for obj in rendered.objects]
+    assert len(names) == len(set(names)), "no object twice"
+    base = kustomize(name.split("+")[0])
+    added = {(obj["kind"], obj["metadata"]["name"]) for obj in rendered.objects} - \
+        {(obj["kind"], obj["metadata"]["name"]) for obj in base.objects}
+    assert added == ({("LocalQueue", "fitjobs-gpu")} if "kueue" in name.split("+") else set())
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_validates_strictly(rendered: Rendered, version: str, tmp_path: Path) -> None:
+    """Kubernetes' own kinds against its schemas; KEDA's and Kueue's in test_keda.py and test_kueue.py."""
     manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(rendered.text)
+    manifest.write_text(yaml.safe_dump_all(rendered.core()))
     passed = validate_strictly(manifest, version)
-    expected = [f"{obj['kind'].lower()}/{obj['metadata']['name']}" for obj in rendered.objects]
+    expected = [f"{obj['kind'].lower()}/{obj['metadata']['name']}" for obj in rendered.core()]
     assert sorted(passed) == sorted(expected)
     print(f"k8s/{rendered.name}: {len(passed)} objects valid for Kubernetes {version}")
 
@@ -91,8 +115,10 @@ def test_objects_live_in_the_restricted_namespace(rendered: Rendered) -> None:
     namespace = rendered.get("Namespace", NAMESPACE)
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in rendered.objects:
-        if obj["kind"] != "Namespace":
+        if obj["kind"] not in CLUSTER_SCOPED_KINDS:
             assert obj["metadata"].get("namespace") == NAMESPACE, f"{obj['kind']}/{obj['metadata']['name']}"
+        else:
+            assert "namespace" not in obj["metadata"], f"{obj['kind']}/{obj['metadata']['name']}"
 
 
 def test_references_resolve(rendered: Rendered) -> None:
@@ -101,6 +127,8 @@ def test_references_resolve(rendered: Rendered) -> None:
     for workload in rendered.workloads():
         spec = pod_spec(workload)
         assert ("ServiceAccount", spec["serviceAccountName"]) in names
+        if "priorityClassName" in spec:
+            assert ("PriorityClass", spec["priorityClassName"]) in names
         claims = {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
                   if "persistentVolumeClaim" in v}
         templates = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
@@ -170,25 +198,22 @@ def test_fitjobs_commands_exist(rendered: Rendered) -> None:
         for container in containers(pod_spec(workload)):
             command = container["command"]
             assert command[0] == "fitjobs" and command[1] in subcommands and len(command) == 2
+            build_parser().parse_args(command[1:] + container.get("args", []))  # exits on a bad option
 
 
 # -- GPUs and scheduling ----------------------------------------------------------------------
 
-def requires_gpu_nodes(spec: dict[str, Any]) -> bool:
-    terms = spec.get("affinity", {}).get("nodeAffinity", {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
-    selector = spec.get("nodeSelector", {})
-    return selector.get("nvidia.com/gpu.present") == "true" or bool(terms) and all(
-        any(e["key"] == "nvidia.com/gpu.present" and e["operator"] == "In" and e["values"] == ["true"]
-            for e in term["matchExpressions"]) for term in terms)
+def required_node_terms(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(spec.get("affinity", {}).get("nodeAffinity", {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
 
 
-def avoids_gpu_nodes(spec: dict[str, Any]) -> bool:
-    terms = spec.get("affinity", {}).get("nodeAffinity", {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
-    return bool(terms) and all(
-        any(e["key"] == "nvidia.com/gpu.present" and e["operator"] == "NotIn" and e["values"] == ["true"]
-            for e in term["matchExpressions"]) for term in terms)
+def prefers_non_gpu_nodes(spec: dict[str, Any]) -> bool:
+    preferred = spec.get("affinity", {}).get("nodeAffinity", {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution", [])
+    return any(term["weight"] > 0 and any(
+        e["key"] == "nvidia.com/gpu.present" and e["operator"] == "NotIn" and e["values"] == ["true"]
+        for e in term["preference"]["matchExpressions"]) for term in preferred)
 
 
 def tolerates_gpu_taint(spec: dict[str, Any]) -> bool:
@@ -202,15 +227,20 @@ def test_gpu_pods_request_gpus_and_others_do_not(rendered: Rendered) -> None:
         spec, role = pod_spec(workload), component(workload)
         seen.add(role)
         gpus = sum(gpu_count(c) for c in containers(spec))
+        # No required node affinity or selector on GPU feature-discovery labels anywhere: node
+        # groups that scale from zero do not show them before a node exists.
+        assert not required_node_terms(spec) and not spec.get("nodeSelector"), workload["metadata"]["name"]
         if role in GPU_COMPONENTS:
+            # The GPU limit places the pod, the toleration admits it to tainted GPU nodes.
             assert gpus >= 1, f"{role} pods must request nvidia.com/gpu"
-            assert requires_gpu_nodes(spec) and tolerates_gpu_taint(spec)
+            assert tolerates_gpu_taint(spec)
             for container in containers(spec):
                 requested = container["resources"].get("requests", {}).get("nvidia.com/gpu")
                 assert requested is None or int(requested) == gpu_count(container)
         else:
+            # API and PostgreSQL prefer CPU nodes and still run on a cluster of GPU nodes only.
             assert gpus == 0, f"{role} pods must not hold GPUs"
-            assert not tolerates_gpu_taint(spec) and avoids_gpu_nodes(spec)
+            assert not tolerates_gpu_taint(spec) and prefers_non_gpu_nodes(spec)
     assert seen & GPU_COMPONENTS, "some pods train"
 
 
@@ -342,14 +372,20 @@ def test_single_node_keeps_sqlite_and_artifacts_on_one_volume(kustomize: Callabl
     assert mount["mountPath"] == config["FITJOBS_HOME"]
 
 
-def test_cluster_splits_api_and_workers(kustomize: Callable[[str], Rendered]) -> None:
-    rendered = kustomize("overlays/cluster")
+@pytest.mark.parametrize("overlay", CLUSTER_OVERLAYS)
+def test_cluster_splits_api_and_workers(overlay: str, kustomize: Callable[[str], Rendered]) -> None:
+    rendered = kustomize(overlay)
     assert not [w for w in rendered.workloads() if component(w) == "node"]
     api = rendered.get("Deployment", "fitjobs-api")
-    worker = rendered.get("Deployment", "fitjobs-worker")
+    workers = [w for w in rendered.workloads() if component(w) == "worker"]
+    assert workers
     assert pod_spec(api)["containers"][0]["command"] == ["fitjobs", "api"]
-    assert pod_spec(worker)["containers"][0]["command"] == ["fitjobs", "worker"]
+    for worker in workers:
+        assert pod_spec(worker)["containers"][0]["command"] == ["fitjobs", "worker"]
+        assert pod_spec(worker)["priorityClassName"] == "fitjobs-training"
     assert rendered.get("Service", "fitjobs")["spec"]["selector"]["app.kubernetes.io/component"] == "api"
+    priority = rendered.get("PriorityClass", "fitjobs-training")
+    assert priority["value"] > 0 and priority["preemptionPolicy"] == "Never" and not priority["globalDefault"]
 
     hpa = rendered.get("HorizontalPodAutoscaler", "fitjobs-api")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -359,18 +395,39 @@ def test_cluster_splits_api_and_workers(kustomize: Callable[[str], Rendered]) ->
     pdb = rendered.get("PodDisruptionBudget", "fitjobs-api")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels(api).items()
 
-    shared = {v["persistentVolumeClaim"]["claimName"] for d in (api, worker)
+    shared = {v["persistentVolumeClaim"]["claimName"] for d in [api, *workers]
               for v in pod_spec(d)["volumes"] if v["name"] == "home"}
     assert len(shared) == 1
     claim = rendered.get("PersistentVolumeClaim", shared.pop())
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Explicit, so that a cluster whose default class is ReadWriteOnce does not bind one.
+    assert claim["spec"]["storageClassName"] == STORAGE_CLASS_PLACEHOLDER
 
     database = rendered.get("StatefulSet", "fitjobs-postgres")
     assert pod_spec(database)["containers"][0]["image"].startswith("postgres:")
 
 
-def test_cluster_network_policy(kustomize: Callable[[str], Rendered]) -> None:
-    rendered = kustomize("overlays/cluster")
+def test_worker_pool_is_a_long_running_deployment(kustomize: Callable[[str], Rendered]) -> None:
+    rendered = kustomize("overlays/cluster-worker-pool")
+    assert not rendered.of_kind("ScaledJob") and not rendered.of_kind("TriggerAuthentication")
+    worker = rendered.get("Deployment", "fitjobs-worker")
+    container = pod_spec(worker)["containers"][0]
+    assert container["command"] == ["fitjobs", "worker"] and not container.get("args")
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    # Idle most of its life: autoscalers may consolidate it (its drain requeues its jobs).
+    assert "karpenter.sh/do-not-disrupt" not in worker["spec"]["template"]["metadata"].get("annotations", {})
+    assert "FITJOBS_GPU_SIZES" not in rendered.config(), "sizes follow the registered workers"
+
+
+def dns_egress_peers(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [peer for rule in policy["spec"]["egress"] if {p["port"] for p in rule["ports"]} == {53}
+            for peer in rule["to"]]
+
+
+@pytest.mark.parametrize("name", CLUSTER_OVERLAYS + WITH_ALL_COMPONENTS)
+def test_cluster_network_policy(name: str, kustomize: Callable[[str], Rendered]) -> None:
+    rendered = kustomize(name)
+    parts = name.split("+")
     policies = rendered.of_kind("NetworkPolicy")
     deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
     assert deny and "Ingress" in deny[0]["spec"]["policyTypes"], "ingress is denied by default"
@@ -385,28 +442,61 @@ def test_cluster_network_policy(kustomize: Callable[[str], Rendered]) -> None:
     assert len(open_ingress) == 1 and selects(open_ingress[0], "api"), "only the API takes outside traffic"
     assert not [p for p in ingress if selects(p, "worker")], "workers take no connections"
     database_ingress = [p for p in ingress if selects(p, "database")]
-    sources = {value for p in database_ingress for rule in p["spec"]["ingress"] for peer in rule["from"]
+    peers = [peer for p in database_ingress for rule in p["spec"]["ingress"] for peer in rule["from"]]
+    sources = {value for peer in peers if "namespaceSelector" not in peer
                for expression in peer["podSelector"]["matchExpressions"] for value in expression["values"]}
     assert sources == {"api", "worker"}
+    # With KEDA, its operator runs the triggers' queries, from its own namespace.
+    keda = [peer for peer in peers if "namespaceSelector" in peer]
+    if rendered.of_kind("ScaledJob"):
+        assert keda == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+                         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "keda-operator"}}}]
+    else:
+        assert not keda
 
     egress = [p for p in policies if selects(p, "worker") and "Egress" in p["spec"]["policyTypes"]]
     assert len(egress) == 1
     allowed = {(port["port"], port["protocol"]) for rule in egress[0]["spec"]["egress"]
                for port in rule["ports"]}
-    assert allowed == {(5432, "TCP"), (53, "UDP"), (53, "TCP")}
+    hub = {(443, "TCP")} if "hub-egress" in parts else set()
+    assert allowed == {(5432, "TCP"), (53, "UDP"), (53, "TCP")} | hub
     for rule in egress[0]["spec"]["egress"]:
         assert rule["to"], "every egress rule names its peers"
         ports = {port["port"] for port in rule["ports"]}
-        peer = rule["to"][0]
         if ports == {5432}:
-            assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "database"
-        else:
-            assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+            assert rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "database"
+        elif ports == {443}:
+            # Public addresses only: not the cluster's private ranges nor the metadata server.
+            block = rule["to"][0]["ipBlock"]
+            assert block["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" in block["except"]
+            assert "10.0.0.0/8" in block["except"]
+    # DNS through the cluster's DNS pods and through NodeLocal DNSCache's link-local address.
+    dns = dns_egress_peers(egress[0])
+    assert {"k8s-app": "kube-dns"} in [peer.get("podSelector", {}).get("matchLabels") for peer in dns]
+    assert {"cidr": "169.254.20.10/32"} in [peer.get("ipBlock") for peer in dns]
 
 
-def test_docs_name_every_overlay() -> None:
+def test_optional_components_change_only_what_they_say(kustomize: Callable[[str], Rendered]) -> None:
+    for overlay in CLUSTER_OVERLAYS:
+        plain, full = kustomize(overlay), kustomize("+".join((overlay,) + OPTIONAL_COMPONENTS))
+        account = full.get("ServiceAccount", "fitjobs")
+        assert account["imagePullSecrets"] == [{"name": "fitjobs-registry"}]
+        assert "imagePullSecrets" not in plain.get("ServiceAccount", "fitjobs")
+        for workload in full.workloads():
+            labelled = [pod_labels(workload).get(KUEUE_LABEL), workload["metadata"]["labels"].get(KUEUE_LABEL)]
+            assert labelled == (["fitjobs-gpu"] * 2 if component(workload) == "worker" else [None, None])
+        assert not [w for w in plain.workloads() if KUEUE_LABEL in pod_labels(w)], "off by default"
+
+
+def test_docs_name_every_overlay_and_component() -> None:
     guide = (REPO_ROOT / "docs" / "deploy.md").read_text()
-    for overlay in ("k8s/overlays/single-node", "k8s/overlays/cluster"):
-        assert overlay in guide
+    readme = (REPO_ROOT / "README.md").read_text()
+    for overlay in OVERLAYS:
+        assert f"k8s/{overlay}" in guide, overlay
+        assert f"k8s/{overlay}" in readme, overlay
+    for folder in sorted((K8S_ROOT / "components").iterdir()):
+        assert f"k8s/components/{folder.name}" in guide, folder.name
+    assert "k8s/kueue" in guide
     secret = yaml.safe_load(SECRET_TEMPLATES[0].read_text())
     assert secret["metadata"]["name"] in guide
+    assert STORAGE_CLASS_PLACEHOLDER in guide

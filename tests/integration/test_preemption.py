@@ -80,3 +80,21 @@ def test_a_supervisor_that_vanishes_without_draining_spends_an_attempt(cluster: 
     done = cluster.store.get_job(job.id)
     assert DRAIN_STARTED not in event_kinds(cluster.store, job.id)
     assert done.attempt == 2 and done.attempts_spent == 2, done
+
+
+def test_a_job_whose_once_worker_died_is_counted_for_a_new_pod_which_reaps_and_runs_it(cluster: QuickCluster) -> None:
+    # KEDA's trigger counts it: a pod of its size starts, requeues it and claims it.
+    job, _ = cluster.store.create_job({**SPEC, "fake_ignore_term": False}, gpus=1, max_attempts=3)
+    first = cluster.start_supervisor("--once", "30", FITJOBS_GPUS="0", **FAST)
+    wait_for(lambda: cluster.store.get_job(job.id).state is JobState.RUNNING, 30, "the claim")
+    assert cluster.store.queue_depth(1) == 0, "a job with a live worker waits for no pod"
+    first.kill()
+    gone(cluster, first)
+    wait_for(lambda: cluster.store.queue_depth(1) == 1, 30, "the lapsed lease to count as waiting")
+    assert cluster.store.get_job(job.id).state is JobState.RUNNING
+    second = cluster.start_supervisor("--once", "30", FITJOBS_GPUS="0", **FAST)
+    assert second.wait(timeout=60) == 0, cluster.logs()
+    cluster.supervisors.remove(second)
+    done = cluster.store.get_job(job.id)
+    assert done.state is JobState.SUCCEEDED and done.attempt == 2, done
+    assert cluster.store.queue_depth(1) == 0

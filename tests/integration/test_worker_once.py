@@ -19,8 +19,9 @@ ONE_CLASS = TrainingSpecSchema().load(
     {"model": "m", "data": {"train": {"records": [{"text": f"t{i}", "label": "a"} for i in range(8)]}}})
 
 
-def run_once(home: Path, *args: str, gpus: str = "none", timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = service_env(home, None, {"FITJOBS_GPUS": gpus, "FITJOBS_WARM_TRAINERS": "0"})
+def run_once(home: Path, *args: str, gpus: str = "none", gpu_type: str = "",
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = service_env(home, None, {"FITJOBS_GPUS": gpus, "FITJOBS_WARM_TRAINERS": "0", "FITJOBS_GPU_TYPE": gpu_type})
     return subprocess.run([sys.executable, "-m", "service.cli", "worker", "--once", *args], env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
@@ -63,6 +64,18 @@ def test_it_claims_only_a_job_of_its_size_trains_it_and_exits(tmp_path: Path) ->
         job = store.get_job(job_id)
         assert job.state is JobState.QUEUED and job.attempt == 0
     assert store.queue_depth(2) == 1 and store.queue_depth(1) == 1
+
+
+def test_a_typed_worker_claims_only_a_job_of_its_gpu_type(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = open_store(settings_of(home).database_url)
+    untyped, _ = store.create_job(ONE_CLASS, gpus=1, priority=9)
+    other, _ = store.create_job(ONE_CLASS, gpus=1, gpu_type="a100")
+    mine, _ = store.create_job(ONE_CLASS, gpus=1, gpu_type="h100")
+    finished = run_once(home, "--gpus", "1", "--wait", "30", gpus="0", gpu_type="h100")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert store.get_job(mine.id).attempt == 1
+    assert [store.get_job(job.id).attempt for job in (untyped, other)] == [0, 0]
 
 
 def test_a_worker_with_another_number_of_gpus_than_asked_does_not_start(tmp_path: Path) -> None:

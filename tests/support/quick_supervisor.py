@@ -99,14 +99,15 @@ class QuickCluster:
     store: JobStore
     supervisors: list[subprocess.Popen[bytes]]
 
-    def start_supervisor(self, **extra_env: str) -> subprocess.Popen[bytes]:
-        """Start a supervisor process; ``extra_env`` adds or overrides FITJOBS_* settings."""
+    def start_supervisor(self, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        """Start a supervisor process; ``args`` (``--once SECONDS``) go to its command line, ``extra_env``
+        adds or overrides FITJOBS_* settings."""
         env = service_env(self.home, None, {
             "FITJOBS_DATABASE_URL": self.database_url, "FITJOBS_WARM_TRAINERS": "0",
             "FITJOBS_POLL_INTERVAL": "0.05", **extra_env})
         log = self.home / f"supervisor-{len(self.supervisors) + 1}.log"
         with open(log, "ab") as out:
-            process = subprocess.Popen([sys.executable, "-m", "tests.support.quick_supervisor"], env=env,
+            process = subprocess.Popen([sys.executable, "-m", "tests.support.quick_supervisor", *args], env=env,
                                        stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         self.supervisors.append(process)
         return process
@@ -139,11 +140,12 @@ def quick_cluster(home: Path, database_url: str) -> Iterator[QuickCluster]:
 
 
 def main() -> None:
-    """Serve as a supervisor with fake trainers until SIGTERM."""
+    """Serve as a supervisor with fake trainers until SIGTERM; with ``--once SECONDS``, as `fitjobs worker --once`."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     settings.ensure_dirs()
-    QuickSupervisor(settings, open_store(settings.database_url, migrate=False)).run()
+    once = float(sys.argv[2]) if sys.argv[1:2] == ["--once"] else None
+    QuickSupervisor(settings, open_store(settings.database_url, migrate=False), once_wait=once).run()
 
 
 if __name__ == "__main__":

@@ -153,10 +153,42 @@ def test_declared_gpu_sizes_are_accepted_without_workers_and_others_refused(tmp_
         store_of(app).engine.dispose()
 
 
+def test_gpu_types_are_checked_against_the_pattern_the_offer_and_the_gpu_count(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_GPUS": "none",
+                                  "FITJOBS_GPU_TYPES": "h100, a100-80gb"})
+    assert settings.gpu_types == ("a100-80gb", "h100")
+    app = create_app(settings, test_config={"TESTING": True})
+    client = app.test_client()
+    try:
+        made = client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 2, "gpu_type": "h100"}})
+        assert made.status_code == 201
+        job = client.get(f"/v1/jobs/{made.get_json()['id']}").get_json()
+        assert job["spec"]["resources"] == {"gpus": 2, "gpu_type": "h100"}
+        assert store_of(app).get_job(job["id"]).gpu_type == "h100"
+        # Only a worker of its type counts as able to run it.
+        store_of(app).register_worker("plain", "host", gpus=8, slots=8)
+        assert job_queue(client, job["id"]) == {"position": 0, "reason": "no_worker_large_enough"}
+        store_of(app).register_worker("typed", "host", gpus=2, slots=2, gpu_type="h100")
+        assert job_queue(client, job["id"]) == {"position": 0, "reason": "waiting_for_gpus"}
+        for resources, field in (({"gpus": 1, "gpu_type": "v100"}, "resources.gpu_type"),
+                                 ({"gpus": 1, "gpu_type": "h100'; --"}, "resources"),
+                                 ({"gpus": 0, "gpu_type": "h100"}, "resources")):
+            refused = client.post("/v1/jobs", json={**SPEC, "resources": resources})
+            assert refused.status_code == 422 and refused.mimetype == "application/problem+json", resources
+            assert any(name.startswith(field) for name in refused.get_json()["errors"]), refused.get_json()
+    finally:
+        store_of(app).engine.dispose()
+
+
 @pytest.mark.parametrize("value", ["1,x", "32", "-1", "1.5"])
 def test_gpu_sizes_setting_rejects_what_is_not_a_list_of_counts(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="FITJOBS_GPU_SIZES"):
         Settings.from_env({"FITJOBS_HOME": str(tmp_path), "FITJOBS_GPU_SIZES": value})
+
+
+def job_queue(client: FlaskClient, job_id: str) -> dict[str, Any] | None:
+    queue: dict[str, Any] | None = client.get(f"/v1/jobs/{job_id}").get_json()["queue"]
+    return queue
 
 
 def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: FlaskClient) -> None:
@@ -172,10 +204,13 @@ def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: 
     assert 'fitjobs_jobs{state="failed"} 0.0' in text
     assert "fitjobs_workers 1.0" in text and "fitjobs_worker_gpus 2.0" in text
     # Two queued jobs without a GPU request count as one GPU each.
-    assert 'fitjobs_queue_depth{gpus="1"} 2.0' in text
+    assert 'fitjobs_queue_depth{gpu_type="",gpus="1"} 2.0' in text
     client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 2}})
+    client.post("/v1/jobs", json={**SPEC, "resources": {"gpus": 2, "gpu_type": "h100"}})
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'fitjobs_queue_depth{gpus="2"} 1.0' in text and 'fitjobs_queue_depth{gpus="1"} 2.0' in text
+    assert 'fitjobs_queue_depth{gpu_type="",gpus="2"} 1.0' in text
+    assert 'fitjobs_queue_depth{gpu_type="",gpus="1"} 2.0' in text
+    assert 'fitjobs_queue_depth{gpu_type="h100",gpus="2"} 1.0' in text
 
 
 def test_events_stream_as_server_sent_events_until_the_job_ends(app: Flask, client: FlaskClient) -> None:
