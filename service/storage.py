@@ -98,11 +98,24 @@ class Storage:
         scheme = self.url.split("://", 1)[0] if "://" in self.url else "file"
         # Listings are not cached: another process (a trainer, another API replica) writes too.
         # Each Storage has its own client, made from the environment when it is first used.
-        options: dict[str, Any] = {} if scheme == "file" else {"use_listings_cache": False,
-                                                               "skip_instance_cache": True}
-        self.fs, root = fsspec.core.url_to_fs(self.url, **options)
+        self._options: dict[str, Any] = {} if scheme == "file" else {"use_listings_cache": False,
+                                                                     "skip_instance_cache": True}
+        self._fs, root = fsspec.core.url_to_fs(self.url, **self._options)
+        self._pid = os.getpid()
         self.root = root.rstrip("/")
-        self.local_root: Path | None = Path(root) if isinstance(self.fs, LocalFileSystem) else None
+        self.local_root: Path | None = Path(root) if isinstance(self._fs, LocalFileSystem) else None
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system; made anew in a forked child, which cannot use its parent's event loop."""
+        if self._pid != os.getpid():
+            self._fs, _ = fsspec.core.url_to_fs(self.url, **self._options)
+            self._pid = os.getpid()
+        return self._fs
+
+    @fs.setter
+    def fs(self, value: Any) -> None:
+        self._fs = value
 
     @property
     def is_local(self) -> bool:

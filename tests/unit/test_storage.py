@@ -6,6 +6,7 @@ folder or the whole new one, never part of one.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,3 +216,41 @@ def test_a_store_that_cannot_be_reached_fails_the_attempt_as_retryable(tmp_path:
     code, message = classify_exception(raised.value)
     assert code is FailureCode.STORAGE_UNAVAILABLE and code.retryable
     assert "s3://unreachable-bucket/fitjobs" in message
+
+
+def test_a_spec_s_stored_inputs_are_fetched_to_scratch_space(s3: S3Server, tmp_path: Path) -> None:
+    from service.artifacts import publish_artifacts
+    from service.locations import Locations, fetch_inputs
+
+    storage = Storage(f"s3://{s3.new_bucket()}/fitjobs")
+    job_id, dataset_id = "job_" + "a" * 32, "ds_" + "b" * 32
+    publish_artifacts(storage, folder_of(tmp_path, "staging", {"model/config.json": b'{"id2label": {}}',
+                                                               "metrics.json": b"{}"}), job_id)
+    storage.write_bytes(f"uploads/{dataset_id}/data.jsonl", b'{"text": "a", "label": 1}\n')
+    scratch = Locations(data_root=tmp_path / "data", uploads_dir=tmp_path / "scratch" / "uploads",
+                        artifacts_dir=tmp_path / "scratch" / "artifacts")
+    spec = {"model": {"job": job_id}, "data": {"train": {"upload": dataset_id}, "validation": {"split_fraction": 0.1}}}
+    fetch_inputs(spec, storage, scratch)
+    assert (scratch.artifacts_dir / job_id / "model" / "config.json").read_bytes() == b'{"id2label": {}}'
+    assert (scratch.uploads_dir / dataset_id / "data.jsonl").read_bytes() == b'{"text": "a", "label": 1}\n'
+    # A local storage is read in place: nothing is copied.
+    local = Locations(data_root=tmp_path / "data", uploads_dir=tmp_path / "elsewhere" / "uploads",
+                      artifacts_dir=tmp_path / "elsewhere" / "artifacts")
+    fetch_inputs(spec, Storage((tmp_path / "stored").as_uri()), local)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_forked_child_gets_a_client_of_its_own(s3: S3Server, tmp_path: Path) -> None:
+    storage = Storage(f"s3://{s3.new_bucket()}")
+    storage.write_bytes("a/b.txt", b"before the fork")  # the parent's client and event loop exist now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it can read and write through the inherited Storage
+        try:
+            ok = storage.read_bytes("a/b.txt") == b"before the fork"
+            storage.write_bytes("a/child.txt", b"from the child")
+        except BaseException:  # noqa: BLE001 - whatever fails, the child must reach os._exit
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.read_bytes("a/child.txt") == b"from the child"
