@@ -119,9 +119,12 @@ def read_artifact(storage: Storage, job_id: str, name: str) -> bytes:
 def artifact_path(artifacts_root: Path, job_id: str, name: str) -> Path:
     """The file behind an artifact name; refuses names that leave the job's folder."""
     folder = job_artifacts_dir(artifacts_root, job_id).resolve()
-    candidate = (folder / name).resolve()
-    if folder not in candidate.parents or not candidate.is_file():
-        raise ArtifactNotFound(name)
+    try:
+        candidate = (folder / name).resolve()
+        if folder not in candidate.parents or not candidate.is_file():
+            raise ArtifactNotFound(name)
+    except OSError as exc:  # a name no file can have (a component over 255 bytes, a loop)
+        raise ArtifactNotFound(name) from exc
     return candidate
 
 

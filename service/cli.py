@@ -6,7 +6,6 @@ import argparse
 import functools
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -58,11 +57,14 @@ def anonymous_notice(settings: Settings) -> str | None:
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """gunicorn's configuration of `fitjobs api`, from the FITJOBS_API_* settings."""
+    from service.api.gunicorn_workers import worker_class
+
     host = listen_host(settings)
     options: dict[str, Any] = {
         "bind": f"{host}:{settings.port}",
         "workers": settings.api_workers,
-        "worker_class": settings.api_worker_class,
+        # gunicorn's worker of that class, answering the requests gunicorn itself refuses as problem+json.
+        "worker_class": worker_class(settings.api_worker_class),
         "timeout": settings.api_timeout,
         "graceful_timeout": settings.api_graceful_timeout,
         # With gevent this also bounds the time a client may take to send a request's head.
@@ -71,6 +73,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_request_fields": LIMIT_REQUEST_FIELDS,
         "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         "accesslog": "-",
+        # gunicorn's default line, then the request id every answer carries (the error log names it too).
+        "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s',
         "loglevel": settings.log_level.lower(),
         "proc_name": "fitjobs-api",
         # gunicorn's control socket sits in $HOME by default, shared by every gunicorn there.
@@ -111,7 +115,7 @@ def api_arbiter(settings: Settings) -> Any:
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
 
-    from service.api.lifecycle import mark_draining
+    from service.api.lifecycle import create_drain_flag, mark_draining
 
     class FitjobsGunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -127,19 +131,18 @@ def api_arbiter(settings: Settings) -> Any:
         """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully."""
 
         def handle_term(self) -> None:
-            mark_draining(self.pid)
+            mark_draining()
             log.info("SIGTERM: readiness is false; serving %.0f s more, then finishing in-flight "
                      "requests", settings.api_drain_seconds)
             time.sleep(settings.api_drain_seconds)  # the workers go on serving meanwhile
             super().handle_term()
 
+    create_drain_flag()  # before the arbiter forks any worker, so that each inherits it
     return DrainingArbiter(FitjobsGunicorn())
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the HTTP API with gunicorn."""
-    from service.api.lifecycle import drain_flag
-
     # In a child process, so that this one (the gunicorn master) never imports SQLAlchemy or psycopg.
     migrated = subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=settings.child_environ(),
                               stdout=subprocess.DEVNULL, check=False)
@@ -150,10 +153,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     notice = anonymous_notice(settings)
     if notice:
         print(f"fitjobs api: {notice}", file=sys.stderr, flush=True)
-    try:
-        api_arbiter(settings).run()
-    finally:
-        drain_flag(os.getpid()).unlink(missing_ok=True)
+    api_arbiter(settings).run()
     return 0
 
 
@@ -302,8 +302,11 @@ def _describe(job: dict[str, Any]) -> str:
                  f" step {progress['step']}/{progress.get('steps_per_epoch') or '?'}")
     if job.get("error"):
         line += f" [{job['error']['code']}] {job['error']['message']}"
-    if job.get("result"):
-        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(job["result"].items()))
+    # A list shows summaries (no result); a single job's result also holds reports and flags.
+    numbers = {k: v for k, v in (job.get("result") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(numbers.items()))
     return line
 
 

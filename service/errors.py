@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, g, has_request_context, json, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -196,6 +196,8 @@ def problem_response(status: int, slug: str, title: str, detail: str,
         body["errors"] = errors
     if extra:
         body.update(extra)
+    if has_request_context() and "request_id" in g:
+        body["request_id"] = g.request_id
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_CONTENT_TYPE)
     response.headers.update(headers or {})
     return response
@@ -257,6 +259,13 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error while serving a request")
+        if type(exc).__module__.startswith("gunicorn.http"):
+            # gunicorn parses a request's body as the view reads it (chunk sizes, framing).
+            log.info("unreadable request body: %s", type(exc).__name__)
+            return problem_response(400, BadRequest.slug, BadRequest.title,
+                                    f"The request body could not be read ({type(exc).__name__}).")
+        log.exception("unhandled error while serving request %s (%s %s)", g.get("request_id", "-"),
+                      request.method, request.path)
         return problem_response(500, ServiceError.slug, ServiceError.title,
-                                "The server failed to handle this request; the error was logged.")
+                                "The server failed to handle this request; the error was logged with its "
+                                "request_id.")

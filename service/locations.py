@@ -84,7 +84,8 @@ def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
     """The real path of ``value`` (relative to the first root, or absolute), which must lie in a root.
 
     Symlinks are resolved before the check, so a link that points out of a root is refused
-    like a path that names the outside directly. The path need not exist.
+    like a path that names the outside directly. The path need not exist. A refusal says which
+    rule the path broke, never where it resolves to.
     """
     if not roots:
         raise PathRefused(f"no {what} root is configured")
@@ -104,7 +105,13 @@ def contained_path(value: str, roots: Sequence[Path], what: str) -> Path:
     if in_system_folder(real):
         raise system
     if not any(real == root or real.is_relative_to(root) for root in real_roots):
-        raise PathRefused(f"lies outside the {what} root{'s' if len(roots) > 1 else ''} once links are followed")
+        # The message names the rule, never where the path leads: that would disclose the
+        # target of a symlink or of a /proc/self/... link.
+        roots_named = f"the {what} roots" if len(roots) > 1 else f"the {what} root"
+        spelled = Path(os.path.normpath(candidate))
+        if any(spelled == root or spelled.is_relative_to(root) for root in [*real_roots, *roots]):
+            raise PathRefused(f"leads outside {roots_named} through a symbolic link")
+        raise PathRefused(f"is outside {roots_named}")
     return real
 
 

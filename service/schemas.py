@@ -27,6 +27,31 @@ DEFAULT_WARMUP_RATIO = 0.06
 MAX_LABELS = 100_000
 
 
+# C0 and C1 control characters (NUL included) and DEL: no name, path, column or id holds one.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+NO_CONTROL_CHARACTERS = "Must not contain NUL or other control characters."
+MAX_INT64 = 2**63 - 1
+
+
+class PlainString(fields.String):
+    """A name, path, column or id: a string without NUL or other control characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if CONTROL_CHARACTERS.search(text):
+            raise ValidationError(NO_CONTROL_CHARACTERS)
+        return text
+
+
+class QueryInteger(fields.Integer):
+    """An integer from a query string: ASCII digits only (int() would also take '٣', ' 3 ' and '1_0')."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,19}", value):
+            raise ValidationError("Must be a whole number written with the digits 0-9 (at most 19 of them).")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class StrictSchema(Schema):
     """Rejects unknown fields, at every nesting level."""
 
@@ -42,33 +67,55 @@ class TrainSourceSchema(StrictSchema):
 
     source_keys: tuple[str, ...] = ("path", "url", "records", "upload", "dataset")
 
-    path = fields.String(validate=validate.Length(min=1, max=4096), metadata={
+    path = PlainString(validate=validate.Length(min=1, max=4096), metadata={
         "description": "A .csv, .json, .jsonl or .parquet file, or a folder written by `save_to_disk`, "
                        "under the data root (FITJOBS_DATA_ROOT): relative to it, or absolute inside it."})
     url = fields.String(validate=validate.Length(min=1, max=4096), metadata={
         "description": "A .csv, .json, .jsonl or .parquet file in an object store (`s3://bucket/key`, "
                        "`gs://bucket/key`) under one of the allowed prefixes (FITJOBS_DATA_URL_PREFIXES)."})
     records = fields.List(
-        fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True)),
+        fields.Dict(keys=PlainString(), values=fields.Raw(allow_none=True)),
         validate=validate.Length(min=1, max=MAX_RECORDS),
-        metadata={"description": f"Inline rows, at most {MAX_RECORDS}."})
-    upload = fields.String(validate=validate.Regexp(DATASET_ID.pattern, error="Must be a dataset id from "
+        metadata={"description": f"Inline rows, at most {MAX_RECORDS}. A job read back shows `records_count` "
+                                 "and `records_sha256` instead, unless asked for `?include=records`."})
+    records_count = fields.Integer(dump_only=True, metadata={
+        "description": "How many inline rows the job was given (in place of `records`)."})
+    records_sha256 = fields.String(dump_only=True, metadata={
+        "description": "SHA-256 (hex) of the inline rows as canonical JSON: sorted keys, no spaces, UTF-8."})
+    upload = PlainString(validate=validate.Regexp(DATASET_ID.pattern, error="Must be a dataset id from "
                                                                              "POST /v1/datasets (ds_...)."),
                            metadata={"description": "The id of a dataset uploaded with POST /v1/datasets."})
-    dataset = fields.String(validate=[validate.Length(min=1, max=256),
+    dataset = PlainString(validate=[validate.Length(min=1, max=256),
                                       validate.Regexp(HUB_NAME.pattern, error="Must be a Hub dataset name "
                                                                               "such as 'glue' or 'org/name'.")],
                             metadata={"description": "A Hugging Face Hub dataset; offline "
                                                      "(HF_DATASETS_OFFLINE=1) it loads from the local cache."})
-    config = fields.String(validate=validate.Regexp(r"^[\w.\-]{1,256}$", error="Must be a configuration name."),
+    config = PlainString(validate=validate.Regexp(r"^[\w.\-]{1,256}$", error="Must be a configuration name."),
                            metadata={"description": "The Hub dataset's configuration (subset), e.g. 'sst2'."})
-    split = fields.String(validate=validate.Regexp(r"^[\w.\-]{1,64}(\[[\w%:.\-]{0,64}\])?$",
+    split = PlainString(validate=validate.Regexp(r"^[\w.\-]{1,64}(\[[\w%:.\-]{0,64}\])?$",
                                                    error="Must be a split name, optionally sliced: 'train[:1000]'."),
                           metadata={"description": "Split of a Hub dataset or of a `save_to_disk` folder holding "
                                                    "several; default: `train` for training data, `validation` "
                                                    "for validation data."})
-    revision = fields.String(validate=SOURCE_REVISION,
+    revision = PlainString(validate=SOURCE_REVISION,
                              metadata={"description": "Branch, tag or commit of the Hub dataset."})
+
+    # Keys that go only with some sources, and which sources those are.
+    source_options: dict[str, tuple[str, ...]] = {"config": ("dataset",), "revision": ("dataset",),
+                                                  "split": ("dataset", "path")}
+
+    @classmethod
+    def openapi_rules(cls) -> dict[str, Any]:
+        """Exactly one source key, and only the options that go with it, as JSON Schema."""
+        variants = []
+        for key in cls.source_keys:
+            banned = [{"required": [option]} for option, partners in cls.source_options.items()
+                      if key not in partners]
+            variants.append({"required": [key], **({"not": {"anyOf": banned}} if banned else {})})
+        # A job read back shows its inline rows as their count and digest (read-only).
+        records = next(variant for variant in variants if variant["required"] == ["records"])
+        variants.append({**records, "required": ["records_count", "records_sha256"]})
+        return {"oneOf": variants}
 
     @validates("path")
     def _path_is_plain(self, value: str, **_: Any) -> None:
@@ -87,7 +134,7 @@ class TrainSourceSchema(StrictSchema):
         if len(given) != 1:
             names = ", ".join(f"`{name}`" for name in self.source_keys[:-1]) + f" or `{self.source_keys[-1]}`"
             raise ValidationError(f"Give exactly one of {names}.")
-        for key, partners in (("config", ("dataset",)), ("revision", ("dataset",)), ("split", ("dataset", "path"))):
+        for key, partners in self.source_options.items():
             if key in data and given[0] not in partners:
                 raise ValidationError(f"`{key}` goes only with {' or '.join(f'`{p}`' for p in partners)}.", key)
 
@@ -121,10 +168,10 @@ class DataSchema(StrictSchema):
     validation = fields.Nested(ValidationSourceSchema,
                                load_default=lambda: {"split_fraction": 0.1},
                                metadata={"description": "Default: {\"split_fraction\": 0.1}."})
-    text_column = fields.String(load_default="text", validate=validate.Length(min=1, max=256))
-    text_pair_column = fields.String(load_default=None, allow_none=True,
+    text_column = PlainString(load_default="text", validate=validate.Length(min=1, max=256))
+    text_pair_column = PlainString(load_default=None, allow_none=True,
                                      validate=validate.Length(min=1, max=256))
-    label_column = fields.String(load_default="label", validate=validate.Length(min=1, max=256))
+    label_column = PlainString(load_default="label", validate=validate.Length(min=1, max=256))
 
 
 class JitCompileField(fields.Field):
@@ -155,6 +202,8 @@ class ClassWeightField(fields.Field):
         for label, weight in value.items():
             if not isinstance(label, str) or not 1 <= len(label) <= 512:
                 raise ValidationError("Labels must be names of 1 to 512 characters.")
+            if CONTROL_CHARACTERS.search(label):
+                raise ValidationError(f"Label {label!r}: {NO_CONTROL_CHARACTERS}")
             # bool is an int in Python; `true` is no weight.
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
                     or not math.isfinite(weight) or weight <= 0:
@@ -256,7 +305,8 @@ class HyperparametersSchema(StrictSchema):
                                  "left out weigh 1. Every key must be a label of the training data (checked "
                                  "at submit).",
                   "oneOf": [{"type": "string", "enum": ["none", "balanced"]},
-                            {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                            {"type": "object",
+                             "additionalProperties": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
                              "minProperties": 1}]})
     early_stopping = fields.Nested(
         EarlyStoppingSchema, load_default=None, allow_none=True,
@@ -300,8 +350,8 @@ class ResourcesSchema(StrictSchema):
 class HubModelSchema(StrictSchema):
     """A Hugging Face Hub model, optionally at a revision."""
 
-    hub = fields.String(required=True, validate=validate.Length(min=1, max=512))
-    revision = fields.String(validate=SOURCE_REVISION, metadata={"description": "Branch, tag or commit."})
+    hub = PlainString(required=True, validate=validate.Length(min=1, max=512))
+    revision = PlainString(validate=SOURCE_REVISION, metadata={"description": "Branch, tag or commit."})
 
     @validates("hub")
     def _is_hub_name(self, value: str, **_: Any) -> None:
@@ -312,7 +362,7 @@ class HubModelSchema(StrictSchema):
 class PathModelSchema(StrictSchema):
     """A local model folder (``save_pretrained`` output) under a model root."""
 
-    path = fields.String(required=True, validate=validate.Length(min=1, max=4096), metadata={
+    path = PlainString(required=True, validate=validate.Length(min=1, max=4096), metadata={
         "description": "Relative to the first model root (FITJOBS_MODEL_ROOTS), or absolute inside a root."})
 
     @validates("path")
@@ -326,7 +376,7 @@ class PathModelSchema(StrictSchema):
 class JobModelSchema(StrictSchema):
     """The model a succeeded job trained, to continue training it."""
 
-    job = fields.String(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."))
+    job = PlainString(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."))
 
 
 MODEL_SCHEMAS: dict[str, type[Schema]] = {"hub": HubModelSchema, "path": PathModelSchema, "job": JobModelSchema}
@@ -339,6 +389,8 @@ class ModelField(fields.Field):
         if isinstance(value, str):
             if not 1 <= len(value) <= 512:
                 raise ValidationError("Length must be between 1 and 512.")
+            if CONTROL_CHARACTERS.search(value):
+                raise ValidationError(NO_CONTROL_CHARACTERS)
             if value.startswith("/"):
                 try:
                     check_path_text(value)
@@ -361,6 +413,17 @@ class ModelField(fields.Field):
         return value
 
 
+# The shapes of a spec's `model`, for the OpenAPI document.
+MODEL_VARIANTS: list[dict[str, Any]] = [
+    {"type": "string", "minLength": 1, "maxLength": 512},
+    {"type": "object", "required": ["hub"], "additionalProperties": False,
+     "properties": {"hub": {"type": "string"}, "revision": {"type": "string"}}},
+    {"type": "object", "required": ["path"], "additionalProperties": False,
+     "properties": {"path": {"type": "string"}}},
+    {"type": "object", "required": ["job"], "additionalProperties": False,
+     "properties": {"job": {"type": "string"}}}]
+
+
 class TrainingSpecSchema(StrictSchema):
     """What to fine-tune, on which data, how."""
 
@@ -369,13 +432,7 @@ class TrainingSpecSchema(StrictSchema):
                        "(FITJOBS_MODEL_ROOTS); or an object: `{\"hub\": name, \"revision\": ...}`, "
                        "`{\"path\": ...}`, or `{\"job\": id}` to continue from a succeeded job's model "
                        "(its labels must match the data's unless `num_labels` is set).",
-        "oneOf": [{"type": "string", "maxLength": 512},
-                  {"type": "object", "required": ["hub"], "additionalProperties": False,
-                   "properties": {"hub": {"type": "string"}, "revision": {"type": "string"}}},
-                  {"type": "object", "required": ["path"], "additionalProperties": False,
-                   "properties": {"path": {"type": "string"}}},
-                  {"type": "object", "required": ["job"], "additionalProperties": False,
-                   "properties": {"job": {"type": "string"}}}]})
+        "oneOf": MODEL_VARIANTS})
     num_labels = fields.Integer(strict=True, load_default=None, allow_none=True,
                                 validate=validate.Range(min=2, max=100_000),
                                 metadata={"description": "Inferred from the training labels when omitted."})
@@ -475,10 +532,36 @@ class JobSchema(Schema):
                        "started, and in lists and other answers."})
 
 
+class JobSummarySchema(Schema):
+    """A job as lists show it: what it trains and where it stands, without its spec or result."""
+
+    id = fields.String()
+    state = fields.Enum(JobState, by_value=True)
+    model = ModelField(metadata={"description": "The spec's `model`, as submitted.", "oneOf": MODEL_VARIANTS})
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime(allow_none=True)
+    attempt = fields.Integer()
+    priority = fields.Integer()
+    cancel_requested = fields.Boolean()
+    progress = fields.Nested(ProgressSchema)
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+    reused_from = fields.String(allow_none=True)
+    tenant = fields.String(metadata={"description": "The tenant the job belongs to."})
+
+
+class JobQuerySchema(StrictSchema):
+    """What GET /v1/jobs/{job_id} includes beyond the defaults."""
+
+    include = fields.String(validate=validate.OneOf(["records"]), metadata={
+        "description": "`records`: the spec's inline rows themselves, instead of their count and SHA-256."})
+
+
 class IdempotencyHeaderSchema(Schema):
     """Headers of POST /v1/jobs (other headers are ignored)."""
 
-    idempotency_key = fields.String(data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
+    idempotency_key = PlainString(data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
                                     metadata={"description": "Repeat a submission safely: the same key and "
                                                              "spec return the first job (200)."})
 
@@ -486,8 +569,8 @@ class IdempotencyHeaderSchema(Schema):
 class PageQuerySchema(StrictSchema):
     """Paging of a list endpoint: page size and the cursor of the page to continue from."""
 
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=200),
+    limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=200))
+    cursor = PlainString(validate=validate.Length(max=200),
                            metadata={"description": "The `next` value of the previous page."})
 
 
@@ -496,7 +579,7 @@ class JobListQuerySchema(PageQuerySchema):
 
 
 class JobListSchema(Schema):
-    jobs = fields.List(fields.Nested(JobSchema))
+    jobs = fields.List(fields.Nested(JobSummarySchema))
     next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})
 
 
@@ -536,7 +619,7 @@ class EventSchema(Schema):
 
 
 class EventListQuerySchema(StrictSchema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0),
+    after = QueryInteger(load_default=0, validate=validate.Range(min=0, max=MAX_INT64),
                            metadata={"description": "Only events with an id above this one."})
 
 
@@ -636,10 +719,16 @@ class DatasetListSchema(Schema):
     next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})
 
 
+# What `POST /v1/datasets` reads, by the file name's suffix (any case); for the OpenAPI document.
+UPLOAD_NAME_PATTERN = (r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f/\\]"
+                       r"\.([cC][sS][vV]|[jJ][sS][oO][nN][lL]?|[pP][aA][rR][qQ][uU][eE][tT])$")
+
+
 class UploadQuerySchema(StrictSchema):
     """Query of a raw-body upload (a multipart upload names its file in the form)."""
 
-    filename = fields.String(validate=validate.Length(min=1, max=255), metadata={
+    filename = PlainString(validate=[validate.Length(min=1, max=255), validate.Regexp(
+        UPLOAD_NAME_PATTERN, error="Must be a file name ending in .csv, .json, .jsonl or .parquet.")], metadata={
         "description": "Name of the uploaded file; its suffix (.csv, .json, .jsonl, .parquet) fixes how it is "
                        "read. Needed for a raw body without a Content-Disposition file name."})
 
@@ -724,6 +813,8 @@ class ProblemSchema(Schema):
     status = fields.Integer()
     detail = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    request_id = fields.String(metadata={
+        "description": "The id of the request this answers (its `X-Request-ID`); the logs name it too."})
 
 
 class DryRunProblemSchema(ProblemSchema):

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from flask_smorest import Api
 
 from service.api.auth import install_auth
+from service.api.edge import install_edge
 from service.api.event_streams import EventStreams
+from service.api.openapi import (
+    PathParametersPlugin,
+    ProblemResponsesPlugin,
+    SchemaRulesPlugin,
+    exclusive_bounds,
+    plain_string_pattern,
+)
 from service.api.rate_limits import install_rate_limits
 from service.config import Settings
 from service.errors import install_error_handlers
@@ -35,9 +44,15 @@ def build_api(app: Flask) -> Api:
     from service.api.prometheus import blp as prometheus_blp
     from service.api.tenant import blp as tenant_blp
 
+    marshmallow_plugin = MarshmallowPlugin()
     api = FitjobsApi(app, spec_kwargs={
+        "marshmallow_plugin": marshmallow_plugin,
+        "extra_plugins": [ProblemResponsesPlugin(), SchemaRulesPlugin(), PathParametersPlugin()],
         "info": {"description": "Fine-tune transformers models with TensorFlow/Keras as a service. "
                                 "Errors are application/problem+json (RFC 9457)."}})
+    assert marshmallow_plugin.converter is not None, "the Api initialised its spec"
+    marshmallow_plugin.converter.add_attribute_function(exclusive_bounds)  # type: ignore[no-untyped-call]
+    marshmallow_plugin.converter.add_attribute_function(plain_string_pattern)  # type: ignore[no-untyped-call]
     for blueprint in (jobs_blp, datasets_blp, artifacts_blp, tenant_blp, health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
     return api
@@ -64,6 +79,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     install_auth(app, settings)
     # After install_auth: the limiter counts per tenant, which auth finds out.
     install_rate_limits(app, settings, app.extensions["fitjobs.store"].engine)
+    install_edge(app)
     # After flask-smorest, which registers its own JSON error handler for HTTPException.
     install_error_handlers(app)
     configure_logging(settings.log_level)

@@ -14,7 +14,7 @@ from werkzeug.http import parse_options_header
 from service.api.auth import current_tenant, listed_tenant, visible
 from service.api.context import current_settings
 from service.api.paging import decode_cursor, encode_cursor
-from service.api.sources import active_jobs_using, current_check_runner, current_dataset_store
+from service.api.sources import active_jobs_using, check_unavailable, current_check_runner, current_dataset_store
 from service.api.tenant import quota_exceeded
 from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
 from service.errors import (
@@ -50,16 +50,20 @@ log = logging.getLogger(__name__)
 
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The raw-body content types that name a format (application/octet-stream also works, with ?filename=).
+RAW_UPLOAD_TYPES = ("text/csv", "application/json", "application/x-ndjson", "application/vnd.apache.parquet")
 UPLOAD_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary",
-                     "description": "A .csv, .json, .jsonl or .parquet file."}}}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                     "description": "The file itself; name it with ?filename= or a "
-                                                    "Content-Disposition header."},
-        "text/csv": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "A .csv, .json, .jsonl or .parquet file."}}},
+            "encoding": {"file": {"contentType": ", ".join(RAW_UPLOAD_TYPES)}}},
+        **{media: {"schema": {"type": "string", "format": "binary"},
+                   "description": "The file itself, in the format its content type names; ?filename= (or a "
+                                  "Content-Disposition header) may name it, and its suffix then fixes the format."}
+           for media in RAW_UPLOAD_TYPES},
     },
 }
 
@@ -129,6 +133,8 @@ def upload_stream(query: dict[str, Any]) -> tuple[IO[bytes], str, str | None]:
 
 @blp.route("")
 class Datasets(MethodView):
+    RAW_BODY = True  # an upload's body is the file itself, whatever its content type (see service.api.edge)
+
     @blp.arguments(DatasetListQuerySchema, location="query")
     @blp.response(200, DatasetListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
@@ -200,8 +206,7 @@ class Datasets(MethodView):
                                      headers={"Retry-After": str(exc.retry_after)}) from exc
         except CheckFailed as exc:
             remove_upload(settings.uploads_dir, dataset_id, settings.storage)
-            raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}.",
-                                     extra={"retryable": not exc.timed_out}) from exc
+            raise check_unavailable(exc, "The uploaded file could not be checked") from exc
         except BaseException:
             remove_upload(settings.uploads_dir, dataset_id, settings.storage)
             raise
@@ -221,13 +226,17 @@ class DatasetResource(MethodView):
     def delete(self, dataset_id: str) -> Response:
         """Delete an uploaded dataset; refused while a queued or running job reads it."""
         load_dataset_record(dataset_id)
-        using = active_jobs_using(dataset_id)
-        if using:
-            ids = [job.id for job in using]
-            raise Conflict(f"Dataset {dataset_id} is read by {len(ids)} queued or running job(s): "
-                           f"{', '.join(ids)}; cancel them or wait until they end.", extra={"jobs": ids})
+
+        def refuse_while_read() -> None:
+            using = active_jobs_using(dataset_id)
+            if using:
+                ids = [job.id for job in using]
+                raise Conflict(f"Dataset {dataset_id} is read by {len(ids)} queued or running job(s): "
+                               f"{', '.join(ids)}; cancel them or wait until they end.", extra={"jobs": ids})
+
         try:
-            current_dataset_store().remove(dataset_id)
+            # Checked with the dataset locked: a submit naming it waits, or has already created its job.
+            current_dataset_store().remove(dataset_id, unless=refuse_while_read)
         except DatasetNotFound as exc:
             raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
         remove_upload(current_settings().uploads_dir, dataset_id, current_settings().storage)

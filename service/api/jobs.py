@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
@@ -16,8 +19,14 @@ from marshmallow import EXCLUDE
 from service.api.auth import current_tenant, listed_tenant, visible
 from service.api.context import current_event_streams, current_settings, current_store
 from service.api.event_streams import open_stream, stream_frames
-from service.api.paging import decode_cursor, encode_cursor
-from service.api.sources import check_spec_sources, current_check_runner, current_dataset_store, current_locations
+from service.api.paging import MAX_SEQ, decode_cursor, encode_cursor
+from service.api.sources import (
+    check_spec_sources,
+    check_unavailable,
+    current_check_runner,
+    current_dataset_store,
+    current_locations,
+)
 from service.api.tenant import quota_exceeded
 from service.artifacts import published_artifacts
 from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
@@ -42,6 +51,7 @@ from service.schemas import (
     IdempotencyHeaderSchema,
     JobListQuerySchema,
     JobListSchema,
+    JobQuerySchema,
     JobSchema,
     MetricsSchema,
     ProblemSchema,
@@ -86,13 +96,48 @@ def load_job(job_id: str) -> Job:
     return job
 
 
-def job_document(job: Job, queue: QueuePlace | None = None) -> dict[str, Any]:
+def records_digest(records: list[dict[str, Any]]) -> str:
+    """SHA-256 (hex) of inline rows as canonical JSON: sorted keys, no spaces, UTF-8."""
+    canonical = json.dumps(records, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def spec_document(spec: dict[str, Any], *, include_records: bool = False) -> dict[str, Any]:
+    """A stored spec as the API shows it: inline rows as their count and digest, unless included."""
+    data = spec.get("data")
+    if include_records or not isinstance(data, dict):
+        return spec
+    shown = dict(data)
+    for role in ("train", "validation"):
+        source = data.get(role)
+        if isinstance(source, dict) and isinstance(source.get("records"), list):
+            rest = {key: value for key, value in source.items() if key != "records"}
+            shown[role] = {**rest, "records_count": len(source["records"]),
+                           "records_sha256": records_digest(source["records"])}
+    return {**spec, "data": shown}
+
+
+def job_error(job: Job) -> dict[str, Any] | None:
+    """A job's error for JobErrorSchema, which dumps the failure code as a FailureCode member."""
+    return {**asdict(job.error), "code": FailureCode(job.error.code)} if job.error else None
+
+
+def job_document(job: Job, queue: QueuePlace | None = None, *, include_records: bool = False) -> dict[str, Any]:
     """The API representation of a job, ready for JobSchema; ``queue`` is its place while queued."""
     document = asdict(job)
-    # JobSchema documents the failure code as the FailureCode enum, and dumps enum members.
-    document["error"] = {**asdict(job.error), "code": FailureCode(job.error.code)} if job.error else None
+    document["spec"] = spec_document(job.spec, include_records=include_records)
+    document["error"] = job_error(job)
     document["queue"] = asdict(queue) if queue is not None else None
     return document
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """A job as lists show it, ready for JobSummarySchema: no spec, no result."""
+    return {"id": job.id, "state": job.state, "model": job.spec.get("model"), "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at, "updated_at": job.updated_at,
+            "attempt": job.attempt, "priority": job.priority, "cancel_requested": job.cancel_requested,
+            "progress": asdict(job.progress), "error": job_error(job), "reused_from": job.reused_from,
+            "tenant": job.tenant}
 
 
 def registered_workers() -> list[Worker]:
@@ -216,11 +261,15 @@ class Jobs(MethodView):
     @blp.arguments(JobListQuerySchema, location="query")
     @blp.response(200, JobListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
-        """List jobs, newest first, optionally of one state; follow `next` for more."""
+        """List jobs, newest first, optionally of one state; follow `next` for more.
+
+        Each job is a summary: its model, state, progress, times and error; GET /v1/jobs/{job_id}
+        has its spec and result.
+        """
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_store().list_jobs(
-            state=query.get("state"), limit=query["limit"], before_seq=before, tenant=listed_tenant())
-        return {"jobs": [job_document(job) for job in page],
+            state=query.get("state"), limit=query["limit"], before_seq=before, tenant=listed_tenant(), summary=True)
+        return {"jobs": [job_summary(job) for job in page],
                 "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
     @require_json_body
@@ -249,14 +298,23 @@ class Jobs(MethodView):
         # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
         fingerprint = job_fingerprint(spec)
         source = reusable_job(fingerprint) if spec["reuse"] else None
+        uploads = {spec["data"][role]["upload"]: role for role in ("train", "validation")
+                   if "upload" in spec["data"][role]}
         try:
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
                 max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
                 gpu_type=spec["resources"]["gpu_type"],
-                fingerprint=fingerprint, reuse_of=source, tenant=tenant.name, quotas=tenant.quotas)
+                fingerprint=fingerprint, reuse_of=source, tenant=tenant.name, quotas=tenant.quotas,
+                uploads=list(uploads))
         except QuotaReached as exc:
             raise quota_exceeded(exc) from exc
+        except DatasetNotFound as exc:
+            # Deleted since check_spec_sources saw it.
+            dataset_id = exc.args[0]
+            message = f"No uploaded dataset has the id {dataset_id!r}."
+            field = f"data.{uploads.get(dataset_id, 'train')}.upload"
+            raise ValidationFailed(f"{field}: {message}", errors={field: [message]}) from exc
         except IdempotencyConflict as exc:
             raise Conflict(f"Idempotency-Key {key!r} was already used for job {exc.job_id} with a "
                            "different spec; use a new key for a new job.", extra={"job_id": exc.job_id}) from exc
@@ -288,8 +346,7 @@ def dry_run(spec: dict[str, Any]) -> dict[str, Any]:
     except CheckFailed as exc:
         hint = (" The data may be too large to check quickly; a job checks it again as its first phase."
                 if exc.timed_out else "")
-        raise ServiceUnavailable(f"The dry run could not finish: {exc}.{hint}",
-                                 extra={"retryable": not exc.timed_out}) from exc
+        raise check_unavailable(exc, "The dry run could not finish", hint) from exc
 
 
 @blp.route("/jobs:validate")
@@ -323,11 +380,16 @@ class JobValidation(MethodView):
 
 @blp.route("/jobs/<job_id>")
 class JobResource(MethodView):
+    @blp.arguments(JobQuerySchema, location="query")
     @blp.response(200, JobSchema)
-    def get(self, job_id: str) -> dict[str, Any]:
-        """A job's state, progress, timestamps, error or result; while queued, its place in line and why it waits."""
+    def get(self, query: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """A job's state, progress, timestamps, error or result; while queued, its place in line and why it waits.
+
+        Inline `records` of its spec show as `records_count` and `records_sha256`; `?include=records`
+        returns the rows themselves.
+        """
         job = load_job(job_id)
-        return job_document(job, queue_place(job))
+        return job_document(job, queue_place(job), include_records=query.get("include") == "records")
 
 
 @blp.route("/jobs/<job_id>/cancel")
@@ -372,8 +434,7 @@ class JobEvents(MethodView):
         """
         job = load_job(job_id)
         if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-            last_seen = request.headers.get("Last-Event-ID", "").strip()
-            after = int(last_seen) if last_seen.isdigit() else query["after"]
+            after = last_event_id() if request.headers.get("Last-Event-ID", "").strip() else query["after"]
             streams = current_event_streams()
             backlog, subscription = open_stream(streams, job, after)
             response = Response(stream_frames(streams, backlog, subscription,
@@ -386,6 +447,16 @@ class JobEvents(MethodView):
             return response
         events = current_store().list_events(job_id, after=query["after"])
         return {"events": [asdict(event) for event in events]}
+
+
+def last_event_id() -> int:
+    """The event id a reconnecting event stream resumes after, from `Last-Event-ID`; a 422 unless it is one."""
+    given = request.headers.get("Last-Event-ID", "").strip()
+    # [0-9], not str.isdigit(): that accepts other scripts' digits, which int() then reads.
+    if not re.fullmatch(r"[0-9]{1,19}", given) or int(given) > MAX_SEQ:
+        message = "Must be the id of an event this stream sent (digits 0-9, at most 2**63 - 1)."
+        raise ValidationFailed(f"Last-Event-ID: {message}", errors={"Last-Event-ID": [message]})
+    return int(given)
 
 
 @blp.route("/jobs/<job_id>/logs")

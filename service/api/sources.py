@@ -6,6 +6,7 @@ look at paths, the dataset records and the job store, never at the data itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -14,12 +15,26 @@ from flask import current_app
 from service.api.auth import current_tenant
 from service.api.context import current_settings, current_store
 from service.artifacts import has_model
-from service.check_runner import CheckLimits, CheckRunner
-from service.errors import ValidationFailed, summarize_errors
+from service.check_runner import CheckFailed, CheckLimits, CheckRunner
+from service.errors import ServiceUnavailable, ValidationFailed, summarize_errors
 from service.jobs import Job, JobState
 from service.locations import Locations, PathRefused, check_data_url, contained_path
 from service.store import JobNotFound
 from service.store.dataset_store import DatasetNotFound, DatasetStore
+
+log = logging.getLogger(__name__)
+
+
+def check_unavailable(exc: CheckFailed, failed: str, hint: str = "") -> ServiceUnavailable:
+    """The 503 of a check that did not finish; it says whether time ran out, and logs the cause.
+
+    The cause itself (an OS error, the check process's exception) stays in the log: it can
+    name files and folders of this host.
+    """
+    log.warning("%s: %s", failed, exc)
+    why = (f"it ran out of its {current_settings().check_timeout:g} s limit" if exc.timed_out
+           else "the check process failed; the cause was logged with this request's id")
+    return ServiceUnavailable(f"{failed}: {why}.{hint}", extra={"retryable": not exc.timed_out})
 
 
 def current_dataset_store() -> DatasetStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,8 +89,21 @@ class DatasetStore:
             return page[:limit], page[limit - 1].seq
         return page, None
 
-    def remove(self, dataset_id: str) -> None:
-        """Forget a dataset; raises DatasetNotFound when there is none."""
-        with self.engine.begin() as conn:
-            if conn.execute(delete(datasets).where(datasets.c.id == dataset_id)).rowcount != 1:
-                raise DatasetNotFound(dataset_id)
+    def remove(self, dataset_id: str, *, unless: Callable[[], None] | None = None) -> None:
+        """Forget a dataset; raises DatasetNotFound when there is none.
+
+        ``unless`` runs while the dataset's row is locked (SELECT ... FOR UPDATE on PostgreSQL,
+        the write lock on SQLite) and vetoes the removal by raising. A job created with this
+        dataset (JobStore.create_job with ``uploads``) takes the same lock, so ``unless`` sees
+        every such job that will ever exist, and none is created once the row is gone.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                locked = conn.execute(select(datasets.c.id).where(datasets.c.id == dataset_id)
+                                      .with_for_update()).first()
+                if locked is None:
+                    raise DatasetNotFound(dataset_id)
+                if unless is not None:
+                    unless()
+                conn.execute(delete(datasets).where(datasets.c.id == dataset_id))

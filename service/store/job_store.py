@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
+from service.store.dataset_store import DatasetNotFound
 from service.store.queue_depth import queue_depth_sql
-from service.store.tables import job_events, jobs, metrics, workers
+from service.store.tables import datasets, job_events, jobs, metrics, workers
 from service.store.tenant_lock import lock_tenant
 from service.tenants import DEFAULT_TENANT, QuotaReached, Quotas
 
@@ -80,8 +81,16 @@ def _event_from_row(row: Row[Any]) -> JobEvent:
                     state=JobState(row.state) if row.state else None, data=row.data)
 
 
+# A job as lists show it: every column but the spec (only its model) and the result, which can be
+# megabytes each (inline records, evaluation reports).
+SUMMARY_COLUMNS = [*(column for column in jobs.c if column.name not in ("spec", "result")),
+                   jobs.c.spec["model"].label("spec_model")]
+
+
 def _job_from_row(row: Row[Any]) -> Job:
-    m = row._mapping
+    m: dict[str, Any] = dict(row._mapping)
+    if "spec_model" in m:  # a summary row (SUMMARY_COLUMNS)
+        m.update(spec={"model": m["spec_model"]}, result=None)
     error = (JobError(m["error_code"], m["error_message"] or "", bool(m["error_retryable"]))
              if m["error_code"] else None)
     return Job(
@@ -129,7 +138,7 @@ class JobStore:
                    max_runtime_seconds: int | None = None,
                    gpus: int | None = None, gpu_type: str | None = None, fingerprint: str | None = None,
                    reuse_of: Job | None = None, tenant: str = DEFAULT_TENANT,
-                   quotas: Quotas | None = None) -> tuple[Job, bool]:
+                   quotas: Quotas | None = None, uploads: Sequence[str] = ()) -> tuple[Job, bool]:
         """Queue a new job for ``spec`` in ``tenant``; returns (job, created).
 
         With ``reuse_of`` (a job find_reusable_job gave for the same ``fingerprint``) the job is
@@ -137,7 +146,9 @@ class JobStore:
         With an ``idempotency_key`` already used for the same spec, the existing job comes
         back with created=False; used for a different spec, IdempotencyConflict is raised.
         Keys are the tenant's own. A job to queue that would take the tenant past the
-        active_jobs or gpus of ``quotas`` raises QuotaReached instead.
+        active_jobs or gpus of ``quotas`` raises QuotaReached instead. The uploaded datasets in
+        ``uploads`` are locked while the job is inserted (see DatasetStore.remove), and
+        DatasetNotFound is raised when one no longer exists.
         """
         digest = spec_digest(spec)
         if idempotency_key is not None:
@@ -153,6 +164,7 @@ class JobStore:
                       tenant=tenant)
         try:
             with self._write() as conn:
+                self._lock_uploads(conn, uploads)
                 source = (self._reusable(conn, reuse_of.id, fingerprint)
                           if reuse_of is not None and fingerprint is not None else None)
                 if source is None:
@@ -168,6 +180,22 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
+
+    @staticmethod
+    def _lock_uploads(conn: Connection, uploads: Sequence[str]) -> None:
+        """Lock the rows of these uploaded datasets until the transaction ends; DatasetNotFound if one is gone.
+
+        A delete of one of them waits for this transaction, and then sees the job it inserted;
+        a delete that locked first has removed the row once this lock is granted.
+        """
+        wanted = sorted(set(uploads))
+        if not wanted:
+            return
+        found = set(conn.execute(select(datasets.c.id).where(datasets.c.id.in_(wanted))
+                                 .order_by(datasets.c.id).with_for_update()).scalars())
+        for dataset_id in wanted:
+            if dataset_id not in found:
+                raise DatasetNotFound(dataset_id)
 
     def _check_job_quotas(self, conn: Connection, tenant: str, quotas: Quotas, gpus: int | None) -> None:
         """Raise QuotaReached when one more job (needing ``gpus``) takes ``tenant`` past its quotas."""
@@ -237,10 +265,15 @@ class JobStore:
             return self._get(conn, job_id)
 
     def list_jobs(self, *, state: JobState | None = None, limit: int = 20,
-                  before_seq: int | None = None, tenant: str | None = None) -> tuple[list[Job], int | None]:
+                  before_seq: int | None = None, tenant: str | None = None,
+                  summary: bool = False) -> tuple[list[Job], int | None]:
         """Newest first, of one tenant or (None) all; returns a page and the seq to continue before,
-        or None at the end."""
-        query = select(jobs).order_by(jobs.c.seq.desc()).limit(limit + 1)
+        or None at the end.
+
+        With ``summary`` the jobs carry only their model as spec, and no result: neither is read.
+        """
+        query = select(*SUMMARY_COLUMNS) if summary else select(jobs)
+        query = query.order_by(jobs.c.seq.desc()).limit(limit + 1)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
         if state is not None:

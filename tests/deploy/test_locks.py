@@ -103,7 +103,7 @@ def test_this_environment_runs_the_locked_versions() -> None:
     """`make setup` installs the CPU lock first, so the tests run what the images install."""
     from importlib.metadata import PackageNotFoundError, version
 
-    mismatched = {}
+    mismatched: dict[str, tuple[str, str | None]] = {}
     for name, (locked, _) in read_lock(LOCKS["cpu"]).items():
         try:
             installed = version(name)
