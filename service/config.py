@@ -15,9 +15,12 @@ import sysconfig
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.tenants import DEFAULT_ROLES, DEFAULT_TENANT, Quotas, Role, Tenant, read_tenants_file, token_hash
+
+if TYPE_CHECKING:
+    from service.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,32 @@ def _worker_class(value: str) -> str:
     return text
 
 
+def _storage_url(value: str) -> str:
+    # Empty is resolved to FITJOBS_HOME in Settings.from_env; a bare path is a local folder.
+    text = value.strip()
+    if not text:
+        return ""
+    if "://" not in text:
+        return Path(text).expanduser().absolute().as_uri()
+    scheme = text.split("://", 1)[0].lower()
+    if scheme not in ("file", "s3", "gs", "gcs"):
+        raise ValueError("must be a folder, file:///folder, s3://bucket/prefix or gs://bucket/prefix")
+    if scheme != "file" and not text.split("://", 1)[1].strip("/"):
+        raise ValueError("names no bucket")
+    return text.rstrip("/")
+
+
+def _url_prefixes(value: str) -> tuple[str, ...]:
+    prefixes = tuple(part.strip() for part in value.split(",") if part.strip())
+    for prefix in prefixes:
+        scheme, _, rest = prefix.partition("://")
+        if scheme not in ("s3", "gs") or not rest.strip("/"):
+            raise ValueError(f"{prefix!r} is not an s3://bucket/prefix or gs://bucket/prefix URL")
+        if ".." in rest.split("/"):
+            raise ValueError(f"{prefix!r} contains a '..' component")
+    return prefixes
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -150,6 +179,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "SQLAlchemy database URL; empty means SQLite at $FITJOBS_HOME/fitjobs.db."),
     SettingSpec("FITJOBS_DATA_ROOT", "data_root", "", str,
                 "Folder that `data.*.path` in a spec is resolved under; empty means $FITJOBS_HOME/data."),
+    SettingSpec("FITJOBS_STORAGE_URL", "storage_url", "", _storage_url,
+                "Where uploads, checkpoints and artifacts are kept: a folder (`file:///path`; empty means "
+                "$FITJOBS_HOME) or an object store (`s3://bucket/prefix`, `gs://bucket/prefix`), whose credentials "
+                "and endpoint come from the cloud's standard variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                "GOOGLE_APPLICATION_CREDENTIALS, workload identity). With an object store, workers keep only "
+                "scratch space in $FITJOBS_HOME."),
+    SettingSpec("FITJOBS_DATA_URL_PREFIXES", "data_url_prefixes", "", _url_prefixes,
+                "Comma-separated `s3://bucket/prefix` or `gs://bucket/prefix` URLs that `data.*.url` in a spec "
+                "must lie under; empty allows no data URLs."),
     SettingSpec("FITJOBS_HOST", "host", "127.0.0.1", str, "Address the API listens on."),
     SettingSpec("FITJOBS_PORT", "port", "8080", _port, "TCP port the API listens on."),
     SettingSpec("FITJOBS_API_WORKERS", "api_workers", "2", _positive_int,
@@ -332,6 +370,8 @@ class Settings:
     home: Path
     database_url: str
     data_root: Path
+    storage_url: str
+    data_url_prefixes: tuple[str, ...]
     host: str
     port: int
     api_workers: int
@@ -410,6 +450,8 @@ class Settings:
         values["home"] = home
         if not values["database_url"]:
             values["database_url"] = f"sqlite:///{home / 'fitjobs.db'}"
+        if not values["storage_url"]:
+            values["storage_url"] = home.as_uri()
         data_root = values["data_root"]
         values["data_root"] = (Path(data_root).expanduser().absolute()
                                if data_root else home / "data")
@@ -443,14 +485,32 @@ class Settings:
         return self.home / "jobs"
 
     @property
+    def storage(self) -> Storage:
+        """Where uploads, checkpoints and artifacts are kept (FITJOBS_STORAGE_URL)."""
+        from service.storage import open_storage
+
+        return open_storage(self.storage_url)
+
+    @property
+    def storage_is_home(self) -> bool:
+        """Whether storage is FITJOBS_HOME itself, so checkpoints there need no copy."""
+        root = self.storage.local_root
+        return root is not None and root.absolute() == self.home
+
+    @property
+    def local_storage_dir(self) -> Path:
+        """The folder of local storage; with an object store, this node's copies under FITJOBS_HOME."""
+        return self.storage.local_root or self.home
+
+    @property
     def artifacts_dir(self) -> Path:
-        """Published artifacts, one folder per succeeded job."""
-        return self.home / "artifacts"
+        """Published artifacts, one folder per succeeded job (with an object store: copies fetched here)."""
+        return self.local_storage_dir / "artifacts"
 
     @property
     def uploads_dir(self) -> Path:
-        """Uploaded datasets, one folder per dataset id."""
-        return self.home / "uploads"
+        """Uploaded datasets, one folder per dataset id (with an object store: copies fetched here)."""
+        return self.local_storage_dir / "uploads"
 
     @property
     def cache_dir(self) -> Path:
@@ -478,5 +538,6 @@ class Settings:
             "FITJOBS_HOME": str(self.home),
             "FITJOBS_DATABASE_URL": self.database_url,
             "FITJOBS_DATA_ROOT": str(self.data_root),
+            "FITJOBS_STORAGE_URL": self.storage_url,
         })
         return env

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.locations import Locations, PathRefused, contained_path, model_source
+from service.locations import Locations, PathRefused, contained_path, data_url_storage, model_source
 from service.uploads import UploadedDataset
 
 # Bumped whenever what goes into a fingerprint changes, so old fingerprints never match new ones.
@@ -133,6 +133,17 @@ def source_identity(source: dict[str, Any], locations: Locations, lookup_upload:
         # The suffix picks the loader (the same bytes read as CSV or JSON are different rows).
         kind = "folder" if path.is_dir() else path.suffix.lower()
         return {**{k: v for k, v in source.items() if k != "path"}, "files": kind, "sha256": sha256}
+    if "url" in source:
+        try:
+            storage, key = data_url_storage(source["url"])
+            info = storage.info(key)
+        except Exception as exc:
+            raise Unreadable(f"data URL {source['url']!r}: {exc}") from exc
+        # The object's ETag (S3) or hash (GCS) changes with its content; without one there is no reuse.
+        version = info.get("ETag") or info.get("md5Hash") or info.get("etag")
+        if not version:
+            raise Unreadable(f"data URL {source['url']!r} has no content hash")
+        return {"url": source["url"], "version": str(version), "size": info.get("size")}
     if "upload" in source:
         uploaded = lookup_upload(source["upload"])
         if uploaded is None:

@@ -65,6 +65,7 @@ class FailureCode(str, enum.Enum):
     INTERNAL = "internal"
     # Appended last: exit statuses stand for codes by their position (service.trainer.outcome).
     BELOW_THRESHOLD = "below_threshold"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
     @property
     def retryable(self) -> bool:
@@ -73,7 +74,7 @@ class FailureCode(str, enum.Enum):
 
 
 RETRYABLE_CODES = frozenset({FailureCode.OUT_OF_MEMORY, FailureCode.KILLED, FailureCode.OWNER_LOST,
-                             FailureCode.DISK_FULL})
+                             FailureCode.DISK_FULL, FailureCode.STORAGE_UNAVAILABLE})
 
 
 @dataclass(frozen=True)

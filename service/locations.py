@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import MODEL_FOLDER, job_artifacts_dir
+from service.artifacts import MODEL_FOLDER, artifacts_key, job_artifacts_dir
+from service.storage import Storage, open_storage
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
+JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
 UPLOAD_STEM = "data"
 UPLOAD_CACHE = "arrow-cache"
 # Percent-escapes and their lookalikes are refused outright: a path that only means something
@@ -38,24 +40,28 @@ class Locations:
     uploads_dir: Path
     artifacts_dir: Path
     model_roots: tuple[Path, ...] = ()
+    data_url_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any, data_root: Path | None = None) -> Locations:
         """The locations of a Settings (``data_root`` overrides its data root)."""
         return cls(data_root=data_root or settings.data_root, uploads_dir=settings.uploads_dir,
-                   artifacts_dir=settings.artifacts_dir, model_roots=tuple(settings.model_roots))
+                   artifacts_dir=settings.artifacts_dir, model_roots=tuple(settings.model_roots),
+                   data_url_prefixes=tuple(settings.data_url_prefixes))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain strings, for handing to another process."""
         return {"data_root": str(self.data_root), "uploads_dir": str(self.uploads_dir),
-                "artifacts_dir": str(self.artifacts_dir), "model_roots": [str(p) for p in self.model_roots]}
+                "artifacts_dir": str(self.artifacts_dir), "model_roots": [str(p) for p in self.model_roots],
+                "data_url_prefixes": list(self.data_url_prefixes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Locations:
         """The inverse of to_dict."""
         return cls(data_root=Path(data["data_root"]), uploads_dir=Path(data["uploads_dir"]),
                    artifacts_dir=Path(data["artifacts_dir"]),
-                   model_roots=tuple(Path(p) for p in data.get("model_roots", ())))
+                   model_roots=tuple(Path(p) for p in data.get("model_roots", ())),
+                   data_url_prefixes=tuple(data.get("data_url_prefixes", ())))
 
 
 def check_path_text(value: str) -> None:
@@ -149,6 +155,46 @@ def passes_through_system_folder(path: str, max_links: int = 40) -> bool:
     return False
 
 
+DATA_URL_SCHEMES = ("s3", "gs")
+
+
+def check_data_url_text(value: str) -> tuple[str, list[str]]:
+    """(scheme, components) of an s3:// or gs:// file URL; refuses spellings that could leave a prefix."""
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme not in DATA_URL_SCHEMES:
+        raise PathRefused("is not an s3:// or gs:// URL")
+    check_path_text(rest)
+    parts = rest.split("/")
+    if len(parts) < 2 or any(part in ("", ".") for part in parts):
+        raise PathRefused("has an empty or '.' component; name one file as s3://bucket/folder/file.csv")
+    return scheme, parts
+
+
+def check_data_url(value: str, prefixes: Sequence[str]) -> str:
+    """The URL, when it names a file under one of the allowed ``prefixes`` (compared component by component).
+
+    The same rules as data paths: no '..', '.' or empty components, no percent-escapes or
+    backslashes, and the prefix must match whole components, so ``s3://b/data`` allows
+    ``s3://b/data/x.csv`` but not ``s3://b/database.csv``.
+    """
+    scheme, parts = check_data_url_text(value)
+    if not prefixes:
+        raise PathRefused("cannot be read: no data URLs are allowed here (FITJOBS_DATA_URL_PREFIXES is empty)")
+    for prefix in prefixes:
+        prefix_scheme, _, prefix_rest = prefix.partition("://")
+        prefix_parts = [part for part in prefix_rest.split("/") if part]
+        if prefix_scheme == scheme and len(parts) > len(prefix_parts) and parts[:len(prefix_parts)] == prefix_parts:
+            return f"{scheme}://{'/'.join(parts)}"
+    raise PathRefused("lies outside the allowed data URL prefixes (FITJOBS_DATA_URL_PREFIXES)")
+
+
+def data_url_storage(url: str) -> tuple[Storage, str]:
+    """The storage of a data URL's bucket, and the URL's key in it."""
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    return open_storage(f"{scheme}://{bucket}"), key
+
+
 def upload_dir(uploads_dir: Path, dataset_id: str) -> Path:
     """The folder of an uploaded dataset; refuses ids this service did not issue."""
     if not DATASET_ID.match(dataset_id):
@@ -163,9 +209,58 @@ def upload_file(uploads_dir: Path, dataset_id: str) -> Path | None:
     return found[0] if found else None
 
 
+UPLOADS = "uploads"
+LOGS = "logs"
+
+
+def trainer_log_key(job_id: str, attempt: int) -> str:
+    """Where the trainer log of one attempt is copied in storage, for API pods that cannot see the worker's disk."""
+    return f"{LOGS}/{job_id}/attempt-{attempt}.log"
+
+
+def upload_key(storage: Storage, dataset_id: str) -> str | None:
+    """The storage key of an uploaded dataset's file, or None when there is none."""
+    folder = f"{UPLOADS}/{upload_dir(Path(UPLOADS), dataset_id).name}"
+    names = [f.name for f in storage.list_files(folder) if "/" not in f.name and f.name.startswith(f"{UPLOAD_STEM}.")]
+    return f"{folder}/{sorted(names)[0]}" if names else None
+
+
+def fetch_upload(storage: Storage, uploads_dir: Path, dataset_id: str) -> None:
+    """Copy an uploaded dataset's file from an object store into its local folder, unless it is there already."""
+    if storage.is_local:
+        return  # the local folder is the stored one
+    key = upload_key(storage, dataset_id)
+    if key is None:
+        return  # deleted: the data loader reports upload_not_found
+    local = upload_dir(uploads_dir, dataset_id) / key.rsplit("/", 1)[1]
+    if local.is_file() and local.stat().st_size == storage.size(key):
+        return
+    storage.get_file(key, local)
+
+
+def fetch_inputs(spec: dict[str, Any], storage: Storage, locations: Locations) -> None:
+    """Copy the uploads and the job model a spec reads from an object store to this node's folders.
+
+    They land where local storage keeps them (``locations.uploads_dir``, ``.artifacts_dir``),
+    so the data and model loaders read them as always; with local storage nothing is copied.
+    """
+    if storage.is_local:
+        return
+    for role in ("train", "validation"):
+        dataset_id = ((spec.get("data") or {}).get(role) or {}).get("upload")
+        if isinstance(dataset_id, str) and DATASET_ID.match(dataset_id):
+            fetch_upload(storage, locations.uploads_dir, dataset_id)
+    model = spec.get("model")
+    if isinstance(model, dict) and isinstance(model.get("job"), str) and JOB_ID.match(model["job"]):
+        local = job_artifacts_dir(locations.artifacts_dir, model["job"])
+        if not local.is_dir():
+            # Missing in storage too: the model loader then reports model_not_found.
+            storage.fetch_published(artifacts_key(model["job"]), local)
+
+
 def job_model_dir(artifacts_dir: Path, job_id: str) -> Path:
     """The published model folder of a succeeded job."""
-    if not re.match(r"^job_[0-9a-f]{32}$", job_id):
+    if not JOB_ID.match(job_id):
         raise PathRefused(f"{job_id!r} is not a job id")
     return job_artifacts_dir(artifacts_dir, job_id) / MODEL_FOLDER
 

@@ -12,7 +12,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
 from service.jobs import GPU_TYPE_PATTERN, FailureCode, JobState, QueueReason
-from service.locations import DATASET_ID, PathRefused, check_path_text
+from service.locations import DATASET_ID, PathRefused, check_data_url_text, check_path_text
 
 MAX_RECORDS = 10_000
 MAX_MAX_LENGTH = 4096
@@ -63,13 +63,16 @@ SOURCE_REVISION = validate.Regexp(r"^[\w.\-/]{1,256}$", error="Must be a branch,
 
 
 class TrainSourceSchema(StrictSchema):
-    """Where training rows come from: exactly one of ``path``, ``records``, ``upload`` or ``dataset``."""
+    """Where training rows come from: exactly one of ``path``, ``url``, ``records``, ``upload`` or ``dataset``."""
 
-    source_keys: tuple[str, ...] = ("path", "records", "upload", "dataset")
+    source_keys: tuple[str, ...] = ("path", "url", "records", "upload", "dataset")
 
     path = PlainString(validate=validate.Length(min=1, max=4096), metadata={
         "description": "A .csv, .json, .jsonl or .parquet file, or a folder written by `save_to_disk`, "
                        "under the data root (FITJOBS_DATA_ROOT): relative to it, or absolute inside it."})
+    url = fields.String(validate=validate.Length(min=1, max=4096), metadata={
+        "description": "A .csv, .json, .jsonl or .parquet file in an object store (`s3://bucket/key`, "
+                       "`gs://bucket/key`) under one of the allowed prefixes (FITJOBS_DATA_URL_PREFIXES)."})
     records = fields.List(
         fields.Dict(keys=PlainString(), values=fields.Raw(allow_none=True)),
         validate=validate.Length(min=1, max=MAX_RECORDS),
@@ -118,6 +121,13 @@ class TrainSourceSchema(StrictSchema):
     def _path_is_plain(self, value: str, **_: Any) -> None:
         check_data_path(value)
 
+    @validates("url")
+    def _url_is_plain(self, value: str, **_: Any) -> None:
+        try:
+            check_data_url_text(value)
+        except PathRefused as exc:
+            raise ValidationError(f"Must be an s3:// or gs:// URL of a file; this one {exc}.") from exc
+
     @validates_schema
     def _exactly_one(self, data: dict[str, Any], **_: Any) -> None:
         given = [name for name in self.source_keys if name in data]
@@ -132,7 +142,7 @@ class TrainSourceSchema(StrictSchema):
 class ValidationSourceSchema(TrainSourceSchema):
     """Where validation rows come from, or which share of the training rows to hold out."""
 
-    source_keys = ("path", "records", "upload", "dataset", "split_fraction")
+    source_keys = ("path", "url", "records", "upload", "dataset", "split_fraction")
 
     split_fraction = fields.Float(
         validate=validate.Range(min=0.0, max=0.5, min_inclusive=False),
@@ -463,7 +473,8 @@ class JobErrorSchema(Schema):
     code = fields.Enum(FailureCode, by_value=True, metadata={
         "type": "string",
         "description": "Why the job failed. below_threshold: the model missed the spec's acceptance threshold; "
-                       "its result, report and model are kept."})
+                       "its result, report and model are kept. storage_unavailable: the object store "
+                       "(FITJOBS_STORAGE_URL) could not be reached or refused access."})
     message = fields.String()
     retryable = fields.Boolean(metadata={"description": "Whether submitting the same spec again may succeed."})
 

@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from service.locations import UPLOAD_STEM, upload_dir
+from service.locations import UPLOAD_STEM, UPLOADS, upload_dir
+from service.storage import Storage
 
 # File suffix -> the `datasets` loader that reads it.
 UPLOAD_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -167,9 +168,22 @@ def store_upload(stream: IO[bytes], uploads_dir: Path, dataset_id: str, suffix: 
     return target, size, digest.hexdigest()
 
 
-def remove_upload(uploads_dir: Path, dataset_id: str) -> None:
-    """Delete an uploaded dataset's folder (its file and the table cache built from it)."""
+def keep_upload(storage: Storage, path: Path, dataset_id: str) -> None:
+    """Store a checked upload: with an object store it is copied there and the local file removed.
+
+    With local storage the file already lies in its place (``store_upload`` wrote it there).
+    """
+    if storage.is_local:
+        return
+    storage.put_file(path, f"{UPLOADS}/{dataset_id}/{path.name}")
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def remove_upload(uploads_dir: Path, dataset_id: str, storage: Storage | None = None) -> None:
+    """Delete an uploaded dataset's folder (its file and the table cache built from it), in storage too."""
     shutil.rmtree(upload_dir(uploads_dir, dataset_id), ignore_errors=True)
+    if storage is not None and not storage.is_local:
+        storage.remove(f"{UPLOADS}/{upload_dir(Path(UPLOADS), dataset_id).name}")
 
 
 @dataclass(frozen=True)

@@ -2,27 +2,62 @@
 
 A succeeded job has published artifacts, and so has a job that failed as below_threshold
 (its model and report are published before the threshold is checked). A job that reused
-another job's result serves that job's published files: nothing is copied.
+another job's result serves that job's published files: nothing is copied. With an object
+store (FITJOBS_STORAGE_URL) files are streamed from it; nothing is copied to the API's disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, send_file
+from flask import Response, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from werkzeug.wsgi import wrap_file
 
 from service.api.context import current_settings
 from service.api.jobs import artifact_owner, load_job
-from service.artifacts import EVALUATION_FILE, ArtifactNotFound, artifact_path, list_artifacts, model_tarball
-from service.errors import NotFound
+from service.artifacts import (
+    ARTIFACTS,
+    EVALUATION_FILE,
+    ArtifactNotFound,
+    artifact_path,
+    list_artifacts,
+    model_tarball,
+    open_artifact,
+    read_artifact,
+    stored_model_tarball,
+)
+from service.errors import NotFound, ServiceUnavailable
 from service.schemas import ArtifactListSchema, EvaluationSchema
+from service.storage import StorageUnavailable
 
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
+STREAM_CHUNK_BYTES = 1 << 20  # each read of an object store file is a call on another thread
 BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Answer 503 when the object store cannot be reached, as for the database."""
+    try:
+        yield
+    except StorageUnavailable as exc:
+        raise ServiceUnavailable(f"The artifact store cannot be reached right now: {exc}.",
+                                 extra={"retryable": True}) from exc
+
+
+def streamed(stream: Any, size: int, mimetype: str, download_name: str) -> Response:
+    """A download response that streams ``stream`` (read in blocks, closed at the end) of ``size`` bytes."""
+    response = Response(wrap_file(request.environ, stream, buffer_size=STREAM_CHUNK_BYTES), mimetype=mimetype,
+                        direct_passthrough=True)
+    response.content_length = size
+    response.headers.set("Content-Disposition", "attachment", filename=download_name)
+    return response
 
 
 @blp.route("/<job_id>/artifacts")
@@ -30,7 +65,9 @@ class JobArtifacts(MethodView):
     @blp.response(200, ArtifactListSchema)
     def get(self, job_id: str) -> dict[str, Any]:
         """Every published file with its size; empty until the job publishes its model."""
-        found = list_artifacts(current_settings().artifacts_dir, artifact_owner(load_job(job_id)))
+        owner = artifact_owner(load_job(job_id))
+        with storage_errors():
+            found = list_artifacts(current_settings().storage, owner)
         return {"artifacts": [{"name": a.name, "size": a.size} for a in found]}
 
 
@@ -40,11 +77,16 @@ class JobArtifact(MethodView):
     def get(self, job_id: str, name: str) -> Response:
         """One published file, by the name the artifact list gives."""
         owner = artifact_owner(load_job(job_id))
+        storage = current_settings().storage
         try:
-            path = artifact_path(current_settings().artifacts_dir, owner, name)
+            if storage.local_root is not None:
+                path = artifact_path(storage.local_root / ARTIFACTS, owner, name)
+                return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
+            with storage_errors():
+                stream, size = open_artifact(storage, owner, name)
         except ArtifactNotFound as exc:
             raise NotFound(f"Job {job_id} has no artifact named {name!r}.") from exc
-        return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
+        return streamed(stream, size, "application/octet-stream", name.rsplit("/", 1)[-1])
 
 
 @blp.route("/<job_id>/model.tar.gz")
@@ -55,13 +97,19 @@ class JobModelTarball(MethodView):
         """The trained model as a tar.gz whose top level `from_pretrained` loads."""
         job = load_job(job_id)
         settings = current_settings()
+        storage = settings.storage
         try:
             # Built and cached under the owner's id, so a reused model is archived once.
-            tarball = model_tarball(settings.artifacts_dir, settings.cache_dir, artifact_owner(job))
+            if storage.local_root is not None:
+                tarball = model_tarball(storage.local_root / ARTIFACTS, settings.cache_dir, artifact_owner(job))
+                return send_file(tarball, mimetype="application/gzip", as_attachment=True,
+                                 download_name=f"{job_id}.model.tar.gz", conditional=True)
+            with storage_errors():
+                key, size = stored_model_tarball(storage, settings.cache_dir, artifact_owner(job))
+                stream = storage.open(key)
         except ArtifactNotFound as exc:
             raise NotFound(f"Job {job_id} is {job.state.value}; it has no model to download.") from exc
-        return send_file(tarball, mimetype="application/gzip", as_attachment=True,
-                         download_name=f"{job_id}.model.tar.gz", conditional=True)
+        return streamed(stream, size, "application/gzip", f"{job_id}.model.tar.gz")
 
 
 @blp.route("/<job_id>/evaluation")
@@ -77,8 +125,9 @@ class JobEvaluation(MethodView):
         """
         job = load_job(job_id)
         try:
-            path = artifact_path(current_settings().artifacts_dir, artifact_owner(job), EVALUATION_FILE)
-            report: dict[str, Any] = json.loads(path.read_text())
+            with storage_errors():
+                report: dict[str, Any] = json.loads(read_artifact(current_settings().storage, artifact_owner(job),
+                                                                  EVALUATION_FILE))
         except (ArtifactNotFound, FileNotFoundError) as exc:
             still = "" if job.state.is_terminal else " yet"
             raise NotFound(f"Job {job_id} is {job.state.value}; it has no evaluation{still}.") from exc

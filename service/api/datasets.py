@@ -35,6 +35,7 @@ from service.uploads import (
     UploadLimits,
     UploadRefused,
     clean_filename,
+    keep_upload,
     new_dataset_id,
     remove_upload,
     store_upload,
@@ -186,27 +187,28 @@ class Datasets(MethodView):
             if "problem" in table:
                 message = table["problem"][0].upper() + table["problem"][1:]
                 raise ValidationFailed(f"{message}.", errors={"file": [f"{message}."]})
+            keep_upload(settings.storage, path, dataset_id)
             dataset = current_dataset_store().add(
                 dataset_id=dataset_id, filename=filename, format=suffix.lstrip("."), size_bytes=size,
                 sha256=sha256, rows=table["rows"], columns=table["columns"], tenant=tenant.name,
                 max_tenant_bytes=tenant.quotas.upload_bytes)
         except QuotaReached as exc:
-            remove_upload(settings.uploads_dir, dataset_id)
+            remove_upload(settings.uploads_dir, dataset_id, settings.storage)
             raise quota_exceeded(exc) from exc
         except CheckLimitExceeded as exc:
-            remove_upload(settings.uploads_dir, dataset_id)
+            remove_upload(settings.uploads_dir, dataset_id, settings.storage)
             message = f"The uploaded file could not be checked within its limits: {exc}."
             raise ValidationFailed(message, errors={"file": [message]}) from exc
         except CheckBusy as exc:
-            remove_upload(settings.uploads_dir, dataset_id)
+            remove_upload(settings.uploads_dir, dataset_id, settings.storage)
             raise ServiceUnavailable(f"The uploaded file could not be checked: {exc}; try again later.",
                                      extra={"retryable": True},
                                      headers={"Retry-After": str(exc.retry_after)}) from exc
         except CheckFailed as exc:
-            remove_upload(settings.uploads_dir, dataset_id)
+            remove_upload(settings.uploads_dir, dataset_id, settings.storage)
             raise check_unavailable(exc, "The uploaded file could not be checked") from exc
         except BaseException:
-            remove_upload(settings.uploads_dir, dataset_id)
+            remove_upload(settings.uploads_dir, dataset_id, settings.storage)
             raise
         log.info("stored upload %s (%s, %d bytes, %d rows)", dataset_id, filename, size, dataset.rows)
         return dataset_document(dataset), 201, {"Location": f"/v1/datasets/{dataset_id}"}
@@ -237,5 +239,5 @@ class DatasetResource(MethodView):
             current_dataset_store().remove(dataset_id, unless=refuse_while_read)
         except DatasetNotFound as exc:
             raise NotFound(f"No uploaded dataset has the id {dataset_id!r}.") from exc
-        remove_upload(current_settings().uploads_dir, dataset_id)
+        remove_upload(current_settings().uploads_dir, dataset_id, current_settings().storage)
         return Response(status=204)

@@ -28,7 +28,7 @@ from service.api.sources import (
     current_locations,
 )
 from service.api.tenant import quota_exceeded
-from service.artifacts import job_artifacts_dir
+from service.artifacts import published_artifacts
 from service.check_runner import CheckBusy, CheckFailed, CheckLimitExceeded
 from service.errors import (
     BadRequest,
@@ -42,6 +42,7 @@ from service.errors import (
 )
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
+from service.locations import fetch_inputs, trainer_log_key
 from service.schemas import (
     DryRunProblemSchema,
     DryRunReportSchema,
@@ -56,6 +57,7 @@ from service.schemas import (
     ProblemSchema,
     TrainingSpecSchema,
 )
+from service.storage import StorageKeyRefused
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, utcnow
@@ -200,7 +202,7 @@ def reusable_job(fingerprint: str | None) -> Job | None:
         return None
     source = current_store().find_reusable_job(fingerprint, current_tenant().name)
     # Without its published files there is nothing to share; the new job trains instead.
-    if source is None or not job_artifacts_dir(current_settings().artifacts_dir, source.id).is_dir():
+    if source is None or published_artifacts(current_settings().storage, source.id) is None:
         return None
     return source
 
@@ -324,7 +326,14 @@ MAX_PROBLEMS_IN_DETAIL = 3
 
 def dry_run(spec: dict[str, Any]) -> dict[str, Any]:
     """The dry-run report of a loaded spec, from the check server, within FITJOBS_CHECK_TIMEOUT."""
-    timeout = current_settings().check_timeout
+    settings = current_settings()
+    timeout = settings.check_timeout
+    # With an object store, the uploads and job model the spec reads are copied to this node first.
+    try:
+        fetch_inputs(spec, settings.storage, current_locations())
+    except OSError as exc:
+        raise ServiceUnavailable(f"The dry run could not read the spec's stored inputs: {exc}.",
+                                 extra={"retryable": True}) from exc
     try:
         return current_check_runner().run("dry_run", {"spec": spec, "locations": current_locations().to_dict()},
                                           timeout)
@@ -459,6 +468,14 @@ class JobLogs(MethodView):
         job = load_job(job_id)
         if job.attempt == 0:
             return Response("", mimetype="text/plain")
-        log_file = current_settings().attempt_dir(job.id, job.attempt) / "trainer.log"
-        text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+        settings = current_settings()
+        log_file = settings.attempt_dir(job.id, job.attempt) / "trainer.log"
+        if log_file.is_file():
+            text = log_file.read_text(errors="replace")
+        else:
+            # Trained on a node whose disk this pod cannot see: the copy its supervisor stored.
+            try:
+                text = settings.storage.read_bytes(trainer_log_key(job.id, job.attempt)).decode(errors="replace")
+            except (OSError, StorageKeyRefused):
+                text = ""
         return Response(text, mimetype="text/plain")

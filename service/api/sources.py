@@ -14,10 +14,11 @@ from flask import current_app
 
 from service.api.auth import current_tenant
 from service.api.context import current_settings, current_store
+from service.artifacts import has_model
 from service.check_runner import CheckFailed, CheckLimits, CheckRunner
 from service.errors import ServiceUnavailable, ValidationFailed, summarize_errors
 from service.jobs import Job, JobState
-from service.locations import Locations, PathRefused, contained_path, job_model_dir
+from service.locations import Locations, PathRefused, check_data_url, contained_path
 from service.store import JobNotFound
 from service.store.dataset_store import DatasetNotFound, DatasetStore
 
@@ -78,6 +79,11 @@ def source_errors(source: dict[str, Any]) -> Iterator[tuple[str, str]]:
             contained_path(source["path"], [settings.data_root], "data")
         except PathRefused as exc:
             yield "path", f"{source['path']!r} {exc}."
+    if "url" in source:
+        try:
+            check_data_url(source["url"], settings.data_url_prefixes)
+        except PathRefused as exc:
+            yield "url", f"{source['url']!r} {exc}."
     if "upload" in source:
         try:
             dataset = current_dataset_store().get(source["upload"])
@@ -121,7 +127,7 @@ def job_model_errors(job_id: str) -> Iterator[tuple[str, str]]:
     elif job.reused_from is not None:
         yield "model.job", (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; continue from "
                             f"{{\"job\": \"{job.reused_from}\"}} instead.")
-    elif not job_model_dir(current_settings().artifacts_dir, job_id).is_dir():
+    elif not has_model(current_settings().storage, job_id):
         yield "model.job", f"Job {job_id} has no published model."
 
 

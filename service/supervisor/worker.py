@@ -6,6 +6,7 @@ service.supervisor.leases, which stops renewing when those beats stop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.artifacts import read_artifact
 from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
@@ -24,6 +26,7 @@ from service.supervisor.ending import DRAIN_STARTED, AttemptEnd, error_of, lost_
 from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
+from service.supervisor.logs import LogCopier
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
@@ -66,6 +69,7 @@ class Supervisor:
                                    leases=self.running_attempts)
         self._stop = threading.Event()
         self._last_reap = 0.0
+        self.logs = LogCopier(settings) if not settings.storage_is_home else None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -146,6 +150,8 @@ class Supervisor:
             self._finish_exited()
             self._enforce_cancellations()
             self._reap_stale_jobs()
+            if self.logs is not None:
+                self.logs.copy_running(list(self.children.values()))
             if not self._stop.is_set() and not (self.once_wait is not None and self.claimed):
                 self.warm.replenish(self.slots - len(self.children))
                 self._claim()
@@ -272,6 +278,8 @@ class Supervisor:
             if status is None:
                 continue
             child.kill_group()
+            if self.logs is not None:
+                self.logs.copy_final(child)
             self._finalise(child, status)
             with self._children_lock:
                 del self.children[job_id]
@@ -288,7 +296,8 @@ class Supervisor:
     def _attempt_end(self, child: TrainerProcess, status: int) -> AttemptEnd:
         """How a trainer's attempt ended: its outcome file (or exit status), and why it was stopped."""
         outcome = (read_outcome(child.attempt_dir)
-                   or outcome_of_exit_status(status, self.settings.artifacts_dir / child.job_id))
+                   or outcome_of_exit_status(status, functools.partial(read_artifact, self.settings.storage,
+                                                                       child.job_id)))
         seconds = round(time.monotonic() - child.started, 1)
         if outcome is not None and outcome.status == "succeeded":
             return AttemptEnd.succeeded(f"Training finished in {seconds} s.", outcome.result)

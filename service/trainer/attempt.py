@@ -20,8 +20,11 @@ from typing import Any
 
 from service.config import Settings
 from service.jobs import FailureCode, Job
+from service.locations import Locations, fetch_inputs
 from service.logconfig import configure_logging
+from service.storage import StorageUnavailable
 from service.store import open_store
+from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.failures import TrainingFailure
 from service.trainer.outcome import Outcome, TrainerExit, finish
 from service.trainer.stop import DrainRequested, StopSignal
@@ -116,10 +119,28 @@ def classify_exception(exc: BaseException) -> tuple[FailureCode, str]:
             where = getattr(link, "filename", None) or "its files"
             return FailureCode.DISK_FULL, (f"No space left on the device while writing {where}; the last "
                                            "complete checkpoint is kept, and nothing partial is published.")
+    for link in chain:
+        if isinstance(link, StorageUnavailable):
+            return FailureCode.STORAGE_UNAVAILABLE, (f"The object store could not be reached or refused access: "
+                                                     f"{link}; the job is tried again while attempts remain.")
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
         return FailureCode.OUT_OF_MEMORY, (f"Out of memory while training ({type(exc).__name__}); "
                                            "lower batch_size or max_length.")
     return FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def checkpoint_mirror(settings: Settings, job_id: str, reporter: StoreReporter) -> CheckpointMirror | None:
+    """The job's checkpoint copy in storage, brought to the local folder where that is behind.
+
+    None where storage is FITJOBS_HOME itself: the local checkpoint is then the stored one.
+    """
+    if settings.storage_is_home:
+        return None
+    mirror = CheckpointMirror(settings.storage, job_id, settings.checkpoint_dir(job_id), reporter)
+    if mirror.restore():
+        reporter.event("checkpoint_fetched", "Fetched the job's checkpoint from storage.",
+                       {"storage": settings.storage.describe(mirror.key("state"))})
+    return mirror
 
 
 def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
@@ -146,9 +167,11 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
                        f"{'Warm' if start.warm else 'Cold'} trainer pid {os.getpid()} ready "
                        f"{startup:.1f} s after its {'assignment' if start.warm else 'start'}.",
                        start.event_data(startup))
+        mirror = checkpoint_mirror(settings, job_id, reporter)
+        fetch_inputs(job.spec, settings.storage, Locations.from_settings(settings))
         result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
-                              checkpoint_dir=settings.checkpoint_dir(job_id),
-                              publish_dir=settings.artifacts_dir / job_id, reporter=reporter,
+                              checkpoint_dir=settings.checkpoint_dir(job_id), storage=settings.storage,
+                              job_id=job_id, reporter=reporter, mirror=mirror,
                               threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps,
                               stop=stop, timings={"queued": queued_seconds(job), "startup": startup})
         reporter.close(FINAL_FLUSH_SECONDS)

@@ -25,7 +25,8 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir: str, steps_per_epoch: int, every_steps: int = 0,
                  stop: StopSignal | None = None, reporter: TrainingReporter | None = None,
-                 ends_update: Callable[[int, int], bool] | None = None) -> None:
+                 ends_update: Callable[[int, int], bool] | None = None,
+                 saved: Callable[[], None] | None = None) -> None:
         # An integer save_freq makes restore resume at the saved step (the "epoch" mode only
         # remembers epochs); the base class's own counting is replaced below.
         # The checkpoint outlives the fit until the model is published (see fit.run_training).
@@ -43,6 +44,8 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         self.ends_update = ends_update or (lambda epoch, batch: True)
         # (0-based epoch, steps of it already trained) when resuming inside an epoch.
         self.restored: tuple[int, int] | None = None
+        # Called after each checkpoint is written, e.g. to copy it to object storage.
+        self.saved = saved
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)  # restores the checkpoint, if there is one
@@ -74,6 +77,7 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         if self.stop is not None and self.stop.requested:
             self._fence()
             self._backup(epoch=self._current_epoch, batch=batch)
+            self._saved()
             if self.reporter is not None:
                 self.reporter.event("checkpointed", f"Stopping on request: checkpoint written after step "
                                     f"{batch + 1} of epoch {self._current_epoch + 1}.",
@@ -85,6 +89,11 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         if self.every_steps and step % self.every_steps == 0 and not last_of_epoch:
             self._fence()
             self._backup(epoch=self._current_epoch, batch=batch)
+            self._saved()
+
+    def _saved(self) -> None:
+        if self.saved is not None:
+            self.saved()
 
     def _fence(self) -> None:
         # A fenced write first: an attempt that lost its job raises StaleAttempt here instead
@@ -107,7 +116,7 @@ class StepCheckpoints(tf_keras.callbacks.BackupAndRestore):
         # Recorded as the epoch's last step, which restore reads as "start the next epoch".
         self._training_state._ckpt_saved_batch.assign(self.steps_per_epoch - 1)
         self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
-
+        self._saved()
 
 
 def history_path(backup_dir: str | Path) -> Path:

@@ -10,13 +10,15 @@ in the order of the source; a CSV header line is not a row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
@@ -26,6 +28,8 @@ from service.locations import (
     UPLOAD_CACHE,
     Locations,
     PathRefused,
+    check_data_url,
+    data_url_storage,
     in_system_folder,
     job_model_dir,
     passes_through_system_folder,
@@ -193,9 +197,12 @@ def collect(problems: list[DataProblem], check: Any, *args: Any) -> Any:
 # --- sources -------------------------------------------------------------------------------------
 
 def load_split(source: dict[str, Any], split: str, locations: Locations, cache_dir: Path | None) -> Dataset:
-    """The rows of one source: inline records, a file or folder under the data root, an upload, or a Hub dataset."""
+    """The rows of one source: inline records, a file or folder under the data root, an object store URL,
+    an upload, or a Hub dataset."""
     if "records" in source:
         return load_records(source["records"], split)
+    if "url" in source:
+        return load_url(source["url"], split, locations, cache_dir)
     if "upload" in source:
         return load_upload(source["upload"], split, locations)
     if "dataset" in source:
@@ -263,6 +270,33 @@ def load_upload(dataset_id: str, split: str, locations: Locations) -> Dataset:
         raise invalid("upload_not_found", f"{named} does not exist (it was never uploaded, or was deleted)",
                       split=split, value=dataset_id)
     return load_table(path, named, split, path.parent / UPLOAD_CACHE)
+
+
+def load_url(url: str, split: str, locations: Locations, cache_dir: Path | None) -> Dataset:
+    """A file in an object store under an allowed prefix, copied to scratch space and read like a local file.
+
+    The prefixes are checked again here, when the job reads its data, as paths are.
+    """
+    named = f"{split} URL {url!r}"
+    try:
+        url = check_data_url(url, locations.data_url_prefixes)
+    except PathRefused as exc:
+        raise invalid("url_refused", f"{named} {exc}", split=split, value=url) from exc
+    suffix = PurePosixPath(url).suffix.lower()
+    if suffix not in FILE_LOADERS:
+        raise invalid("unsupported_file", f"{named} has the unsupported type {suffix!r}; "
+                                          f"use one of {', '.join(sorted(FILE_LOADERS))}", split=split)
+    folder = (cache_dir or Path(tempfile.gettempdir()) / "fitjobs-data-urls") / "urls"
+    local = folder / hashlib.sha256(url.encode()).hexdigest()[:24] / f"data{suffix}"
+    try:
+        storage, key = data_url_storage(url)
+        storage.get_file(key, local)
+    except FileNotFoundError as exc:
+        raise invalid("file_not_found", f"{named} does not exist", split=split, value=url) from exc
+    except Exception as exc:  # s3fs, gcsfs and botocore raise their own types (credentials, network)
+        raise invalid("unreadable_url", f"{named} could not be read: {root_cause(exc)}", split=split,
+                      value=url) from exc
+    return load_table(local, named, split, cache_dir)
 
 
 def load_hub_dataset(source: dict[str, Any], split: str) -> Dataset:

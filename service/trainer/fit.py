@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import EVALUATION_FILE
+from service.artifacts import EVALUATION_FILE, artifacts_key, publish_artifacts
+from service.storage import Storage, open_storage
+from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.reporter import TrainingReporter
 from service.trainer.stop import StopSignal
 from service.trainer.tf_runtime import prepare_tensorflow
@@ -22,10 +24,16 @@ FINAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "macro_f1", "va
 
 
 def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, checkpoint_dir: Path,
-                 publish_dir: Path, reporter: TrainingReporter, threads: int = 0,
-                 checkpoint_steps: int = 0, stop: StopSignal | None = None,
-                 devices: list[str] | None = None, timings: dict[str, float] | None = None) -> dict[str, Any]:
-    """Train the spec's model and publish it to ``publish_dir``; returns the job's result.
+                 reporter: TrainingReporter, publish_dir: Path | None = None, storage: Storage | None = None,
+                 job_id: str | None = None, threads: int = 0, checkpoint_steps: int = 0,
+                 stop: StopSignal | None = None, devices: list[str] | None = None,
+                 timings: dict[str, float] | None = None,
+                 mirror: CheckpointMirror | None = None) -> dict[str, Any]:
+    """Train the spec's model and publish it; returns the job's result.
+
+    The artifacts are published as job ``job_id``'s in ``storage`` (service.artifacts), or,
+    without them, as the local folder ``publish_dir``. With ``mirror``, every checkpoint is
+    also copied to storage, so the job resumes on another node.
 
     Data problems raise TrainingFailure(invalid_data) before any model weights are read;
     model problems raise TrainingFailure(model_load_failed). A checkpoint in
@@ -78,7 +86,7 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
                        {data.id2label[label]: weight for label, weight in weights.items()})
     outcome = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter, checkpoint_dir,
                   checkpoint_steps, stop, jit_compile=plan.jit_compile, pad_to_multiple=plan.pad_to_multiple,
-                  class_weight=weights)
+                  class_weight=weights, mirror=mirror)
     phases.record("fit", outcome.train_seconds)
     started = time.monotonic()
     report = evaluate(model, outcome, data, spec)
@@ -97,14 +105,16 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
                    f"{report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}.", report["metrics"])
     reporter.event("publishing", "Writing the model and its files.")
     with phases.measure("publish"):
-        # Staged beside the published folder (same file system, so the rename is atomic).
-        staging = publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
+        staging = staging_folder(work_dir, publish_dir, storage, job_id)
         summary = {name: value for name, value in result.items() if name != "evaluation"}
-        publish(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
-                publish_dir, evaluation=report)
+        write_artifacts(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
+                        evaluation=report)
+        publish(staging, publish_dir, storage, job_id)
     reporter.event("artifacts_published", "Model, tokenizer, evaluation.json, metrics.json and spec.json "
                                           "published.")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if mirror is not None:
+        mirror.remove()
     result["phases"] = phases.seconds
     if acceptance and not result["acceptance"]["passed"]:
         from service.jobs import FailureCode
@@ -234,7 +244,7 @@ class FitOutcome:
 def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, hyper: dict[str, Any],
         reporter: TrainingReporter, checkpoint_dir: Path, checkpoint_steps: int,
         stop: StopSignal | None = None, jit_compile: bool = False, pad_to_multiple: int = 8,
-        class_weight: dict[int, float] | None = None) -> FitOutcome:
+        class_weight: dict[int, float] | None = None, mirror: CheckpointMirror | None = None) -> FitOutcome:
     """Compile and fit the recipe on length-bucketed batches; the model ends with the best epoch's weights.
 
     The recipe: AdamW (or Adam) on a warmup-then-decay schedule with gradient clipping, optional
@@ -287,10 +297,11 @@ def fit(model: Any, tokenizer: Any, train_tokens: Any, validation_tokens: Any, h
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # Saves model and optimizer state; a later attempt resumes where this one stopped.
     checkpoints = StepCheckpoints(str(checkpoint_dir), steps_per_epoch, checkpoint_steps, stop, reporter,
-                                  ends_update=train_batches.ends_update)
+                                  ends_update=train_batches.ends_update,
+                                  saved=mirror.save_state if mirror is not None else None)
     progress = ReportProgress(reporter, epochs, steps_per_epoch, len(train_batches.columns), batch_size)
     keep_best = KeepBestEpoch(checkpoint_dir / BEST_FOLDER, lambda: checkpoints.history, selection_metric,
-                              early_stopping, reporter)
+                              early_stopping, reporter, saved=mirror.save_best if mirror is not None else None)
     predictor = Predictor(model, reporter)
     validation = ValidateEachEpoch(predictor, validation_batches, selection_metric, progress)
     callbacks = [
@@ -350,10 +361,9 @@ def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]
             "padded_lengths": sorted({length for _, length in shapes | validation_shapes})}
 
 
-def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
-            final: dict[str, Any], staging: Path, publish_dir: Path,
-            evaluation: dict[str, Any] | None = None) -> None:
-    """Write everything to ``staging``, then rename it into place, so no reader sees half a model."""
+def write_artifacts(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
+                    final: dict[str, Any], staging: Path, evaluation: dict[str, Any] | None = None) -> None:
+    """Write the model, tokenizer, metrics, evaluation and spec to ``staging``, ready to publish."""
     if staging.exists():
         shutil.rmtree(staging)
     try:
@@ -364,16 +374,39 @@ def publish(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict
         if evaluation is not None:
             (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
         (staging / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
-        publish_dir.parent.mkdir(parents=True, exist_ok=True)
-        if publish_dir.exists():
-            # An earlier attempt published and then lost its owner: replace its files whole.
-            aside = publish_dir.with_name(f".{publish_dir.name}.replaced")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.rename(publish_dir, aside)
-            os.rename(staging, publish_dir)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(staging, publish_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def staging_folder(work_dir: Path, publish_dir: Path | None, storage: Storage | None, job_id: str | None) -> Path:
+    """Where the artifacts are written before they are published.
+
+    Beside their published place when that is a local folder (one file system, so publishing
+    is a rename, and a full disk shows while writing); in the attempt's work folder for an
+    object store.
+    """
+    name = f".{job_id or 'artifacts'}.staging-{os.getpid()}"
+    if storage is not None and job_id is not None:
+        if storage.local_root is not None:
+            return storage.local_path(artifacts_key(job_id)).with_name(name)
+        return work_dir / name.lstrip(".")
+    if publish_dir is not None:
+        return publish_dir.with_name(f".{publish_dir.name}.staging-{os.getpid()}")
+    return work_dir / name.lstrip(".")
+
+
+def publish(staging: Path, publish_dir: Path | None, storage: Storage | None, job_id: str | None) -> None:
+    """Publish ``staging`` as the job's artifacts in ``storage``, or as the local folder ``publish_dir``.
+
+    Either way a reader sees the whole set of files or none (service.storage).
+    """
+    if storage is not None and job_id is not None:
+        publish_artifacts(storage, staging, job_id)
+    elif publish_dir is not None:
+        try:
+            open_storage(publish_dir.parent.absolute().as_uri()).publish_folder(staging, publish_dir.name, move=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        raise ValueError("run_training needs a publish_dir, or a storage and a job id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,16 @@ def read_outcome(attempt_dir: Path) -> Outcome | None:
     return Outcome(**data)
 
 
-def outcome_of_exit_status(status: int, published_dir: Path) -> Outcome | None:
-    """The outcome an exit status carries when the trainer could not write its file."""
+def outcome_of_exit_status(status: int, published: Path | Callable[[str], bytes]) -> Outcome | None:
+    """The outcome an exit status carries when the trainer could not write its file.
+
+    ``published`` is the job's published folder, or a function reading one of its files by name.
+    """
     if status == TrainerExit.SUCCEEDED_UNRECORDED:
         try:
-            final = json.loads((published_dir / "metrics.json").read_text())["final"]
-        except (OSError, ValueError, KeyError):
+            read = published if callable(published) else (lambda name: (published / name).read_bytes())
+            final = json.loads(read("metrics.json"))["final"]
+        except (OSError, ValueError, LookupError):
             return None
         return Outcome("succeeded", result=final)
     code = failure_of_exit_status(status)

@@ -90,8 +90,9 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
     """
 
     def __init__(self, folder: Path, history: Any, selection_metric: str, early_stopping: dict[str, Any] | None,
-                 reporter: TrainingReporter) -> None:
+                 reporter: TrainingReporter, saved: Any = None) -> None:
         super().__init__()
+        self.saved = saved  # called after the best weights are written, e.g. to copy them to storage
         self.folder = folder
         self.history = history  # a callable giving the epochs already recorded
         self.selection_metric = selection_metric
@@ -107,6 +108,8 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
         best = best_epoch(history, self.selection_metric)
         if best is not None and int(best["epoch"]) == epoch + 1:
             save_best(self.model, self.folder, epoch + 1, self.selection_metric, best[self.selection_metric])
+            if self.saved is not None:
+                self.saved()
             self.reporter.event("best_epoch", f"Epoch {epoch + 1} is the best so far by {self.selection_metric} "
                                 f"({best[self.selection_metric]:.4f}); its weights are kept.",
                                 {"epoch": epoch + 1, "metric": self.selection_metric,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.artifacts import ArtifactNotFound, artifact_path, list_artifacts, model_tarball
+from service.storage import Storage
 
 
 @pytest.fixture
@@ -23,9 +24,10 @@ def published(tmp_path: Path) -> Path:
 
 
 def test_list_has_names_and_sizes(published: Path) -> None:
-    listed = {a.name: a.size for a in list_artifacts(published, "job_1")}
+    storage = Storage(published.parent.as_uri())
+    listed = {a.name: a.size for a in list_artifacts(storage, "job_1")}
     assert listed == {"metrics.json": 2, "model/config.json": 8, "model/tf_model.h5": 100}
-    assert list_artifacts(published, "job_2") == []
+    assert list_artifacts(storage, "job_2") == []
 
 
 @pytest.mark.parametrize("name", ["../../secret.txt", "/etc/passwd", "model", "model/../../job_1/../../secret.txt",
