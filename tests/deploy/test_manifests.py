@@ -46,8 +46,8 @@ GPU_COMPONENTS = {"node", "worker"}
 HTTP_COMPONENTS = {"node", "api"}
 # `fitjobs serve` waits FITJOBS_SHUTDOWN_GRACE + 30 s for its API and supervisor (service/cli.py).
 SERVE_STOP_MARGIN_S = 30
-# The storage class of the ReadWriteMany claim until a reader sets theirs (docs/deploy.md).
-STORAGE_CLASS_PLACEHOLDER = "replace-with-a-readwritemany-class"
+# The bucket of the cluster layouts' object storage until a reader sets theirs (docs/deploy.md).
+BUCKET_PLACEHOLDER = "s3://replace-with-your-bucket/fitjobs"
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -395,13 +395,12 @@ def test_cluster_splits_api_and_workers(overlay: str, kustomize: Callable[[str],
     pdb = rendered.get("PodDisruptionBudget", "fitjobs-api")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels(api).items()
 
-    shared = {v["persistentVolumeClaim"]["claimName"] for d in [api, *workers]
-              for v in pod_spec(d)["volumes"] if v["name"] == "home"}
-    assert len(shared) == 1
-    claim = rendered.get("PersistentVolumeClaim", shared.pop())
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    # Explicit, so that a cluster whose default class is ReadWriteOnce does not bind one.
-    assert claim["spec"]["storageClassName"] == STORAGE_CLASS_PLACEHOLDER
+    # Object storage holds what is kept: no ReadWriteMany volume, every pod's home is scratch.
+    assert not rendered.of_kind("PersistentVolumeClaim")
+    for workload in [api, *workers]:
+        [home] = [v for v in pod_spec(workload)["volumes"] if v["name"] == "home"]
+        assert set(home) == {"name", "emptyDir"} and home["emptyDir"]["sizeLimit"]
+    assert rendered.config()["FITJOBS_STORAGE_URL"] == BUCKET_PLACEHOLDER
 
     database = rendered.get("StatefulSet", "fitjobs-postgres")
     assert pod_spec(database)["containers"][0]["image"].startswith("postgres:")
@@ -458,8 +457,10 @@ def test_cluster_network_policy(name: str, kustomize: Callable[[str], Rendered])
     assert len(egress) == 1
     allowed = {(port["port"], port["protocol"]) for rule in egress[0]["spec"]["egress"]
                for port in rule["ports"]}
-    hub = {(443, "TCP")} if "hub-egress" in parts else set()
-    assert allowed == {(5432, "TCP"), (53, "UDP"), (53, "TCP")} | hub
+    # 443: the object store always; the Hub's rule (hub-egress) adds public addresses only.
+    assert allowed == {(5432, "TCP"), (53, "UDP"), (53, "TCP"), (443, "TCP")}
+    https = [rule for rule in egress[0]["spec"]["egress"] if {port["port"] for port in rule["ports"]} == {443}]
+    assert len(https) == (2 if "hub-egress" in parts else 1)
     for rule in egress[0]["spec"]["egress"]:
         assert rule["to"], "every egress rule names its peers"
         ports = {port["port"] for port in rule["ports"]}
@@ -469,7 +470,7 @@ def test_cluster_network_policy(name: str, kustomize: Callable[[str], Rendered])
             # Public addresses only: not the cluster's private ranges nor the metadata server.
             block = rule["to"][0]["ipBlock"]
             assert block["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" in block["except"]
-            assert "10.0.0.0/8" in block["except"]
+            assert "10.0.0.0/8" in block["except"] or block["except"] == ["169.254.0.0/16"]
     # DNS through the cluster's DNS pods and through NodeLocal DNSCache's link-local address.
     dns = dns_egress_peers(egress[0])
     assert {"k8s-app": "kube-dns"} in [peer.get("podSelector", {}).get("matchLabels") for peer in dns]
@@ -499,4 +500,4 @@ def test_docs_name_every_overlay_and_component() -> None:
     assert "k8s/kueue" in guide
     secret = yaml.safe_load(SECRET_TEMPLATES[0].read_text())
     assert secret["metadata"]["name"] in guide
-    assert STORAGE_CLASS_PLACEHOLDER in guide
+    assert BUCKET_PLACEHOLDER.split("//")[1].split("/")[0] in guide
