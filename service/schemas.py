@@ -815,6 +815,16 @@ class ProblemSchema(Schema):
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
     request_id = fields.String(metadata={
         "description": "The id of the request this answers (its `X-Request-ID`); the logs name it too."})
+    # Extension members (RFC 9457 section 3.2) that some answers add.
+    retryable = fields.Boolean(metadata={"description": "503: whether the same request may succeed later."})
+    job_id = fields.String(metadata={"description": "409 on an Idempotency-Key: the job the key names."})
+    jobs = fields.List(fields.String(), metadata={
+        "description": "409 on a dataset delete: the queued or running jobs that read it."})
+    state = fields.String(metadata={"description": "409 on a job: the state it is in."})
+    role = fields.String(metadata={"description": "403: the role the request needs."})
+    quota = fields.String(metadata={"description": "429: the quota or rate limit reached."})
+    limit = fields.Integer(metadata={"description": "429: that quota's limit."})
+    used = fields.Integer(metadata={"description": "429: how much of it is in use."})
 
 
 class DryRunProblemSchema(ProblemSchema):

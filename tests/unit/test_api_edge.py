@@ -105,7 +105,8 @@ def test_every_documented_error_response_is_problem_json() -> None:
         assert list(response["content"]) == [PROBLEM_CONTENT_TYPE], response
     assert "request_id" in document["components"]["schemas"]["Problem"]["properties"]
     sources = document["components"]["schemas"]["TrainSource"]["oneOf"]
-    assert [variant["required"] for variant in sources][:4] == [["path"], ["records"], ["upload"], ["dataset"]]
+    assert [variant["required"] for variant in sources][:5] == [["path"], ["url"], ["records"], ["upload"],
+                                                                 ["dataset"]]
 
 
 class FailingChecks:

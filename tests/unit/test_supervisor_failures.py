@@ -97,7 +97,14 @@ def test_a_failed_outcome_with_a_result_fails_the_job_and_keeps_the_result(setti
         store.engine.dispose()
 
 
-def test_below_threshold_is_appended_so_older_exit_statuses_keep_their_codes() -> None:
-    assert list(FailureCode)[-1] is FailureCode.BELOW_THRESHOLD and not FailureCode.BELOW_THRESHOLD.retryable
+# The failure codes in the order their exit statuses were given out: a new code goes at the end,
+# so that a trainer of an older release and a supervisor of a newer one agree on each status.
+RELEASED_ORDER = ["invalid_data", "model_not_found", "unsupported_model", "model_load_failed", "out_of_memory",
+                  "killed", "timeout", "owner_lost", "disk_full", "internal", "below_threshold", "storage_unavailable"]
+
+
+def test_new_failure_codes_are_appended_so_older_exit_statuses_keep_their_codes() -> None:
+    assert [code.value for code in FailureCode] == RELEASED_ORDER
+    assert not FailureCode.BELOW_THRESHOLD.retryable and FailureCode.STORAGE_UNAVAILABLE.retryable
     assert failure_exit_status(FailureCode.INTERNAL) == TrainerExit.FAILURE_BASE + 9
     assert failure_of_exit_status(failure_exit_status(FailureCode.BELOW_THRESHOLD)) is FailureCode.BELOW_THRESHOLD
