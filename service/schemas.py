@@ -494,8 +494,8 @@ class QueueSchema(Schema):
                        "(`fitjobs worker --once`), one is being started for it."})
 
 
-class JobSchema(Schema):
-    """A job as the API shows it."""
+class JobStatusSchema(Schema):
+    """What a job and its list entry both show: where it stands."""
 
     id = fields.String()
     tenant = fields.String(metadata={"description": "The tenant the job belongs to."})
@@ -505,11 +505,19 @@ class JobSchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime(allow_none=True)
     attempt = fields.Integer()
-    max_attempts = fields.Integer()
     priority = fields.Integer()
     cancel_requested = fields.Boolean()
     progress = fields.Nested(ProgressSchema)
     error = fields.Nested(JobErrorSchema, allow_none=True)
+    reused_from = fields.String(allow_none=True, metadata={
+        "description": "The succeeded job whose result and artifacts this job reused (spec `reuse`); "
+                       "null for a job that trains."})
+
+
+class JobSchema(JobStatusSchema):
+    """A job as the API shows it."""
+
+    max_attempts = fields.Integer()
     result = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
         "description": "Once succeeded (and for a job that failed as below_threshold): the final metrics (loss, "
                        "accuracy, val_loss, val_accuracy); which epoch was published and why: best_epoch (from "
@@ -520,35 +528,20 @@ class JobSchema(Schema):
                        "/v1/jobs/{id}/evaluation serves it); acceptance ({metric, min, value, passed}, when the "
                        "spec set a threshold; value is null where the metric is undefined, which fails it); "
                        "and how the fit ran: padding_efficiency (real tokens / padded tokens), batch_shapes "
-                       "(distinct padded batch shapes), precision, jit_compile, compute_reason, "
+                       "(distinct padded batch shapes), train_step_traces, train_step_autograph, precision, "
+                       "jit_compile, compute_reason, "
                        "examples_per_second and phases (seconds per phase: queued, startup, data, tokenize, "
                        "model_load, fit, evaluate, publish)."})
     spec = fields.Nested(TrainingSpecSchema)
-    reused_from = fields.String(allow_none=True, metadata={
-        "description": "The succeeded job whose result and artifacts this job reused (spec `reuse`); "
-                       "null for a job that trains."})
     queue = fields.Nested(QueueSchema, allow_none=True, metadata={
         "description": "A queued job's place in line and why it waits, in GET /v1/jobs/{job_id}; null once it "
                        "started, and in lists and other answers."})
 
 
-class JobSummarySchema(Schema):
+class JobSummarySchema(JobStatusSchema):
     """A job as lists show it: what it trains and where it stands, without its spec or result."""
 
-    id = fields.String()
-    state = fields.Enum(JobState, by_value=True)
     model = ModelField(metadata={"description": "The spec's `model`, as submitted.", "oneOf": MODEL_VARIANTS})
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
-    updated_at = fields.DateTime(allow_none=True)
-    attempt = fields.Integer()
-    priority = fields.Integer()
-    cancel_requested = fields.Boolean()
-    progress = fields.Nested(ProgressSchema)
-    error = fields.Nested(JobErrorSchema, allow_none=True)
-    reused_from = fields.String(allow_none=True)
-    tenant = fields.String(metadata={"description": "The tenant the job belongs to."})
 
 
 class JobQuerySchema(StrictSchema):
