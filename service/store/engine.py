@@ -49,8 +49,8 @@ def make_engine(url: str) -> Engine:
 MIGRATION_LOCK_KEY = 0x66697400
 
 
-def upgrade_schema(engine: Engine) -> None:
-    """Bring the database to the newest schema revision (no-op when it is current)."""
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to ``revision``, the newest by default (no-op when it is there)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
@@ -59,4 +59,4 @@ def upgrade_schema(engine: Engine) -> None:
             # advisory lock makes them take turns, so the later ones find the schema current.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)

@@ -226,17 +226,10 @@ def test_migrated_schema_matches_the_table_definitions(store: JobStore) -> None:
 
 
 def test_upgrade_keeps_jobs_of_an_older_schema(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from service.store.engine import MIGRATIONS_DIR, make_engine
+    from service.store.engine import make_engine, upgrade_schema
 
     engine = make_engine(database_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0001")
+    upgrade_schema(engine, "0001")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO jobs (id, state, spec, created_at, updated_at, attempt, "
                           "cancel_requested, progress) VALUES ('job_old', 'queued', '{}', "

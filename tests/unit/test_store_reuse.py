@@ -85,17 +85,10 @@ def test_idempotency_key_returns_the_reused_job(store: JobStore) -> None:
 
 
 def test_upgrade_from_0004_adds_fingerprints_and_keeps_jobs(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from service.store.engine import MIGRATIONS_DIR, make_engine
+    from service.store.engine import make_engine, upgrade_schema
 
     engine = make_engine(database_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0004")
+    upgrade_schema(engine, "0004")
     assert "fingerprint" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO jobs (id, state, spec, created_at, updated_at, attempt, "

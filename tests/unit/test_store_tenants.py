@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 
 from service.jobs import JobState
 from service.store import JobStore, open_store
 from service.store.dataset_store import DatasetStore
-from service.store.engine import MIGRATIONS_DIR, make_engine
+from service.store.engine import make_engine, upgrade_schema
 
 SPEC = {"model": "bert-base-uncased", "data": {"train": {"records": [{"text": "a", "label": "x"}]}}}
 
 
 def test_jobs_and_datasets_from_before_tenants_belong_to_the_default_tenant(database_url: str) -> None:
     engine = make_engine(database_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0005")
+    upgrade_schema(engine, "0005")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO jobs (id, state, spec, created_at, updated_at, attempt, cancel_requested, "
                           "progress, idempotency_key) VALUES ('job_old', 'queued', '{}', CURRENT_TIMESTAMP, "
