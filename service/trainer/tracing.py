@@ -61,13 +61,20 @@ class StepFunction:
         self._traces_before_fallback = 0
 
     def __call__(self, *args: Any) -> Any:
-        if self.autograph:
-            return self._function(*args)
-        try:
-            return self._function(*args)
-        except TypeError as exc:  # includes OperatorNotAllowedInGraphError: Python control flow on a tensor
-            self._fall_back(exc)
-        return self._function(*args)
+        return self._traced(lambda function: function(*args))
+
+    def get_concrete_function(self, *args: Any) -> Any:
+        """Trace for these arguments now, as ``tf.function`` does (falling back to AutoGraph if needed)."""
+        return self._traced(lambda function: function.get_concrete_function(*args))
+
+    def _traced(self, use: Any) -> Any:
+        """``use`` of the function, traced again with AutoGraph once if it cannot be traced without."""
+        if not self.autograph:
+            try:
+                return use(self._function)
+            except TypeError as exc:  # includes OperatorNotAllowedInGraphError: Python control flow on a tensor
+                self._fall_back(exc)
+        return use(self._function)
 
     def _fall_back(self, exc: TypeError) -> None:
         import tensorflow as tf
@@ -80,16 +87,6 @@ class StepFunction:
             self._reporter.event("autograph_needed", f"The model's {self.name} function could not be traced "
                                  "without AutoGraph; it is traced with AutoGraph instead.",
                                  {"function": self.name, "reason": self.fallback_reason})
-
-    def get_concrete_function(self, *args: Any) -> Any:
-        """Trace for these arguments now, as ``tf.function`` does (falling back to AutoGraph if needed)."""
-        try:
-            return self._function.get_concrete_function(*args)
-        except TypeError as exc:
-            if self.autograph:
-                raise
-            self._fall_back(exc)
-        return self._function.get_concrete_function(*args)
 
     def experimental_get_tracing_count(self) -> int:
         """Traces made so far, the ones before a fallback to AutoGraph included."""
