@@ -7,15 +7,18 @@ supervisor and trainer (tested in tests/integration); their files are written wh
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 
+from service.api import create_app
+from service.artifacts import publish_artifacts
 from service.config import Settings
 from service.jobs import JobState, MetricPoint, Progress
-from service.locations import UPLOAD_STEM, upload_dir
+from service.locations import UPLOAD_STEM, trainer_log_key, upload_dir
 from service.store import JobNotFound, JobStore, open_store
 from service.store.dataset_store import DatasetNotFound, DatasetStore
 from service.store.job_store import JobInUse, new_job_id, utcnow
@@ -23,6 +26,7 @@ from service.store.tables import job_events, jobs, metrics
 from service.supervisor.retention import PruneReport, RetentionPass, prune, prune_jobs, remove_files_of
 from service.supervisor.worker import Supervisor
 from service.uploads import new_dataset_id
+from tests.support.s3 import S3Server, s3_server
 
 SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
 NODE = "node-a"
@@ -344,3 +348,56 @@ def test_the_supervisor_runs_a_pass_when_it_starts_and_then_once_per_interval(st
     assert not supervisor.retention.maybe_start(), "the next pass waits for the interval"
     assert Supervisor(keeping, store, gpu_ids=(), once_wait=1.0).retention is None
     assert not RetentionPass(settings, store).maybe_start(), "FITJOBS_RETENTION_DAYS=0 keeps everything"
+
+
+# -- object storage -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+def stored_keys(settings: Settings) -> list[str]:
+    storage = settings.storage
+    return [f"{folder}/{name}" for folder in ("artifacts", "checkpoints", "logs", "cache")
+            for name in storage.children(folder)]
+
+
+def finished_in_bucket(settings: Settings, store: JobStore, tmp_path: Path) -> str:
+    """A succeeded job whose artifacts, model tarball, checkpoint and log copy are in the bucket."""
+    job_id = store.create_job(SPEC)[0].id
+    assert store.claim_next_job(NODE) is not None
+    staging = tmp_path / f"staging-{job_id}"
+    (staging / "model").mkdir(parents=True)
+    (staging / "model" / "config.json").write_text("{}")
+    publish_artifacts(settings.storage, staging, job_id)
+    settings.storage.write_bytes(f"checkpoints/{job_id}/state/chief", b"c")
+    settings.storage.write_bytes(trainer_log_key(job_id, 1), b"epoch 1/1\n")
+    store.transition(job_id, JobState.SUCCEEDED, "done", attempt=1)
+    return job_id
+
+
+def test_delete_and_retention_remove_a_jobs_objects_from_the_bucket(tmp_path: Path, s3: S3Server) -> None:
+    settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home"), "FITJOBS_GPUS": "none",
+                                  "FITJOBS_STORAGE_URL": f"s3://{s3.new_bucket()}/fitjobs", **s3.environ})
+    app = create_app(settings, test_config={"TESTING": True})
+    store: JobStore = app.extensions["fitjobs.store"]
+    try:
+        deleted, crashed, kept = (finished_in_bucket(settings, store, tmp_path) for _ in range(3))
+        assert sorted(stored_keys(settings)) == sorted(f"{folder}/{job_id}" for job_id in (deleted, crashed, kept)
+                                                       for folder in ("artifacts", "checkpoints", "logs", "cache"))
+        client = app.test_client()
+        assert client.get(f"/v1/jobs/{deleted}/model.tar.gz").status_code == 200
+        assert client.delete(f"/v1/jobs/{deleted}").status_code == 204
+        assert client.get(f"/v1/jobs/{deleted}/artifacts").status_code == 404
+        assert not [key for key in stored_keys(settings) if deleted in key]
+        store.delete_job(crashed)  # its rows went; the process died before its objects did
+        report = prune(settings, store, now=utcnow(), days=365)
+        assert report.leftovers == [crashed]
+        assert sorted(stored_keys(settings)) == sorted(f"{folder}/{kept}"
+                                                       for folder in ("artifacts", "checkpoints", "logs", "cache"))
+        assert client.get(f"/v1/jobs/{kept}/model.tar.gz").status_code == 200
+    finally:
+        store.engine.dispose()
