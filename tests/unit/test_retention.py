@@ -6,6 +6,9 @@ supervisor and trainer (tested in tests/integration); their files are written wh
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -27,6 +30,7 @@ from service.supervisor.retention import PruneReport, RetentionPass, prune, prun
 from service.supervisor.worker import Supervisor
 from service.uploads import new_dataset_id
 from tests.support.s3 import S3Server, s3_server
+from tests.support.service import REPO_ROOT
 
 SPEC = {"model": "m", "data": {"train": {"records": [{"text": "a", "label": 0}]}}}
 NODE = "node-a"
@@ -399,5 +403,26 @@ def test_delete_and_retention_remove_a_jobs_objects_from_the_bucket(tmp_path: Pa
         assert sorted(stored_keys(settings)) == sorted(f"{folder}/{kept}"
                                                        for folder in ("artifacts", "checkpoints", "logs", "cache"))
         assert client.get(f"/v1/jobs/{kept}/model.tar.gz").status_code == 200
+    finally:
+        store.engine.dispose()
+
+
+def test_fitjobs_prune_runs_one_pass_and_says_what_it_did(home: Settings) -> None:
+    store = open_store(home.database_url)
+    try:
+        old, new = finished(store, home), finished(store, home)
+        with store.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=3)))
+        env = {**os.environ, "FITJOBS_HOME": str(home.home), "FITJOBS_GPUS": "none"}
+        refused = subprocess.run([sys.executable, "-m", "service.cli", "prune"], env=env, capture_output=True,
+                                 text=True, cwd=REPO_ROOT, timeout=120)
+        assert refused.returncode == 2 and "FITJOBS_RETENTION_DAYS is 0" in refused.stderr
+        assert store.get_job(old).state is JobState.SUCCEEDED
+        ran = subprocess.run([sys.executable, "-m", "service.cli", "prune", "--days", "2"], env=env,
+                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert "deleted 1 job(s) and 0 upload(s) older than 2 day(s)" in ran.stdout
+        assert rows_of(store, old) == (0, 0, 0) and not any(path.exists() for path in job_files(home, old))
+        assert store.get_job(new).state is JobState.SUCCEEDED
     finally:
         store.engine.dispose()
