@@ -288,6 +288,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "`fitjobs worker --check` fails when the supervisor loop has not completed a pass for "
                 "this long; the supervisor then also stops renewing its jobs' leases, so a hung loop "
                 "loses its jobs to other supervisors."),
+    SettingSpec("FITJOBS_RETENTION_DAYS", "retention_days", "0", _non_negative_float,
+                "Finished jobs (their rows, events, metrics, artifacts, checkpoints and logs) are deleted this "
+                "many days after they finished, and uploads this many days after their upload once no job "
+                "reads them; 0 keeps everything. A long-running supervisor (`fitjobs serve`, `fitjobs worker` "
+                "without --once) or `fitjobs prune` does it."),
+    SettingSpec("FITJOBS_RETENTION_INTERVAL_SECONDS", "retention_interval_seconds", "3600", _positive_float,
+                "Seconds between two retention passes of a supervisor (with FITJOBS_RETENTION_DAYS set); the "
+                "first runs when it starts. Supervisors of several nodes take turns (a PostgreSQL advisory lock)."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
     SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
@@ -408,6 +416,8 @@ class Settings:
     lease_seconds: float
     worker_heartbeat_file: Path
     worker_health_seconds: float
+    retention_days: float
+    retention_interval_seconds: float
     max_request_bytes: int
     max_upload_bytes: int
     model_roots: tuple[Path, ...]

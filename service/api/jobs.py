@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -42,7 +43,7 @@ from service.errors import (
 )
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
-from service.locations import fetch_inputs, trainer_log_key
+from service.locations import fetch_inputs, remove_job_files, trainer_log_key
 from service.schemas import (
     DryRunProblemSchema,
     DryRunReportSchema,
@@ -60,7 +61,7 @@ from service.schemas import (
 from service.storage import StorageKeyRefused
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
-from service.store.job_store import IdempotencyConflict, utcnow
+from service.store.job_store import IdempotencyConflict, JobInUse, utcnow
 from service.tenants import QuotaReached
 from service.uploads import UploadedDataset
 
@@ -68,6 +69,7 @@ from service.uploads import UploadedDataset
 CURSOR_KIND = "seq"  # the prefix inside this list's cursors
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1", description="Training jobs.")
+log = logging.getLogger(__name__)
 
 
 def require_json_body(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -300,15 +302,20 @@ class Jobs(MethodView):
         source = reusable_job(fingerprint) if spec["reuse"] else None
         uploads = {spec["data"][role]["upload"]: role for role in ("train", "validation")
                    if "upload" in spec["data"][role]}
+        parent = spec["model"]["job"] if isinstance(spec["model"], dict) and "job" in spec["model"] else None
         try:
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
                 max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
                 gpu_type=spec["resources"]["gpu_type"],
                 fingerprint=fingerprint, reuse_of=source, tenant=tenant.name, quotas=tenant.quotas,
-                uploads=list(uploads))
+                uploads=list(uploads), parent=parent)
         except QuotaReached as exc:
             raise quota_exceeded(exc) from exc
+        except JobNotFound as exc:
+            # The job to continue from was deleted since check_spec_sources saw it.
+            message = f"No job has the id {parent!r}."
+            raise ValidationFailed(f"model.job: {message}", errors={"model.job": [message]}) from exc
         except DatasetNotFound as exc:
             # Deleted since check_spec_sources saw it.
             dataset_id = exc.args[0]
@@ -390,6 +397,51 @@ class JobResource(MethodView):
         """
         job = load_job(job_id)
         return job_document(job, queue_place(job), include_records=query.get("include") == "records")
+
+
+    @blp.response(204)
+    @blp.alt_response(409, schema=ProblemSchema,
+                      description="The job is queued or running (`state`; cancel it first), or other jobs still "
+                                  "need its files (`jobs`): queued or running jobs that continue from its model, "
+                                  "or jobs that reused its result.")
+    def delete(self, job_id: str) -> Response:
+        """Delete a finished job and everything of it: record, events, metrics, artifacts, checkpoints, logs.
+
+        Only a succeeded, failed or cancelled job can be deleted. It is refused while a queued or
+        running job continues from its model, and while a job that reused its result remains
+        (that job serves the same files): delete those first. Afterwards the job is a 404.
+        """
+        load_job(job_id)
+        try:
+            job = current_store().delete_job(job_id)
+        except JobNotFound as exc:
+            raise NotFound(f"No job has the id {job_id!r}.") from exc
+        except JobInUse as exc:
+            raise delete_refused(exc) from exc
+        settings = current_settings()
+        try:
+            remove_job_files(settings.storage, job.id, jobs_dir=settings.jobs_dir,
+                             artifacts_dir=settings.artifacts_dir, cache_dir=settings.cache_dir)
+        except OSError as exc:
+            # The job is gone from the API; its files are swept by the next retention pass.
+            log.warning("job %s deleted, but its files could not all be removed yet: %s", job.id, exc)
+        log.info("deleted job %s (%s)", job.id, job.state.value)
+        return Response(status=204)
+
+
+def delete_refused(exc: JobInUse) -> Conflict:
+    """The 409 problem of a delete that JobStore.delete_job refused."""
+    job = exc.job
+    if not job.state.is_terminal:
+        return Conflict(f"Job {job.id} is {job.state.value}; cancel it and wait until it ends before deleting it.",
+                        extra={"state": job.state.value})
+    if exc.dependents:
+        return Conflict(f"Job {job.id} cannot be deleted while queued or running jobs continue from its model: "
+                        f"{', '.join(exc.dependents)}; cancel them or wait until they end.",
+                        extra={"state": job.state.value, "jobs": exc.dependents})
+    return Conflict(f"Job {job.id} cannot be deleted while jobs that reused its result remain: "
+                    f"{', '.join(exc.reusers)}; delete them first.",
+                    extra={"state": job.state.value, "jobs": exc.reusers})
 
 
 @blp.route("/jobs/<job_id>/cancel")

@@ -27,6 +27,7 @@ from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.logs import LogCopier
+from service.supervisor.retention import RetentionPass
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
@@ -70,6 +71,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._last_reap = 0.0
         self.logs = LogCopier(settings) if not settings.storage_is_home else None
+        # A worker sized to one job lives for that job only; long-running supervisors (or
+        # `fitjobs prune`) keep the retention passes going.
+        self.retention = RetentionPass(settings, store) if once_wait is None else None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -150,6 +154,8 @@ class Supervisor:
             self._finish_exited()
             self._enforce_cancellations()
             self._reap_stale_jobs()
+            if self.retention is not None:
+                self.retention.maybe_start()
             if self.logs is not None:
                 self.logs.copy_running(list(self.children.values()))
             if not self._stop.is_set() and not (self.once_wait is not None and self.claimed):

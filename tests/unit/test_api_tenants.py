@@ -148,6 +148,8 @@ def object_requests(w: World) -> list[tuple[str, str, dict[str, str], str]]:
         ("GET", f"/v1/jobs/{t}/evaluation", {}, t),
         ("GET", f"/v1/datasets/{d}", {}, d),
         ("DELETE", f"/v1/datasets/{d}", {}, d),
+        ("DELETE", f"/v1/jobs/{t}", {}, t),
+        ("DELETE", f"/v1/jobs/{q}", {}, q),
     ]
 
 
@@ -257,7 +259,8 @@ def test_roles_limit_what_a_tenant_may_do_with_403_naming_the_role(world: World)
     for method, path, body in (("POST", "/v1/jobs", SPEC), ("POST", "/v1/jobs:validate", SPEC),
                                ("POST", f"/v1/jobs/{w.queued}/cancel", None),
                                ("POST", "/v1/datasets?filename=a.csv", None),
-                               ("DELETE", f"/v1/datasets/{w.dataset}", None)):
+                               ("DELETE", f"/v1/datasets/{w.dataset}", None),
+                               ("DELETE", f"/v1/jobs/{w.trained}", None)):
         refused = w.client.open(path, method=method, json=body, headers=auth("viewer"))
         assert refused.status_code == 403 and refused.mimetype == PROBLEM, path
         assert refused.get_json()["role"] == "submit" and "'submit'" in refused.get_json()["detail"]
@@ -291,3 +294,15 @@ def test_the_owner_deletes_its_dataset_and_cancels_its_job(world: World) -> None
     assert not upload_dir(w.settings.uploads_dir, w.dataset).exists()
     cancelled = w.client.post(f"/v1/jobs/{w.queued}/cancel", headers=auth("alpha")).get_json()
     assert cancelled["state"] == "cancelled" and cancelled["tenant"] == "alpha"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_owner_deletes_its_finished_job_and_not_a_queued_one(world: World) -> None:
+    w = world
+    busy = w.client.delete(f"/v1/jobs/{w.queued}", headers=auth("alpha"))
+    assert busy.status_code == 409 and busy.mimetype == PROBLEM and busy.get_json()["state"] == "queued"
+    assert w.client.delete(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 204
+    assert w.client.get(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 404
+    assert not (w.settings.artifacts_dir / w.trained).exists() and not (w.settings.jobs_dir / w.trained).exists()
+    assert w.client.delete(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 404
+    assert w.store.get_job(w.queued).state is JobState.QUEUED
