@@ -21,6 +21,7 @@ from service.artifacts import read_artifact
 from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
+from service.store.webhook_store import WebhookStore
 from service.supervisor.child import StopReason, TrainerProcess, spawn_trainer
 from service.supervisor.ending import DRAIN_STARTED, AttemptEnd, error_of, lost_attempt_end, move_for
 from service.supervisor.gpus import GpuPool, discover_gpus
@@ -28,6 +29,7 @@ from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.logs import LogCopier
 from service.supervisor.warm import WarmPool, WarmTrainerGone
+from service.supervisor.webhooks import WebhookSender
 from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Supervisor:
                                    health_seconds=settings.worker_health_seconds,
                                    seconds_since_loop_beat=self.loop_heartbeat.seconds_since_beat,
                                    leases=self.running_attempts)
+        self.webhooks = WebhookSender(settings, WebhookStore(store.engine), interval=max(settings.poll_interval, 0.2))
         self._stop = threading.Event()
         self._last_reap = 0.0
         self.logs = LogCopier(settings) if not settings.storage_is_home else None
@@ -92,6 +95,7 @@ class Supervisor:
                  ",".join(self.gpus.ids) or "none")
         self._register()
         self.leases.start()
+        self.webhooks.start()
         deadline = None if self.once_wait is None else time.monotonic() + self.once_wait
         while not self._stop.is_set():
             self.tick()
@@ -101,6 +105,8 @@ class Supervisor:
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
         self.leases.stop()
+        # Deliveries still due wait in the database for the next supervisor to send them.
+        self.webhooks.stop()
         try:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:
