@@ -24,8 +24,8 @@ from service.config import Settings
 from service.store import JobStore, open_store
 from service.store.webhook_store import DeliveryState, WebhookStore
 from service.supervisor.webhooks import WebhookSender
-from service.webhooks.destinations import DestinationPolicy, parse_networks
 from service.webhooks.delivery import post_signed
+from service.webhooks.destinations import DestinationPolicy, parse_networks
 from service.webhooks.signing import parse_secret, signed_headers
 from tests.support.sentiment_data import sentiment_rows, write_table
 from tests.support.service import free_port, start_service

@@ -74,7 +74,7 @@ def webhook_receiver(port: int = 0, *, status: int = 204, location: str | None =
         def remember_name(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
             server_names[id(sock)] = name
 
-        ssl_context.sni_callback = remember_name  # type: ignore[assignment]
+        ssl_context.sni_callback = remember_name
         server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
