@@ -52,25 +52,41 @@ class WebhookSender:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def send_due(self) -> int:
-        """Send every delivery due now, one attempt each; returns how many attempts were made."""
+    def send_due(self, seconds: float | None = None) -> int:
+        """Send every delivery due now, one attempt each, for at most ``seconds`` (None: until none is due,
+        or stop()); returns how many attempts were made."""
+        deadline = None if seconds is None else time.monotonic() + seconds
         sent = 0
-        while not self._stop.is_set():
+        while deadline is not None or not self._stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return sent
+            # A failed attempt makes its delivery due later, so this ends once each was tried.
             claimed = self.store.claim_due(self.claim_seconds)
             if not claimed:
                 return sent
             for delivery in claimed:
-                self._attempt(delivery)
+                # Within a deadline, an attempt gets no more than the time left (at least a second).
+                left = self.timeout if deadline is None else max(1.0, deadline - time.monotonic())
+                self._attempt(delivery, min(self.timeout, left))
                 sent += 1
         return sent
 
-    def _attempt(self, delivery: WebhookDelivery) -> None:
+    def send_remaining(self, seconds: float) -> int:
+        """After stop(): one attempt of each delivery due now, within ``seconds``; what a stopping supervisor
+        sends before it exits (the events of its jobs' last moves, above all)."""
+        try:
+            return self.send_due(seconds)
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable, webhooks wait for another supervisor: %s", exc)
+            return 0
+
+    def _attempt(self, delivery: WebhookDelivery, timeout: float) -> None:
         if self.key is None:
             result = AttemptResult(False, error="not sent: FITJOBS_WEBHOOK_SECRET is not set where it is sent from")
         else:
             body = delivery.body.encode()
             headers = signed_headers(self.key, delivery.id, int(time.time()), body)
-            result = post_signed(delivery.url, body, headers, self.policy, timeout=self.timeout,
+            result = post_signed(delivery.url, body, headers, self.policy, timeout=timeout,
                                  ssl_context=self.ssl_context)
         recorded = self.store.record_attempt(delivery, delivered=result.delivered, status_code=result.status_code,
                                              error=result.error, retry=self.retry)

@@ -34,6 +34,9 @@ from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status
 
 log = logging.getLogger(__name__)
 
+# Longest a stopping supervisor spends sending the webhooks due when it stops.
+FINAL_WEBHOOKS_SECONDS = 10.0
+
 
 class Supervisor:
     """Runs up to ``max_concurrent_jobs`` trainer children for one node.
@@ -105,8 +108,10 @@ class Supervisor:
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
         self.leases.stop()
-        # Deliveries still due wait in the database for the next supervisor to send them.
         self.webhooks.stop()
+        # A worker of one job exits right after its job ends: the events of that end go out now, one
+        # attempt each. What still fails waits in the database for the next supervisor.
+        self.webhooks.send_remaining(min(self.settings.shutdown_grace, FINAL_WEBHOOKS_SECONDS))
         try:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:

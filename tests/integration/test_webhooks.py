@@ -27,6 +27,8 @@ from service.supervisor.webhooks import WebhookSender
 from service.webhooks.delivery import post_signed
 from service.webhooks.destinations import DestinationPolicy, parse_networks
 from service.webhooks.signing import parse_secret, signed_headers
+from tests.support.postgres import temporary_database
+from tests.support.quick_supervisor import QuickCluster, quick_cluster
 from tests.support.sentiment_data import sentiment_rows, write_table
 from tests.support.service import free_port, start_service
 from tests.support.webhook_receiver import webhook_receiver
@@ -144,6 +146,47 @@ def test_an_address_that_resolves_to_a_refused_one_is_never_contacted(store: Job
     (delivery,) = WebhookStore(store.engine).list_for_job(job.id)
     assert delivery.last_error is not None and "non-public" in delivery.last_error
     assert delivery.last_status_code is None and delivery.state is DeliveryState.PENDING
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QuickCluster]:
+    if request.param == "sqlite":
+        with quick_cluster(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'fitjobs.db'}") as running:
+            yield running
+    else:
+        with temporary_database() as url, quick_cluster(tmp_path / "home", url) as running:
+            yield running
+
+
+def test_supervisors_side_by_side_send_each_delivery_once(cluster: QuickCluster) -> None:
+    with webhook_receiver() as receiver:
+        job_ids = {cluster.store.create_job({**SPEC, "fake_seconds": 0.05, "webhook": {"url": receiver.url}})[0].id
+                   for _ in range(6)}
+        for _ in range(3):
+            cluster.start_supervisor(**LOOPBACK_ALLOWED)
+        hooks = WebhookStore(cluster.store.engine)
+
+        def all_delivered() -> bool:
+            deliveries = [d for job_id in job_ids for d in hooks.list_for_job(job_id)]
+            return len(deliveries) == 18 and all(d.state is DeliveryState.DELIVERED for d in deliveries)
+
+        wait_for(all_delivered, 60, "queued, running and succeeded delivered for 6 jobs")
+        got = receiver.requests()
+    ids = [request.headers["webhook-id"] for request in got]
+    assert len(ids) == 18 and len(set(ids)) == 18, "no delivery is sent twice"
+    events = [Webhook(SECRET).verify(request.body, request.headers) for request in got]
+    assert {(e["data"]["job_id"], e["type"]) for e in events} == {
+        (job_id, kind) for job_id in job_ids for kind in ("job.queued", "job.running", "job.succeeded")}
+
+
+def test_a_worker_of_one_job_sends_its_jobs_last_events_before_it_exits(cluster: QuickCluster) -> None:
+    with webhook_receiver() as receiver:
+        job = cluster.store.create_job({**SPEC, "fake_seconds": 0.05, "webhook": {"url": receiver.url}})[0]
+        worker = cluster.start_supervisor("--once", "30", **LOOPBACK_ALLOWED, FITJOBS_POLL_INTERVAL="2")
+        assert worker.wait(timeout=60) == 0, cluster.logs()
+        got = receiver.requests()
+    assert [json.loads(request.body)["type"] for request in got][-1] == "job.succeeded", cluster.logs()
+    assert all(d.state is DeliveryState.DELIVERED for d in WebhookStore(cluster.store.engine).list_for_job(job.id))
 
 
 def wait_for(check: Any, timeout: float, what: str) -> Any:
