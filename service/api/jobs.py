@@ -1,4 +1,4 @@
-"""Jobs: create, list, read, cancel; their metrics, events and trainer logs."""
+"""Jobs: create, list, read, cancel; their metrics, events, trainer logs and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -57,13 +57,16 @@ from service.schemas import (
     MetricsSchema,
     ProblemSchema,
     TrainingSpecSchema,
+    WebhookDeliveryListSchema,
 )
 from service.storage import StorageKeyRefused
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict, JobInUse, utcnow
+from service.store.webhook_store import WebhookStore
 from service.tenants import QuotaReached
 from service.uploads import UploadedDataset
+from service.webhooks.destinations import DestinationRefused
 
 # The prefix stops at /v1 so that the dry run can live at /v1/jobs:validate (a custom method).
 CURSOR_KIND = "seq"  # the prefix inside this list's cursors
@@ -185,6 +188,25 @@ def check_gpus_available(gpus: int | None, gpu_type: str | None = None) -> None:
         raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
 
 
+def check_webhook(spec: dict[str, Any]) -> None:
+    """Refuse (422) a webhook where no secret signs them, or whose URL leads to a host or address not allowed.
+
+    The host is resolved here as the sender will resolve it; the sender checks again at every attempt.
+    """
+    webhook = spec.get("webhook")
+    if webhook is None:
+        return
+    settings = current_settings()
+    if not settings.webhook_secret:
+        message = "This deployment sends no webhooks: FITJOBS_WEBHOOK_SECRET is not set."
+        raise ValidationFailed(f"webhook: {message}", errors={"webhook": [message]})
+    try:
+        settings.webhook_policy.check(webhook["url"])
+    except DestinationRefused as exc:
+        message = f"The webhook URL {exc}."
+        raise ValidationFailed(f"webhook.url: {message}", errors={"webhook.url": [message]}) from exc
+
+
 def job_fingerprint(spec: dict[str, Any]) -> str | None:
     """What a loaded spec trains, hashed; None when its data or model cannot be read now."""
     datasets = current_dataset_store()
@@ -296,6 +318,7 @@ class Jobs(MethodView):
         tenant = current_tenant()
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"], spec["resources"]["gpu_type"])
+        check_webhook(spec)
         check_label_settings(spec)
         # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
         fingerprint = job_fingerprint(spec)
@@ -374,6 +397,7 @@ class JobValidation(MethodView):
         """
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"], spec["resources"]["gpu_type"])
+        check_webhook(spec)
         report = dry_run(spec)
         problems = report["problems"]
         if problems:
@@ -499,6 +523,21 @@ class JobEvents(MethodView):
             return response
         events = current_store().list_events(job_id, after=query["after"])
         return {"events": [asdict(event) for event in events]}
+
+
+@blp.route("/jobs/<job_id>/webhook-deliveries")
+class JobWebhookDeliveries(MethodView):
+    @blp.response(200, WebhookDeliveryListSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The events sent, or being sent, to the job's webhook URL, oldest first, with how each went.
+
+        Each is tried until the receiver answers 2xx, waiting FITJOBS_WEBHOOK_RETRY_SECONDS after the
+        first failure and twice as long after each further one, and given up (`failed`) once
+        FITJOBS_WEBHOOK_GIVE_UP_SECONDS have passed since its event. A job without a webhook has none.
+        """
+        load_job(job_id)
+        deliveries = WebhookStore(current_store().engine).list_for_job(job_id)
+        return {"deliveries": [{**asdict(delivery), "state": delivery.state.value} for delivery in deliveries]}
 
 
 def last_event_id() -> int:

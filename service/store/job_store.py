@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -29,8 +30,9 @@ from service.jobs import (
 )
 from service.store.dataset_store import DatasetNotFound
 from service.store.queue_depth import queue_depth_sql
-from service.store.tables import datasets, job_events, jobs, metrics, workers
+from service.store.tables import datasets, job_events, jobs, metrics, webhook_deliveries, workers
 from service.store.tenant_lock import lock_tenant
+from service.store.webhook_store import ANNOUNCED_EVENT_KINDS, EVALUATION_READY, queue_delivery, webhook_url
 from service.tenants import DEFAULT_TENANT, QuotaReached, Quotas
 
 
@@ -121,11 +123,17 @@ def _event_from_row(row: Row[Any]) -> JobEvent:
 SUMMARY_COLUMNS = [*(column for column in jobs.c if column.name not in ("spec", "result")),
                    jobs.c.spec["model"].label("spec_model")]
 
+# A job as its webhook events need it: every column but the spec (only its webhook) and the result.
+WEBHOOK_COLUMNS = [*(column for column in jobs.c if column.name not in ("spec", "result")),
+                   jobs.c.spec["webhook"].label("spec_webhook")]
+
 
 def _job_from_row(row: Row[Any]) -> Job:
     m: dict[str, Any] = dict(row._mapping)
     if "spec_model" in m:  # a summary row (SUMMARY_COLUMNS)
         m.update(spec={"model": m["spec_model"]}, result=None)
+    if "spec_webhook" in m:  # a row of WEBHOOK_COLUMNS
+        m.update(spec={"webhook": m["spec_webhook"]} if m["spec_webhook"] is not None else {}, result=None)
     error = (JobError(m["error_code"], m["error_message"] or "", bool(m["error_retryable"]))
              if m["error_code"] else None)
     return Job(
@@ -529,7 +537,14 @@ class JobStore:
                 current = conn.execute(select(jobs.c.attempt).where(jobs.c.id == job_id)).scalar()
                 if current != attempt:
                     return False
-            self._append_event(conn, job_id, kind, message, data=data)
+            event_id = self._append_event(conn, job_id, kind, message, data=data)
+            announced = ANNOUNCED_EVENT_KINDS.get(kind)
+            if announced is not None:
+                # Only the webhook of the spec is read: a spec can hold megabytes of inline rows.
+                row = conn.execute(select(*WEBHOOK_COLUMNS).where(jobs.c.id == job_id)).one()
+                job = _job_from_row(row)
+                self._announce(conn, job_id, webhook_url(job.spec), announced,
+                               self._webhook_data(job, event_id, message))
             return True
 
     def has_event(self, job_id: str, kind: str, attempt: int) -> bool:
@@ -592,7 +607,7 @@ class JobStore:
                 raise JobInUse(job, dependents, reusers)
             # Every table with a job_id column, named here so that deleting never relies on the
             # database's ON DELETE CASCADE (SQLite enforces it only with foreign_keys on).
-            for child in (job_events, metrics):
+            for child in (job_events, metrics, webhook_deliveries):
                 conn.execute(delete(child).where(child.c.job_id == job_id))
             conn.execute(delete(jobs).where(jobs.c.id == job_id))
             return job
@@ -714,8 +729,15 @@ class JobStore:
         row = conn.execute(insert(jobs).values(state=state.value, **values).returning(*jobs.c)).one()
         for kind, event_message, event_data in preceded_by:
             self._append_event(conn, values["id"], kind, event_message, data=event_data)
-        self._append_event(conn, values["id"], "state", message, state=state, data=data)
-        return _job_from_row(row)
+        job = _job_from_row(row)
+        event_id = self._append_event(conn, values["id"], "state", message, state=state, data=data)
+        self._announce_state(conn, job, event_id, message)
+        if job.reused_from is not None:
+            # Its evaluation report is its source's, served from the moment it exists.
+            self._announce(conn, job.id, webhook_url(job.spec), EVALUATION_READY,
+                           self._webhook_data(job, event_id, f"The evaluation report of job {job.reused_from} "
+                                                             "is this job's."))
+        return job
 
     def _move(self, conn: Connection, job_id: str, target: JobState, message: str, *,
               sources: frozenset[JobState] | set[JobState] | None = None, attempt: int | None = None,
@@ -748,12 +770,32 @@ class JobStore:
         row = conn.execute(update(jobs).where(*condition).values(**changes).returning(*jobs.c)).first()
         if row is None:
             return None
-        self._append_event(conn, job_id, "state", message, state=target, data=data)
-        return _job_from_row(row)
+        job = _job_from_row(row)
+        event_id = self._append_event(conn, job_id, "state", message, state=target, data=data)
+        self._announce_state(conn, job, event_id, message)
+        return job
 
     @staticmethod
     def _append_event(conn: Connection, job_id: str, kind: str, message: str, *,
-                      state: JobState | None = None, data: dict[str, Any] | None = None) -> None:
-        conn.execute(insert(job_events).values(
+                      state: JobState | None = None, data: dict[str, Any] | None = None) -> int:
+        """Log an event in the caller's transaction; returns its id."""
+        return int(conn.execute(insert(job_events).values(
             job_id=job_id, created_at=utcnow(), kind=kind, message=message,
-            state=state.value if state else None, data=data))
+            state=state.value if state else None, data=data).returning(job_events.c.id)).scalar_one())
+
+    @staticmethod
+    def _webhook_data(job: Job, event_id: int, message: str) -> dict[str, Any]:
+        """What a webhook event says about the job it announces."""
+        return {"job_id": job.id, "state": job.state.value, "attempt": job.attempt, "event_id": event_id,
+                "message": message, "error": asdict(job.error) if job.error is not None else None}
+
+    def _announce_state(self, conn: Connection, job: Job, event_id: int, message: str) -> None:
+        """Queue the `job.<state>` webhook event of a job that just entered its state, if it has a webhook."""
+        self._announce(conn, job.id, webhook_url(job.spec), f"job.{job.state.value}",
+                       self._webhook_data(job, event_id, message))
+
+    @staticmethod
+    def _announce(conn: Connection, job_id: str, url: str | None, event_type: str, data: dict[str, Any]) -> None:
+        # In the transaction of the event: the delivery exists exactly when the event does.
+        if url is not None:
+            queue_delivery(conn, job_id, url, event_type, data, utcnow())
