@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -291,6 +292,9 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings) -> Any:
     from service.client import FitjobsClient
 
+    # httpx logs every request at INFO; a command's output is its own.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+
     # FITJOBS_TOKEN (a tenant's token), else the first of FITJOBS_API_TOKENS.
     return FitjobsClient.from_settings(settings, url=args.url)
 
@@ -314,29 +318,37 @@ def _read_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _watch(args: argparse.Namespace, settings: Settings, job_id: str, follow_events: bool) -> int:
-    from service.job_views import watch_job
+    from service.job_views import EXIT_BY_STATE, EXIT_TIMED_OUT, describe, watch_job
 
     client = _client(args, settings)
-    if args.json:
-        # Machine output: the events as JSON lines while following, then the final job.
-        from service.client import WaitTimeout
-        from service.job_views import EXIT_BY_STATE, EXIT_TIMED_OUT
+    if not args.json:
+        status, job = watch_job(client, job_id, console=_console(), timeout=args.timeout,
+                                follow_events=follow_events)
+        print(describe(job))
+        return status
+    # Machine output: the events as JSON lines while following, then the final job.
+    from service.client import WaitTimeout
 
-        if follow_events:
+    follower, timed_out = None, threading.Event()
+    if follow_events:
+        def print_events() -> None:
             for event in client.follow(job_id):
+                if timed_out.is_set():
+                    return
                 print(json.dumps(event, sort_keys=True), flush=True)
-        try:
-            job = client.wait(job_id, timeout=args.timeout)
-        except WaitTimeout as exc:
-            _print_json(exc.job)
-            return EXIT_TIMED_OUT
-        _print_json(job)
-        return EXIT_BY_STATE[job["state"]]
-    status, job = watch_job(client, job_id, console=_console(), timeout=args.timeout, follow_events=follow_events)
-    from service.job_views import describe
 
-    print(describe(job))
-    return status
+        follower = threading.Thread(target=print_events, name="fitjobs-follow", daemon=True)
+        follower.start()
+    try:
+        job = client.wait(job_id, timeout=args.timeout)
+    except WaitTimeout as exc:
+        timed_out.set()
+        _print_json(exc.job)
+        return EXIT_TIMED_OUT
+    if follower is not None:
+        follower.join(timeout=30)  # the stream ends with the job's final event
+    _print_json(job)
+    return EXIT_BY_STATE[job["state"]]
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -400,7 +412,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     """One line per job, newest first (every page up to --limit; 0: all)."""
     from service.job_views import describe
 
-    jobs = _client(args, settings).list_jobs(state=args.state, page_size=min(max(args.limit, 1), 200))
+    jobs = _client(args, settings).list_jobs(state=args.state, page_size=min(args.limit, 200) if args.limit else 200)
     chosen = list(itertools.islice(jobs, args.limit or None))
     if args.json:
         _print_json(chosen)

@@ -32,7 +32,8 @@ def describe(job: Job) -> str:
     numbers = {k: v for k, v in (job.get("result") or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:
-        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(numbers.items()))
+        line += " " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in sorted(numbers.items()))
     return line
 
 
