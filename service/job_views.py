@@ -64,13 +64,13 @@ def job_table(job: Job) -> Table:
 
 
 def metrics_table(metrics: Metrics) -> Table:
-    """The per-epoch series as a table (`fitjobs metrics`)."""
+    """The per-epoch series as a table (`fitjobs metrics`): a row per metric, a column per epoch."""
     epochs = metrics.get("epochs") or []
     names = sorted({key for row in epochs for key in row} - {"epoch"})
-    table = Table("epoch", *names)
-    for row in epochs:
-        values: dict[str, Any] = dict(row)
-        table.add_row(str(row.get("epoch")), *(f"{values[n]:.4f}" if n in values else "" for n in names))
+    table = Table("metric", *(f"epoch {row.get('epoch')}" for row in epochs))
+    for name in names:
+        values = [dict(row).get(name) for row in epochs]
+        table.add_row(name, *("" if value is None else f"{value:.4g}" for value in values))
     return table
 
 

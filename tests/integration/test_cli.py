@@ -115,7 +115,7 @@ def test_json_output_of_every_command(service: RunningService, finished: dict[st
     metrics = fitjobs_json(service, "metrics", job_id)
     assert [row["epoch"] for row in metrics["epochs"]] == [1]
     logs = fitjobs_json(service, "logs", job_id)
-    assert "Epoch 1/1" in logs["log"]
+    assert job_id in logs["log"] and "fit" in logs["log"]
     downloaded = fitjobs_json(service, "download", job_id, "-o", str(tmp_path / "model.tar.gz"))
     assert downloaded["digest_checked"] is True and Path(downloaded["path"]).stat().st_size == downloaded["size"]
     with tarfile.open(downloaded["path"]) as tar:
@@ -138,7 +138,7 @@ def test_human_output(service: RunningService, finished: dict[str, Any], tmp_pat
     assert listed.returncode == 0 and any(line.startswith(f"{job_id} succeeded") for line in listed.stdout.splitlines())
     plot = tmp_path / "curves.png"
     metrics = fitjobs(service, "metrics", job_id, "--plot", str(plot))
-    assert metrics.returncode == 0 and "val_accuracy" in metrics.stderr
+    assert metrics.returncode == 0 and "val_accuracy" in metrics.stderr and "epoch 1" in metrics.stderr
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     target = tmp_path / "config.json"
     download = fitjobs(service, "download", job_id, "--artifact", "model/config.json", "-o", str(target))
