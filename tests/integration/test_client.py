@@ -215,10 +215,10 @@ def test_a_dropped_event_stream_resumes_without_losing_or_repeating_an_event(
     with TcpProxy("127.0.0.1", port) as proxy, FitjobsClient(proxy.url, retry=FAST_RETRY) as client:
         job = client.submit(tiny_spec(tiny_model_dir, epochs=2))
         seen = []
-        dropped_after: int | None = None
+        dropped_after = 0
         for event in client.follow(job["id"]):
             seen.append(event)
-            if dropped_after is None and len(seen) == 3:
+            if not dropped_after and len(seen) == 3:
                 dropped_after = event["id"]
                 assert proxy.drop() >= 1, "the stream's connection was open"
         events = client.events(job["id"])
