@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -304,102 +308,241 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- client commands -----------------------------------------------------------------------------
+# Exit statuses of the commands that wait for a job: 0 succeeded, 1 failed, 2 cancelled, 3 timed
+# out (service.job_views). Any other command exits 1 when the service refuses it or cannot be reached.
 
 def _client(args: argparse.Namespace, settings: Settings) -> Any:
     from service.client import FitjobsClient
 
+    # httpx logs every request at INFO; a command's output is its own.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+
     # FITJOBS_TOKEN (a tenant's token), else the first of FITJOBS_API_TOKENS.
-    return FitjobsClient(args.url or settings.url, token=settings.token or next(iter(settings.api_tokens), None))
+    return FitjobsClient.from_settings(settings, url=args.url)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Progress and tables go to stderr, so stdout holds only what a script reads (ids, paths, JSON).
+    return Console(stderr=True, highlight=False)
 
 
 def _print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
-def _describe(job: dict[str, Any]) -> str:
-    progress = job.get("progress") or {}
-    line = f"{job['id']} {job['state']}"
-    if job["state"] == "running" and progress.get("epochs"):
-        line += (f" epoch {progress['epoch']}/{progress['epochs']}"
-                 f" step {progress['step']}/{progress.get('steps_per_epoch') or '?'}")
-    if job.get("error"):
-        line += f" [{job['error']['code']}] {job['error']['message']}"
-    # A list shows summaries (no result); a single job's result also holds reports and flags.
-    numbers = {k: v for k, v in (job.get("result") or {}).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if numbers:
-        line += " " + " ".join(f"{k}={v:.4f}" for k, v in sorted(numbers.items()))
-    return line
+def _read_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(Path(args.spec).read_text())
+    if args.model:
+        spec["model"] = args.model
+    return spec
+
+
+def _watch(args: argparse.Namespace, settings: Settings, job_id: str, follow_events: bool) -> int:
+    from service.job_views import EXIT_BY_STATE, EXIT_TIMED_OUT, describe, watch_job
+
+    client = _client(args, settings)
+    if not args.json:
+        status, job = watch_job(client, job_id, console=_console(), timeout=args.timeout,
+                                follow_events=follow_events)
+        print(describe(job))
+        return status
+    # Machine output: the events as JSON lines while following, then the final job.
+    from service.client import WaitTimeout
+
+    follower, timed_out = None, threading.Event()
+    if follow_events:
+        def print_events() -> None:
+            for event in client.follow(job_id):
+                if timed_out.is_set():
+                    return
+                print(json.dumps(event, sort_keys=True), flush=True)
+
+        follower = threading.Thread(target=print_events, name="fitjobs-follow", daemon=True)
+        follower.start()
+    try:
+        job = client.wait(job_id, timeout=args.timeout)
+    except WaitTimeout as exc:
+        timed_out.set()
+        _print_json(exc.job)
+        return EXIT_TIMED_OUT
+    if follower is not None:
+        follower.join(timeout=30)  # the stream ends with the job's final event
+    _print_json(job)
+    return EXIT_BY_STATE[job["state"]]
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    """Submit a spec file; prints the new job's id (or waits for it with --wait)."""
-    spec = json.loads(Path(args.spec).read_text())
-    if args.model:
-        spec["model"] = args.model
-    job = _client(args, settings).submit(spec)
-    print(job["id"])
+    """Submit a spec file; prints the new job's id (or follows it to the end with --wait)."""
+    job = _client(args, settings).submit(_read_spec(args), idempotency_key=args.idempotency_key)
+    if args.json and not args.wait:
+        _print_json(job)
+        return 0
+    if not args.json:
+        print(job["id"], flush=True)
     if args.wait:
-        return _wait(args, settings, job["id"])
+        return _watch(args, settings, job["id"], follow_events=False)
     return 0
 
 
-def _wait(args: argparse.Namespace, settings: Settings, job_id: str) -> int:
-    last = ""
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Dry-run a spec file: exit 0 when it would train, 1 with its problems otherwise."""
+    from service.client import ValidationFailed
 
-    def show(job: dict[str, Any]) -> None:
-        nonlocal last
-        line = _describe(job)
-        if line != last:
-            print(line, file=sys.stderr, flush=True)
-            last = line
-
-    job = _client(args, settings).wait(job_id, timeout=args.timeout, on_update=show)
-    return 0 if job["state"] == "succeeded" else 1
+    try:
+        report = _client(args, settings).validate(_read_spec(args))
+    except ValidationFailed as exc:
+        if exc.report is None:
+            raise
+        report = exc.report
+    if args.json:
+        _print_json(report)
+    else:
+        splits = ", ".join(f"{name}: {split.get('rows')} rows" for name, split in (report.get("splits") or {}).items())
+        print(f"{'valid' if report.get('valid') else 'invalid'}: {report.get('num_labels')} labels, {splits}, "
+              f"{report.get('steps_per_epoch')} steps per epoch")
+        for kind in ("problems", "warnings"):
+            for finding in report.get(kind) or []:
+                print(f"  {kind[:-1]}: [{finding.get('code')}] {finding.get('message')}")
+    return 0 if report.get("valid") else 1
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    """Follow a job until it ends; exit 0 only if it succeeded."""
-    return _wait(args, settings, args.job_id)
+    """Draw a job's progress until it ends; exit 0 succeeded, 1 failed, 2 cancelled, 3 timed out."""
+    return _watch(args, settings, args.job_id, follow_events=False)
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Print a job as JSON."""
-    _print_json(_client(args, settings).get(args.job_id))
+def cmd_follow(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a job's events as they happen (with its progress) until it ends; exit as `wait`."""
+    return _watch(args, settings, args.job_id, follow_events=True)
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    """Show a job."""
+    job = _client(args, settings).get_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        from service.job_views import job_table
+
+        _console().print(job_table(job))
     return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    """One line per job, newest first."""
-    for job in _client(args, settings).list(state=args.state, limit=args.limit):
-        print(_describe(job))
+    """One line per job, newest first (every page up to --limit; 0: all)."""
+    from service.job_views import describe
+
+    jobs = _client(args, settings).list_jobs(state=args.state, page_size=min(args.limit, 200) if args.limit else 200)
+    chosen = list(itertools.islice(jobs, args.limit or None))
+    if args.json:
+        _print_json(chosen)
+    else:
+        for job in chosen:
+            print(describe(job))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     """Cancel a job."""
-    print(_describe(_client(args, settings).cancel(args.job_id)))
+    from service.job_views import describe
+
+    job = _client(args, settings).cancel(args.job_id)
+    _print_json(job) if args.json else print(describe(job))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete a finished job and its files."""
+    _client(args, settings).delete_job(args.job_id)
+    _print_json({"id": args.job_id, "deleted": True}) if args.json else print(f"{args.job_id} deleted")
     return 0
 
 
 def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
-    """Print a job's metrics as JSON."""
-    _print_json(_client(args, settings).metrics(args.job_id))
+    """Show a job's per-epoch metrics (or all series with --json); --plot writes a PNG of the curves."""
+    metrics = _client(args, settings).metrics(args.job_id)
+    if args.plot:
+        from service.job_views import plot_metrics
+
+        plot_metrics(metrics, Path(args.plot), args.job_id)
+    if args.json:
+        _print_json(metrics)
+    else:
+        from service.job_views import metrics_table
+
+        _console().print(metrics_table(metrics))
+        if args.plot:
+            print(args.plot)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
     """Print the trainer log."""
-    sys.stdout.write(_client(args, settings).logs(args.job_id))
+    text = _client(args, settings).logs(args.job_id)
+    _print_json({"id": args.job_id, "log": text}) if args.json else sys.stdout.write(text)
     return 0
 
 
 def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
-    """Download a job's model.tar.gz."""
-    target = Path(args.output or f"{args.job_id}.model.tar.gz")
-    _client(args, settings).download_model(args.job_id, target)
-    print(target)
+    """Download a job's model.tar.gz (or one artifact), verified against the size and SHA-256 the API gives."""
+    default = f"{args.job_id}.model.tar.gz" if args.artifact is None else Path(args.artifact).name
+    done = _client(args, settings).download(args.job_id, Path(args.output or default), name=args.artifact)
+    if args.json:
+        _print_json({"path": str(done.path), "size": done.size, "sha256": done.sha256,
+                     "digest_checked": done.digest_checked})
+    else:
+        print(done.path)
     return 0
+
+
+TENSORBOARD_PREFIX = "tensorboard/"
+
+
+def download_tensorboard_logs(client: Any, job_ids: list[str], folder: Path) -> dict[str, Path]:
+    """Download each job's `tensorboard/` artifacts into ``folder``/<job id>; the folder of each job that has some."""
+    found: dict[str, Path] = {}
+    for job_id in job_ids:
+        names = [a["name"] for a in client.artifacts(job_id) if a["name"].startswith(TENSORBOARD_PREFIX)]
+        for name in names:
+            client.download(job_id, folder / job_id / name[len(TENSORBOARD_PREFIX):], name=name)
+        if names:
+            found[job_id] = folder / job_id
+    return found
+
+
+def tensorboard_command(logdirs: dict[str, Path], extra: list[str]) -> list[str]:
+    """`tensorboard --logdir_spec id1:dir1,id2:dir2 ...`: each run named by its job id."""
+    spec = ",".join(f"{job_id}:{folder}" for job_id, folder in logdirs.items())
+    return ["tensorboard", "--logdir_spec", spec, *extra]
+
+
+def cmd_tensorboard(args: argparse.Namespace, settings: Settings) -> int:
+    """Download the jobs' TensorBoard logs into one folder and open TensorBoard on it."""
+    folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="fitjobs-tensorboard-"))
+    logdirs = download_tensorboard_logs(_client(args, settings), args.job_ids, folder)
+    missing = [job_id for job_id in args.job_ids if job_id not in logdirs]
+    for job_id in missing:
+        print(f"fitjobs: job {job_id} has no {TENSORBOARD_PREFIX} artifacts", file=sys.stderr)
+    if not logdirs:
+        return 1
+    command = tensorboard_command(logdirs, ["--port", str(args.port)] if args.port else [])
+    if args.print_command:
+        _print_json({"command": command, "logdirs": {k: str(v) for k, v in logdirs.items()}}) if args.json \
+            else print(shlex.join(command))
+        return 0
+    if shutil.which(command[0]) is None:
+        print("fitjobs: tensorboard is not installed (pip install tensorboard); the logs are in "
+              f"{folder}", file=sys.stderr)
+        return 1
+    try:
+        return subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if not args.dir:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def reporting_api_errors(func: Any) -> Any:
@@ -407,16 +550,21 @@ def reporting_api_errors(func: Any) -> Any:
 
     @functools.wraps(func)
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        # Imported here: `requests` (and with it ssl) must stay out of the gunicorn master,
+        # Imported here: httpx (and with it ssl) must stay out of the gunicorn master,
         # which gevent workers monkey-patch after it forks them.
-        from service.client import ApiError
+        from service.client import ApiError, FitjobsError
 
         try:
             return int(func(args, settings) or 0)
         except ApiError as exc:
+            if getattr(args, "json", False):
+                _print_json({"status": exc.status, **exc.problem})
             print(f"fitjobs: {exc}", file=sys.stderr)
-            for path, texts in (exc.problem.get("errors") or {}).items():
+            for path, texts in exc.errors.items():
                 print(f"  {path}: {' '.join(texts)}", file=sys.stderr)
+            return 1
+        except FitjobsError as exc:
+            print(f"fitjobs: {exc}", file=sys.stderr)
             return 1
 
     return run
@@ -473,29 +621,51 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep this many days instead of FITJOBS_RETENTION_DAYS")
     add("openapi", cmd_openapi, "Print the OpenAPI document.").add_argument("--output", "-o")
 
-    def client_command(name: str, func: Any, text: str, job: bool = True) -> argparse.ArgumentParser:
-        command = add(name, reporting_api_errors(func), text)
+    def client_command(name: str, func: Any, text: str, job: bool = True,
+                       aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=text, description=text, aliases=list(aliases))
+        command.set_defaults(func=reporting_api_errors(func))
         command.add_argument("--url", help="service URL (FITJOBS_URL, default http://127.0.0.1:8080)")
+        command.add_argument("--json", action="store_true", help="machine output: JSON on stdout")
         if job:
             command.add_argument("job_id")
         return command
 
-    submit = client_command("submit", cmd_submit, "Submit a training spec (JSON file).", job=False)
-    submit.add_argument("spec", help="path to a JSON training spec")
-    submit.add_argument("--model", help="override the spec's `model`")
-    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    submit.add_argument("--timeout", type=float, default=None)
-    client_command("wait", cmd_wait, "Follow a job until it ends.").add_argument(
-        "--timeout", type=float, default=None)
-    client_command("status", cmd_status, "Show a job.")
-    listing = client_command("list", cmd_list, "List jobs.", job=False)
-    listing.add_argument("--state")
-    listing.add_argument("--limit", type=int, default=20)
+    def spec_command(name: str, func: Any, text: str) -> argparse.ArgumentParser:
+        command = client_command(name, func, text, job=False)
+        command.add_argument("spec", help="path to a JSON training spec")
+        command.add_argument("--model", help="override the spec's `model`")
+        return command
+
+    timeout_help = "give up after this many seconds and exit 3 (default: wait for the end)"
+    submit = spec_command("submit", cmd_submit, "Submit a training spec (JSON file).")
+    submit.add_argument("--wait", action="store_true",
+                        help="draw its progress until it ends; exit 0 succeeded, 1 failed, 2 cancelled, 3 timed out")
+    submit.add_argument("--timeout", type=non_negative_seconds, default=None, help=timeout_help)
+    submit.add_argument("--idempotency-key", help="send this Idempotency-Key (default: a new one per submit)")
+    spec_command("validate", cmd_validate, "Dry-run a training spec: data, labels, tokenizer; trains nothing.")
+    for name, func, text in (("wait", cmd_wait, "Draw a job's progress until it ends."),
+                             ("follow", cmd_follow, "Print a job's events live, with its progress, until it ends.")):
+        client_command(name, func, text).add_argument("--timeout", type=non_negative_seconds, default=None,
+                                                      help=timeout_help)
+    client_command("show", cmd_show, "Show a job.", aliases=("status",))
+    listing = client_command("list", cmd_list, "List jobs, newest first.", job=False)
+    listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (0: all; default 20)")
     client_command("cancel", cmd_cancel, "Cancel a job.")
-    client_command("metrics", cmd_metrics, "Show a job's metrics.")
+    client_command("delete", cmd_delete, "Delete a finished job and its files.")
+    client_command("metrics", cmd_metrics, "Show a job's metrics.").add_argument(
+        "--plot", metavar="PNG", help="also write the loss and accuracy curves to this PNG file")
     client_command("logs", cmd_logs, "Show a job's trainer log.")
-    client_command("download", cmd_download, "Download a job's model.tar.gz.").add_argument(
-        "--output", "-o", help="file to write (default JOB_ID.model.tar.gz)")
+    download = client_command("download", cmd_download, "Download a job's model.tar.gz (or one artifact), verified.")
+    download.add_argument("--output", "-o", help="file to write (default JOB_ID.model.tar.gz, or the artifact's name)")
+    download.add_argument("--artifact", metavar="NAME", help="an artifact of GET /v1/jobs/{id}/artifacts instead")
+    board = client_command("tensorboard", cmd_tensorboard, "Open TensorBoard on the jobs' training logs.", job=False)
+    board.add_argument("job_ids", nargs="+", metavar="JOB")
+    board.add_argument("--dir", help="download the logs here and keep them (default: a temporary folder)")
+    board.add_argument("--port", type=int, help="TensorBoard's port")
+    board.add_argument("--print-command", action="store_true",
+                       help="download, print the tensorboard command line and exit without running it")
     return parser
 
 

@@ -8,9 +8,12 @@ store (FITJOBS_STORAGE_URL) files are streamed from it; nothing is copied to the
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from flask import Response, request, send_file
@@ -38,7 +41,11 @@ from service.storage import StorageUnavailable
 blp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs", description="Trained models and files.")
 
 STREAM_CHUNK_BYTES = 1 << 20  # each read of an object store file is a call on another thread
-BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
+# RFC 9530's digest of the whole file, so that a client can check what it saved.
+DIGEST_HEADER: dict[str, Any] = {"headers": {"Repr-Digest": {
+    "description": "`sha-256=:<base64>:` of the whole file (RFC 9530); sent for files on the API's disk.",
+    "schema": {"type": "string"}}}}
+BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}, **DIGEST_HEADER}
 
 
 @contextlib.contextmanager
@@ -57,6 +64,14 @@ def streamed(stream: Any, size: int, mimetype: str, download_name: str) -> Respo
                         direct_passthrough=True)
     response.content_length = size
     response.headers.set("Content-Disposition", "attachment", filename=download_name)
+    return response
+
+
+def with_digest(response: Response, path: Path) -> Response:
+    """``response`` (a local file's) with its Repr-Digest; published files never change, so it cannot go stale."""
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").digest()
+    response.headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(digest).decode()}:"
     return response
 
 
@@ -81,7 +96,8 @@ class JobArtifact(MethodView):
         try:
             if storage.local_root is not None:
                 path = artifact_path(storage.local_root / ARTIFACTS, owner, name)
-                return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
+                return with_digest(send_file(path, as_attachment=True, download_name=path.name, conditional=True),
+                                   path)
             with storage_errors():
                 stream, size = open_artifact(storage, owner, name)
         except ArtifactNotFound as exc:
@@ -92,7 +108,7 @@ class JobArtifact(MethodView):
 @blp.route("/<job_id>/model.tar.gz")
 class JobModelTarball(MethodView):
     @blp.doc(responses={"200": {"description": "The model folder (weights, config, tokenizer).",
-                                "content": {"application/gzip": {}}}})
+                                "content": {"application/gzip": {}}, **DIGEST_HEADER}})
     def get(self, job_id: str) -> Response:
         """The trained model as a tar.gz whose top level `from_pretrained` loads."""
         job = load_job(job_id)
@@ -102,8 +118,8 @@ class JobModelTarball(MethodView):
             # Built and cached under the owner's id, so a reused model is archived once.
             if storage.local_root is not None:
                 tarball = model_tarball(storage.local_root / ARTIFACTS, settings.cache_dir, artifact_owner(job))
-                return send_file(tarball, mimetype="application/gzip", as_attachment=True,
-                                 download_name=f"{job_id}.model.tar.gz", conditional=True)
+                return with_digest(send_file(tarball, mimetype="application/gzip", as_attachment=True,
+                                             download_name=f"{job_id}.model.tar.gz", conditional=True), tarball)
             with storage_errors():
                 key, size = stored_model_tarball(storage, settings.cache_dir, artifact_owner(job))
                 stream = storage.open(key)
