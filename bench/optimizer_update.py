@@ -74,7 +74,7 @@ def main() -> None:
     def update_only(optimizer: Any, gradients: list[Any]) -> Any:
         @tf.function(autograph=False)
         def apply() -> Any:
-            optimizer.apply_gradients(zip(gradients, variables))
+            optimizer.apply_gradients(zip(gradients, variables, strict=True))
             return optimizer.iterations
         return apply
 
@@ -83,7 +83,7 @@ def main() -> None:
         def step() -> Any:
             with tf.GradientTape() as tape:
                 value = loss(labels, model(features, training=True).logits)
-            optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
+            optimizer.apply_gradients(zip(tape.gradient(value, variables), variables, strict=True))
             return value
         return step
 

@@ -393,9 +393,9 @@ def test_fused_update_matches_tf_keras_own_update(hyper: dict[str, Any], traced:
     apply_ours = tf.function(fused.apply_gradients) if traced else fused.apply_gradients
     apply_theirs = tf.function(reference.apply_gradients) if traced else reference.apply_gradients
     for step in range(6):
-        apply_ours(list(zip(gradients_of_step(step), ours)))
-        apply_theirs(list(zip(gradients_of_step(step), theirs)))
-    for mine, expected, start in zip(ours, theirs, fresh_weights(1)):
+        apply_ours(list(zip(gradients_of_step(step), ours, strict=True)))
+        apply_theirs(list(zip(gradients_of_step(step), theirs, strict=True)))
+    for mine, expected, start in zip(ours, theirs, fresh_weights(1), strict=True):
         np.testing.assert_allclose(mine.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
         assert not np.allclose(mine.numpy(), start.numpy()), f"{mine.name} never moved"
     # Rows of the table that no gradient touched still move (momentum and decay), as in tf_keras.
