@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.sentiment_data import sentiment_rows, write_table
 from tests.support.service import RunningService, alive, descendants, start_service, trainer_pids
-from tests.support.tensorboard_events import read_run
+from tests.support.tensorboard_events import PUBLISHED, download_logdir, read_run
 
 EPOCH_SERIES = {"loss", "accuracy", "val_loss", "val_accuracy"}
 
@@ -110,15 +110,7 @@ def test_tiny_bert_trains_and_its_model_reloads(service: RunningService, tiny_mo
 def assert_tensorboard_logs_match_the_metrics(service: RunningService, job_id: str, metrics: dict[str, Any],
                                               best_epoch: int, folder: Path) -> None:
     """The job's tensorboard/ artifacts, downloaded as a logdir, hold the series GET .../metrics reports."""
-    listed = [a["name"] for a in service.get(f"/v1/jobs/{job_id}/artifacts").json()["artifacts"]]
-    names = [name for name in listed if name.startswith("tensorboard/")]
-    assert names == ["tensorboard/train/events.out.tfevents.fitjobs.v2",
-                     "tensorboard/validation/events.out.tfevents.fitjobs.v2"]
-    for name in names:
-        response = service.get(f"/v1/jobs/{job_id}/artifacts/{name}")
-        assert response.status_code == 200 and response.content
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(response.content)
+    assert download_logdir(service, job_id, folder) == PUBLISHED
     train, validation = read_run(folder / "tensorboard" / "train"), read_run(folder / "tensorboard" / "validation")
     # Event files hold float32 values; the metrics series keeps what the trainer measured.
     assert train.series("batch_loss") == {row["step"]: float(np.float32(row["loss"])) for row in metrics["steps"]}
@@ -289,7 +281,5 @@ def test_a_model_below_its_acceptance_minimum_fails_and_keeps_its_evaluation(
     assert set(evaluation.json()["per_class"]) == {"negative", "positive"}
     # The model is kept for inspection.
     names = {a["name"] for a in service.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"]}
-    assert {"evaluation.json", "model/config.json", "model/tf_model.h5",
-            "tensorboard/train/events.out.tfevents.fitjobs.v2",
-            "tensorboard/validation/events.out.tfevents.fitjobs.v2"} <= names
+    assert {"evaluation.json", "model/config.json", "model/tf_model.h5", *PUBLISHED} <= names
     assert service.get(f"/v1/jobs/{job['id']}/model.tar.gz").status_code == 200

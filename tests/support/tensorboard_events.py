@@ -8,6 +8,11 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
+from tests.support.service import RunningService
+
+PUBLISHED = ["tensorboard/train/events.out.tfevents.fitjobs.v2",
+             "tensorboard/validation/events.out.tfevents.fitjobs.v2"]
+
 
 @dataclass(frozen=True)
 class Run:
@@ -41,3 +46,15 @@ def read_run(folder: Path) -> Run:
                 # An image summary is [width, height, encoded image...].
                 images.setdefault(tag, []).append((event.step, bytes(value[2])))
     return Run(scalars, images)
+
+
+def download_logdir(api: RunningService, job_id: str, folder: Path) -> list[str]:
+    """Download every artifact of the job under tensorboard/ into ``folder``, keeping its path; their names."""
+    listed = [a["name"] for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()["artifacts"]]
+    names = [name for name in listed if name.startswith("tensorboard/")]
+    for name in names:
+        response = api.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+        assert response.status_code == 200 and response.content, (name, response.status_code)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(response.content)
+    return names
