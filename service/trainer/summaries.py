@@ -5,7 +5,7 @@ SummaryReporter sits in front of the job's reporter and writes what passes throu
 values are kept in a list (a few microseconds a step, on the host, from floats Keras already
 fetched) and written at the reporter's flushes: each epoch end, and before each checkpoint.
 Scalars are written as event records directly, in the form tf.summary.scalar gives them,
-because an eager tf.summary.scalar costs about 0.3 ms of host time per value, 15 times more;
+because an eager tf.summary.scalar costs about 0.3 ms of host time per value, some 30 times more;
 the one image goes through tf.summary.image.
 
 The runs follow Keras' TensorBoard callback: ``train/`` holds ``batch_*`` scalars at the global
