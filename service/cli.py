@@ -259,6 +259,28 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one retention pass now (FITJOBS_RETENTION_DAYS, or --days), e.g. from a CronJob; print what it did."""
+    from service.store import open_store
+    from service.store.job_store import utcnow
+    from service.supervisor.retention import prune
+
+    days = settings.retention_days if args.days is None else args.days
+    if days <= 0:
+        print("fitjobs prune: nothing to do: FITJOBS_RETENTION_DAYS is 0 (keep everything) and --days is not given",
+              file=sys.stderr)
+        return 2
+    store = open_store(settings.database_url, migrate=True)
+    report = prune(settings, store, now=utcnow(), days=days)
+    if report.skipped:
+        print("fitjobs prune: another retention pass is running; nothing done")
+        return 0
+    print(f"deleted {len(report.jobs)} job(s) and {len(report.uploads)} upload(s) older than {days:g} day(s); "
+          f"removed the files of {len(report.leftovers)} deleted job(s); kept {len(report.kept_jobs)} job(s) and "
+          f"{len(report.kept_uploads)} upload(s) still needed")
+    return 0
+
+
 def generate_openapi() -> str:
     """The OpenAPI document, generated from the schemas (no running service needed)."""
     from service.api import create_app
@@ -446,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the number of GPUs this worker must have (found as FITJOBS_GPUS says); it "
                              "exits 3 when it has another number")
     add("migrate", cmd_migrate, "Upgrade the database schema.")
+    add("prune", cmd_prune, "Delete finished jobs and unused uploads older than the retention period, now."
+        ).add_argument("--days", type=float, metavar="DAYS",
+                       help="keep this many days instead of FITJOBS_RETENTION_DAYS")
     add("openapi", cmd_openapi, "Print the OpenAPI document.").add_argument("--output", "-o")
 
     def client_command(name: str, func: Any, text: str, job: bool = True) -> argparse.ArgumentParser:

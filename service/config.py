@@ -21,6 +21,7 @@ from service.tenants import DEFAULT_ROLES, DEFAULT_TENANT, Quotas, Role, Tenant,
 
 if TYPE_CHECKING:
     from service.storage import Storage
+    from service.webhooks.destinations import DestinationPolicy, IPNetwork
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,29 @@ def _url_prefixes(value: str) -> tuple[str, ...]:
     return prefixes
 
 
+def _webhook_secret(value: str) -> str:
+    from service.webhooks.signing import parse_secret
+
+    text = value.strip()
+    if text:
+        parse_secret(text)
+    return text
+
+
+def _host_patterns(value: str) -> tuple[str, ...]:
+    patterns = tuple(part.strip().lower().rstrip(".") for part in value.split(",") if part.strip())
+    for pattern in patterns:
+        if not re.fullmatch(r"[a-z0-9*?.:\[\]_-]+", pattern):
+            raise ValueError(f"{pattern!r} is not a host name pattern like `hooks.example.com` or `*.example.com`")
+    return patterns
+
+
+def _networks(value: str) -> tuple[IPNetwork, ...]:
+    from service.webhooks.destinations import parse_networks
+
+    return parse_networks([part for part in value.split(",") if part.strip()])
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -288,6 +312,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "`fitjobs worker --check` fails when the supervisor loop has not completed a pass for "
                 "this long; the supervisor then also stops renewing its jobs' leases, so a hung loop "
                 "loses its jobs to other supervisors."),
+    SettingSpec("FITJOBS_RETENTION_DAYS", "retention_days", "0", _non_negative_float,
+                "Finished jobs (their rows, events, metrics, artifacts, checkpoints and logs) are deleted this "
+                "many days after they finished, and uploads this many days after their upload once no job "
+                "reads them; 0 keeps everything. A long-running supervisor (`fitjobs serve`, `fitjobs worker` "
+                "without --once) or `fitjobs prune` does it."),
+    SettingSpec("FITJOBS_RETENTION_INTERVAL_SECONDS", "retention_interval_seconds", "3600", _positive_float,
+                "Seconds between two retention passes of a supervisor (with FITJOBS_RETENTION_DAYS set); the "
+                "first runs when it starts. Supervisors of several nodes take turns (a PostgreSQL advisory lock)."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
     SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
@@ -321,6 +353,25 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_UPLOAD_MAX_DECODED_BYTES", "upload_max_decoded_bytes", str(2 * 1024 ** 3), _positive_int,
                 "Bytes an uploaded table may decode to (a Parquet file's columns uncompressed and its "
                 "dictionaries expanded); compressed files and archives are refused outright."),
+    SettingSpec("FITJOBS_WEBHOOK_SECRET", "webhook_secret", "", _webhook_secret,
+                "Key that signs webhook deliveries (Standard Webhooks), as `whsec_` and the base64 of 24 to 64 "
+                "random bytes. Empty: this deployment sends no webhooks, and a spec naming `webhook` gets 422."),
+    SettingSpec("FITJOBS_WEBHOOK_ALLOWED_HOSTS", "webhook_allowed_hosts", "", _host_patterns,
+                "Comma-separated host name patterns (`hooks.example.com`, `*.example.com`) a webhook URL must "
+                "match; empty allows any host whose addresses are all public."),
+    SettingSpec("FITJOBS_WEBHOOK_ALLOWED_NETWORKS", "webhook_allowed_networks", "", _networks,
+                "Comma-separated networks (`10.20.0.0/16`, `127.0.0.1/32`) whose non-public addresses webhooks "
+                "may go to all the same; empty: only public (`is_global`) addresses, never loopback, private, "
+                "link-local (the cloud metadata service) or the like."),
+    SettingSpec("FITJOBS_WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", "10", _positive_float,
+                "Seconds a webhook receiver has to connect and answer one delivery attempt."),
+    SettingSpec("FITJOBS_WEBHOOK_RETRY_SECONDS", "webhook_retry_seconds", "5", _positive_float,
+                "Wait before a failed webhook delivery's first retry; each further retry waits twice as long, "
+                "up to FITJOBS_WEBHOOK_MAX_RETRY_SECONDS."),
+    SettingSpec("FITJOBS_WEBHOOK_MAX_RETRY_SECONDS", "webhook_max_retry_seconds", "3600", _positive_float,
+                "Longest wait between two attempts of a webhook delivery."),
+    SettingSpec("FITJOBS_WEBHOOK_GIVE_UP_SECONDS", "webhook_give_up_seconds", "86400", _positive_float,
+                "A webhook delivery not accepted this long after its event is marked failed and no longer tried."),
     SettingSpec("FITJOBS_URL", "url", "http://127.0.0.1:8080", str,
                 "Base URL the CLI's client commands (submit, status, wait, ...) talk to."),
     SettingSpec("FITJOBS_TOKEN", "token", "", str,
@@ -408,6 +459,8 @@ class Settings:
     lease_seconds: float
     worker_heartbeat_file: Path
     worker_health_seconds: float
+    retention_days: float
+    retention_interval_seconds: float
     max_request_bytes: int
     max_upload_bytes: int
     model_roots: tuple[Path, ...]
@@ -420,6 +473,13 @@ class Settings:
     upload_max_columns: int
     upload_max_cell_bytes: int
     upload_max_decoded_bytes: int
+    webhook_secret: str = field(repr=False)
+    webhook_allowed_hosts: tuple[str, ...]
+    webhook_allowed_networks: tuple[IPNetwork, ...]
+    webhook_timeout_seconds: float
+    webhook_retry_seconds: float
+    webhook_max_retry_seconds: float
+    webhook_give_up_seconds: float
     url: str
     token: str
     log_level: str
@@ -478,6 +538,14 @@ class Settings:
     def anonymous_tenant(self) -> Tenant:
         """Who callers are when no tokens are configured: the default tenant, to read and submit."""
         return Tenant(name=DEFAULT_TENANT, roles=DEFAULT_ROLES, quotas=self.default_quotas)
+
+    @property
+    def webhook_policy(self) -> DestinationPolicy:
+        """Where webhooks may go (FITJOBS_WEBHOOK_ALLOWED_HOSTS and FITJOBS_WEBHOOK_ALLOWED_NETWORKS)."""
+        from service.webhooks.destinations import DestinationPolicy
+
+        return DestinationPolicy(allowed_hosts=self.webhook_allowed_hosts,
+                                 allowed_networks=self.webhook_allowed_networks)
 
     @property
     def jobs_dir(self) -> Path:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import MODEL_FOLDER, artifacts_key, job_artifacts_dir
+from service.artifacts import ARTIFACTS, MODEL_FOLDER, MODEL_TARBALL, TARBALL_CACHE, artifacts_key, job_artifacts_dir
 from service.storage import Storage, open_storage
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
@@ -211,11 +212,45 @@ def upload_file(uploads_dir: Path, dataset_id: str) -> Path | None:
 
 UPLOADS = "uploads"
 LOGS = "logs"
+CHECKPOINTS = "checkpoints"
+# Storage folders that hold one entry per job, named after it (a model tarball of local storage's
+# cache is a file named after it).
+JOB_STORAGE_FOLDERS = (ARTIFACTS, CHECKPOINTS, LOGS, TARBALL_CACHE)
+JOB_ENTRY = re.compile(rf"^(job_[0-9a-f]{{32}})(?:\.{re.escape(MODEL_TARBALL)})?$")
 
 
 def trainer_log_key(job_id: str, attempt: int) -> str:
     """Where the trainer log of one attempt is copied in storage, for API pods that cannot see the worker's disk."""
     return f"{LOGS}/{job_id}/attempt-{attempt}.log"
+
+
+def remove_job_files(storage: Storage, job_id: str, *, jobs_dir: Path, artifacts_dir: Path, cache_dir: Path) -> None:
+    """Delete every file a job left, in storage and on this node; what is already gone is no error.
+
+    In storage: its published artifacts (the manifest first, so readers stop seeing them), its
+    checkpoints, the copies of its trainer logs and its model tarballs. On this node: its job
+    folder (attempt folders, logs, local checkpoints), a local copy of its artifacts and a cached
+    model tarball. Copies other nodes fetched are theirs to remove (see the retention pass).
+    Raises OSError (StorageUnavailable) when the object store refuses.
+    """
+    if not JOB_ID.match(job_id):
+        raise PathRefused(f"{job_id!r} is not a job id")
+    shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+    shutil.rmtree(job_artifacts_dir(artifacts_dir, job_id), ignore_errors=True)
+    (cache_dir / f"{job_id}.{MODEL_TARBALL}").unlink(missing_ok=True)
+    storage.remove_published(artifacts_key(job_id))
+    for folder in (CHECKPOINTS, LOGS, TARBALL_CACHE):
+        storage.remove(f"{folder}/{job_id}")
+
+
+def job_ids_with_files(storage: Storage, *, jobs_dir: Path, artifacts_dir: Path, cache_dir: Path) -> set[str]:
+    """The ids of every job that has files in storage or on this node (as remove_job_files finds them)."""
+    names: list[str] = []
+    for folder in JOB_STORAGE_FOLDERS:
+        names += storage.children(folder)
+    for local in (jobs_dir, artifacts_dir, cache_dir):
+        names += os.listdir(local) if local.is_dir() else []
+    return {match.group(1) for name in names if (match := JOB_ENTRY.match(name))}
 
 
 def upload_key(storage: Storage, dataset_id: str) -> str | None:

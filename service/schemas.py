@@ -13,6 +13,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from service.jobs import GPU_TYPE_PATTERN, FailureCode, JobState, QueueReason
 from service.locations import DATASET_ID, PathRefused, check_data_url_text, check_path_text
+from service.webhooks.destinations import MAX_URL_LENGTH, DestinationPolicy, DestinationRefused
 
 MAX_RECORDS = 10_000
 MAX_MAX_LENGTH = 4096
@@ -379,6 +380,25 @@ class JobModelSchema(StrictSchema):
     job = PlainString(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."))
 
 
+class WebhookSchema(StrictSchema):
+    """Where the job's events are POSTed, signed (Standard Webhooks)."""
+
+    url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL_LENGTH), metadata={
+        "description": "An http:// or https:// URL, without credentials. Each state change and `evaluation_ready` "
+                       "is POSTed to it, signed with the deployment's FITJOBS_WEBHOOK_SECRET, and retried with "
+                       "backoff until the receiver answers 2xx. Its host must be allowed "
+                       "(FITJOBS_WEBHOOK_ALLOWED_HOSTS) and resolve only to public addresses, or to networks "
+                       "FITJOBS_WEBHOOK_ALLOWED_NETWORKS allows; redirects are not followed.",
+        "format": "uri"})
+
+    @validates("url")
+    def _is_webhook_url(self, value: str, **_: Any) -> None:
+        try:
+            DestinationPolicy().parse(value)
+        except DestinationRefused as exc:
+            raise ValidationError(f"The webhook URL {exc}.") from exc
+
+
 MODEL_SCHEMAS: dict[str, type[Schema]] = {"hub": HubModelSchema, "path": PathModelSchema, "job": JobModelSchema}
 
 
@@ -453,9 +473,12 @@ class TrainingSpecSchema(StrictSchema):
                        "model are still published. null (default): no bar."})
     reuse = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
         "description": "Reuse instead of retraining: when a job with the same spec (ignoring priority, "
-                       "max_attempts, max_runtime_seconds and resources), the same data content and the same "
+                       "max_attempts, max_runtime_seconds, resources and webhook), the same data content and the same "
                        "model files or revision already succeeded, this job succeeds at once with its result "
                        "and artifacts (`reused_from` names it); otherwise it trains."})
+    webhook = fields.Nested(WebhookSchema, allow_none=True, metadata={
+        "description": "Signed notifications of this job's events; see GET /v1/jobs/{job_id}/webhook-deliveries. "
+                       "Refused (422) where the deployment sets no FITJOBS_WEBHOOK_SECRET. Omitted or null: none."})
 
 
 class ProgressSchema(Schema):
@@ -627,6 +650,33 @@ class ArtifactSchema(Schema):
 
 class ArtifactListSchema(Schema):
     artifacts = fields.List(fields.Nested(ArtifactSchema))
+
+
+class WebhookDeliverySchema(Schema):
+    """One event sent, or being sent, to the job's webhook URL."""
+
+    id = fields.String(metadata={"description": "The `webhook-id` header, the same on every attempt (msg_...)."})
+    event_type = fields.String(metadata={
+        "description": "`job.queued`, `job.running`, `job.succeeded`, `job.failed`, `job.cancelled` (the state "
+                       "the job entered) or `job.evaluation_ready` (GET /v1/jobs/{job_id}/evaluation answers)."})
+    state = fields.String(validate=validate.OneOf(["pending", "delivered", "failed"]), metadata={
+        "description": "pending: being tried; delivered: the receiver answered 2xx; failed: given up after "
+                       "FITJOBS_WEBHOOK_GIVE_UP_SECONDS.", "enum": ["pending", "delivered", "failed"]})
+    attempts = fields.Integer(metadata={"description": "Attempts made so far."})
+    created_at = fields.DateTime(metadata={"description": "When the event happened."})
+    last_attempt_at = fields.DateTime(allow_none=True)
+    next_attempt_at = fields.DateTime(allow_none=True, metadata={
+        "description": "When it is tried next (pending only)."})
+    delivered_at = fields.DateTime(allow_none=True)
+    last_status_code = fields.Integer(allow_none=True, metadata={
+        "description": "The HTTP status of the last answer, when there was one."})
+    last_error = fields.String(allow_none=True, metadata={
+        "description": "Why the last attempt failed: no connection, a timeout, a refused address, a non-2xx "
+                       "answer (a redirect is never followed)."})
+
+
+class WebhookDeliveryListSchema(Schema):
+    deliveries = fields.List(fields.Nested(WebhookDeliverySchema))
 
 
 class ClassScoresSchema(Schema):

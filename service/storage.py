@@ -229,6 +229,16 @@ class Storage:
         except FileNotFoundError:
             pass
 
+    def children(self, key: str) -> list[str]:
+        """Names of the files and folders directly under the key, sorted; empty when there are none."""
+        try:
+            entries = self._run(self.fs.ls, self.path(key), detail=False)
+        except FileNotFoundError:
+            return []
+        base = self.path(key).rstrip("/")
+        names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries if str(entry).rstrip("/") != base}
+        return sorted(names)
+
     def list_files(self, key: str) -> list[StoredFile]:
         """Every file under the key (recursively), named relative to it, sorted by name."""
         base = self.path(key)

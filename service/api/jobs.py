@@ -1,10 +1,11 @@
-"""Jobs: create, list, read, cancel; their metrics, events and trainer logs."""
+"""Jobs: create, list, read, cancel; their metrics, events, trainer logs and webhook deliveries."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -42,7 +43,7 @@ from service.errors import (
 )
 from service.fingerprint import spec_fingerprint
 from service.jobs import PHASE_METRIC, FailureCode, Job, JobState, MetricPoint, QueuePlace, Worker, place_in_queue
-from service.locations import fetch_inputs, trainer_log_key
+from service.locations import fetch_inputs, remove_job_files, trainer_log_key
 from service.schemas import (
     DryRunProblemSchema,
     DryRunReportSchema,
@@ -56,18 +57,22 @@ from service.schemas import (
     MetricsSchema,
     ProblemSchema,
     TrainingSpecSchema,
+    WebhookDeliveryListSchema,
 )
 from service.storage import StorageKeyRefused
 from service.store import InvalidTransition, JobNotFound
 from service.store.dataset_store import DatasetNotFound
-from service.store.job_store import IdempotencyConflict, utcnow
+from service.store.job_store import IdempotencyConflict, JobInUse, utcnow
+from service.store.webhook_store import WebhookStore
 from service.tenants import QuotaReached
 from service.uploads import UploadedDataset
+from service.webhooks.destinations import DestinationRefused
 
 # The prefix stops at /v1 so that the dry run can live at /v1/jobs:validate (a custom method).
 CURSOR_KIND = "seq"  # the prefix inside this list's cursors
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1", description="Training jobs.")
+log = logging.getLogger(__name__)
 
 
 def require_json_body(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,6 +188,25 @@ def check_gpus_available(gpus: int | None, gpu_type: str | None = None) -> None:
         raise ValidationFailed(f"resources.gpus: {message}", errors={"resources.gpus": [message]})
 
 
+def check_webhook(spec: dict[str, Any]) -> None:
+    """Refuse (422) a webhook where no secret signs them, or whose URL leads to a host or address not allowed.
+
+    The host is resolved here as the sender will resolve it; the sender checks again at every attempt.
+    """
+    webhook = spec.get("webhook")
+    if webhook is None:
+        return
+    settings = current_settings()
+    if not settings.webhook_secret:
+        message = "This deployment sends no webhooks: FITJOBS_WEBHOOK_SECRET is not set."
+        raise ValidationFailed(f"webhook: {message}", errors={"webhook": [message]})
+    try:
+        settings.webhook_policy.check(webhook["url"])
+    except DestinationRefused as exc:
+        message = f"The webhook URL {exc}."
+        raise ValidationFailed(f"webhook.url: {message}", errors={"webhook.url": [message]}) from exc
+
+
 def job_fingerprint(spec: dict[str, Any]) -> str | None:
     """What a loaded spec trains, hashed; None when its data or model cannot be read now."""
     datasets = current_dataset_store()
@@ -294,21 +318,27 @@ class Jobs(MethodView):
         tenant = current_tenant()
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"], spec["resources"]["gpu_type"])
+        check_webhook(spec)
         check_label_settings(spec)
         # Every job gets a fingerprint, so that any later spec with `reuse` can find it.
         fingerprint = job_fingerprint(spec)
         source = reusable_job(fingerprint) if spec["reuse"] else None
         uploads = {spec["data"][role]["upload"]: role for role in ("train", "validation")
                    if "upload" in spec["data"][role]}
+        parent = spec["model"]["job"] if isinstance(spec["model"], dict) and "job" in spec["model"] else None
         try:
             job, created = current_store().create_job(
                 spec, idempotency_key=key, priority=spec["priority"], max_attempts=spec["max_attempts"],
                 max_runtime_seconds=spec["max_runtime_seconds"], gpus=spec["resources"]["gpus"],
                 gpu_type=spec["resources"]["gpu_type"],
                 fingerprint=fingerprint, reuse_of=source, tenant=tenant.name, quotas=tenant.quotas,
-                uploads=list(uploads))
+                uploads=list(uploads), parent=parent)
         except QuotaReached as exc:
             raise quota_exceeded(exc) from exc
+        except JobNotFound as exc:
+            # The job to continue from was deleted since check_spec_sources saw it.
+            message = f"No job has the id {parent!r}."
+            raise ValidationFailed(f"model.job: {message}", errors={"model.job": [message]}) from exc
         except DatasetNotFound as exc:
             # Deleted since check_spec_sources saw it.
             dataset_id = exc.args[0]
@@ -367,6 +397,7 @@ class JobValidation(MethodView):
         """
         check_spec_sources(spec)
         check_gpus_available(spec["resources"]["gpus"], spec["resources"]["gpu_type"])
+        check_webhook(spec)
         report = dry_run(spec)
         problems = report["problems"]
         if problems:
@@ -390,6 +421,51 @@ class JobResource(MethodView):
         """
         job = load_job(job_id)
         return job_document(job, queue_place(job), include_records=query.get("include") == "records")
+
+
+    @blp.response(204)
+    @blp.alt_response(409, schema=ProblemSchema,
+                      description="The job is queued or running (`state`; cancel it first), or other jobs still "
+                                  "need its files (`jobs`): queued or running jobs that continue from its model, "
+                                  "or jobs that reused its result.")
+    def delete(self, job_id: str) -> Response:
+        """Delete a finished job and everything of it: record, events, metrics, artifacts, checkpoints, logs.
+
+        Only a succeeded, failed or cancelled job can be deleted. It is refused while a queued or
+        running job continues from its model, and while a job that reused its result remains
+        (that job serves the same files): delete those first. Afterwards the job is a 404.
+        """
+        load_job(job_id)
+        try:
+            job = current_store().delete_job(job_id)
+        except JobNotFound as exc:
+            raise NotFound(f"No job has the id {job_id!r}.") from exc
+        except JobInUse as exc:
+            raise delete_refused(exc) from exc
+        settings = current_settings()
+        try:
+            remove_job_files(settings.storage, job.id, jobs_dir=settings.jobs_dir,
+                             artifacts_dir=settings.artifacts_dir, cache_dir=settings.cache_dir)
+        except OSError as exc:
+            # The job is gone from the API; its files are swept by the next retention pass.
+            log.warning("job %s deleted, but its files could not all be removed yet: %s", job.id, exc)
+        log.info("deleted job %s (%s)", job.id, job.state.value)
+        return Response(status=204)
+
+
+def delete_refused(exc: JobInUse) -> Conflict:
+    """The 409 problem of a delete that JobStore.delete_job refused."""
+    job = exc.job
+    if not job.state.is_terminal:
+        return Conflict(f"Job {job.id} is {job.state.value}; cancel it and wait until it ends before deleting it.",
+                        extra={"state": job.state.value})
+    if exc.dependents:
+        return Conflict(f"Job {job.id} cannot be deleted while queued or running jobs continue from its model: "
+                        f"{', '.join(exc.dependents)}; cancel them or wait until they end.",
+                        extra={"state": job.state.value, "jobs": exc.dependents})
+    return Conflict(f"Job {job.id} cannot be deleted while jobs that reused its result remain: "
+                    f"{', '.join(exc.reusers)}; delete them first.",
+                    extra={"state": job.state.value, "jobs": exc.reusers})
 
 
 @blp.route("/jobs/<job_id>/cancel")
@@ -447,6 +523,21 @@ class JobEvents(MethodView):
             return response
         events = current_store().list_events(job_id, after=query["after"])
         return {"events": [asdict(event) for event in events]}
+
+
+@blp.route("/jobs/<job_id>/webhook-deliveries")
+class JobWebhookDeliveries(MethodView):
+    @blp.response(200, WebhookDeliveryListSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The events sent, or being sent, to the job's webhook URL, oldest first, with how each went.
+
+        Each is tried until the receiver answers 2xx, waiting FITJOBS_WEBHOOK_RETRY_SECONDS after the
+        first failure and twice as long after each further one, and given up (`failed`) once
+        FITJOBS_WEBHOOK_GIVE_UP_SECONDS have passed since its event. A job without a webhook has none.
+        """
+        load_job(job_id)
+        deliveries = WebhookStore(current_store().engine).list_for_job(job_id)
+        return {"deliveries": [{**asdict(delivery), "state": delivery.state.value} for delivery in deliveries]}
 
 
 def last_event_id() -> int:

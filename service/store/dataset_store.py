@@ -74,6 +74,12 @@ class DatasetStore:
             raise DatasetNotFound(dataset_id)
         return _from_row(row)
 
+    def created_before(self, moment: datetime, *, limit: int = 500) -> list[str]:
+        """Ids of the datasets uploaded before ``moment``, oldest first."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(datasets.c.id).where(datasets.c.created_at < moment)
+                                     .order_by(datasets.c.seq).limit(limit)).scalars())
+
     def list(self, *, limit: int = 20, before_seq: int | None = None,
              tenant: str | None = None) -> tuple[list[UploadedDataset], int | None]:
         """Newest first, of one tenant or (None) all; returns a page and the seq to continue before,

@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -15,11 +16,23 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
+from service.jobs import (
+    INITIAL_STATES,
+    TERMINAL_STATES,
+    Job,
+    JobError,
+    JobEvent,
+    JobState,
+    MetricPoint,
+    Progress,
+    Worker,
+    sources_of,
+)
 from service.store.dataset_store import DatasetNotFound
 from service.store.queue_depth import queue_depth_sql
-from service.store.tables import datasets, job_events, jobs, metrics, workers
+from service.store.tables import datasets, job_events, jobs, metrics, webhook_deliveries, workers
 from service.store.tenant_lock import lock_tenant
+from service.store.webhook_store import ANNOUNCED_EVENT_KINDS, EVALUATION_READY, queue_delivery, webhook_url
 from service.tenants import DEFAULT_TENANT, QuotaReached, Quotas
 
 
@@ -36,6 +49,26 @@ class IdempotencyConflict(RuntimeError):
         self.job_id = job_id
 
 
+class JobInUse(RuntimeError):
+    """A job cannot be deleted now: it has not finished, or other jobs still need its files.
+
+    ``job`` is the job as it is now; ``dependents`` are the queued or running jobs that continue
+    from its model, and ``reusers`` the jobs that serve its published files as their own.
+    """
+
+    def __init__(self, job: Job, dependents: Sequence[str] = (), reusers: Sequence[str] = ()) -> None:
+        if not job.state.is_terminal:
+            reason = f"it is {job.state.value}"
+        elif dependents:
+            reason = f"queued or running job(s) continue from its model: {', '.join(dependents)}"
+        else:
+            reason = f"job(s) reused its files: {', '.join(reusers)}"
+        super().__init__(f"job {job.id} cannot be deleted: {reason}")
+        self.job = job
+        self.dependents = list(dependents)
+        self.reusers = list(reusers)
+
+
 class InvalidTransition(RuntimeError):
     """The job is not in a state that allows the requested move, or another writer moved it first.
 
@@ -46,6 +79,10 @@ class InvalidTransition(RuntimeError):
         super().__init__(f"job {job.id} is {job.state.value}; it cannot become {target.value}")
         self.job = job
         self.target = target
+
+
+# An arbitrary constant that names the retention lock among PostgreSQL advisory locks.
+PRUNING_LOCK_KEY = 0x66697402
 
 
 def utcnow() -> datetime:
@@ -86,11 +123,17 @@ def _event_from_row(row: Row[Any]) -> JobEvent:
 SUMMARY_COLUMNS = [*(column for column in jobs.c if column.name not in ("spec", "result")),
                    jobs.c.spec["model"].label("spec_model")]
 
+# A job as its webhook events need it: every column but the spec (only its webhook) and the result.
+WEBHOOK_COLUMNS = [*(column for column in jobs.c if column.name not in ("spec", "result")),
+                   jobs.c.spec["webhook"].label("spec_webhook")]
+
 
 def _job_from_row(row: Row[Any]) -> Job:
     m: dict[str, Any] = dict(row._mapping)
     if "spec_model" in m:  # a summary row (SUMMARY_COLUMNS)
         m.update(spec={"model": m["spec_model"]}, result=None)
+    if "spec_webhook" in m:  # a row of WEBHOOK_COLUMNS
+        m.update(spec={"webhook": m["spec_webhook"]} if m["spec_webhook"] is not None else {}, result=None)
     error = (JobError(m["error_code"], m["error_message"] or "", bool(m["error_retryable"]))
              if m["error_code"] else None)
     return Job(
@@ -138,7 +181,8 @@ class JobStore:
                    max_runtime_seconds: int | None = None,
                    gpus: int | None = None, gpu_type: str | None = None, fingerprint: str | None = None,
                    reuse_of: Job | None = None, tenant: str = DEFAULT_TENANT,
-                   quotas: Quotas | None = None, uploads: Sequence[str] = ()) -> tuple[Job, bool]:
+                   quotas: Quotas | None = None, uploads: Sequence[str] = (),
+                   parent: str | None = None) -> tuple[Job, bool]:
         """Queue a new job for ``spec`` in ``tenant``; returns (job, created).
 
         With ``reuse_of`` (a job find_reusable_job gave for the same ``fingerprint``) the job is
@@ -148,7 +192,9 @@ class JobStore:
         Keys are the tenant's own. A job to queue that would take the tenant past the
         active_jobs or gpus of ``quotas`` raises QuotaReached instead. The uploaded datasets in
         ``uploads`` are locked while the job is inserted (see DatasetStore.remove), and
-        DatasetNotFound is raised when one no longer exists.
+        DatasetNotFound is raised when one no longer exists. So is the row of ``parent``, the
+        succeeded job whose model the spec continues from (see delete_job): JobNotFound is
+        raised when it was deleted meanwhile.
         """
         digest = spec_digest(spec)
         if idempotency_key is not None:
@@ -165,6 +211,8 @@ class JobStore:
         try:
             with self._write() as conn:
                 self._lock_uploads(conn, uploads)
+                if parent is not None:
+                    self._lock_job(conn, parent)
                 source = (self._reusable(conn, reuse_of.id, fingerprint)
                           if reuse_of is not None and fingerprint is not None else None)
                 if source is None:
@@ -235,7 +283,8 @@ class JobStore:
                                   jobs.c.state == JobState.SUCCEEDED.value, jobs.c.reused_from.is_(None))
 
     def _reusable(self, conn: Connection, job_id: str, fingerprint: str) -> Job | None:
-        row = conn.execute(self._reusable_query(fingerprint).where(jobs.c.id == job_id)).first()
+        # Locked, like a parent's row: a delete of the source waits for this job, and then sees it.
+        row = conn.execute(self._reusable_query(fingerprint).where(jobs.c.id == job_id).with_for_update()).first()
         return _job_from_row(row) if row is not None else None
 
     def _insert_reused(self, conn: Connection, values: dict[str, Any], source: Job) -> Job:
@@ -488,7 +537,14 @@ class JobStore:
                 current = conn.execute(select(jobs.c.attempt).where(jobs.c.id == job_id)).scalar()
                 if current != attempt:
                     return False
-            self._append_event(conn, job_id, kind, message, data=data)
+            event_id = self._append_event(conn, job_id, kind, message, data=data)
+            announced = ANNOUNCED_EVENT_KINDS.get(kind)
+            if announced is not None:
+                # Only the webhook of the spec is read: a spec can hold megabytes of inline rows.
+                row = conn.execute(select(*WEBHOOK_COLUMNS).where(jobs.c.id == job_id)).one()
+                job = _job_from_row(row)
+                self._announce(conn, job_id, webhook_url(job.spec), announced,
+                               self._webhook_data(job, event_id, message))
             return True
 
     def has_event(self, job_id: str, kind: str, attempt: int) -> bool:
@@ -528,6 +584,92 @@ class JobStore:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             return {state: count for state, count in rows}
 
+    # -- deletion and retention -------------------------------------------------------------------
+
+    def delete_job(self, job_id: str) -> Job:
+        """Delete a finished job's row and every row that belongs to it, in one transaction; returns the job.
+
+        The job's row is locked first (SELECT ... FOR UPDATE; SQLite's write lock), the same lock
+        that create_job takes on a parent or reuse source, so no job can come to depend on it
+        unseen. Raises JobNotFound, or JobInUse while the job is queued or running, while a
+        queued or running job continues from its model (that job loads it when it starts, maybe
+        again on a later attempt), or while a job that reused it remains (it serves the same
+        published files). The caller removes the job's files after this commits.
+        """
+        with self._write() as conn:
+            job = self._lock_job(conn, job_id)
+            if not job.state.is_terminal:
+                raise JobInUse(job)
+            dependents = self._continuations_of(conn, job_id)
+            reusers = list(conn.execute(select(jobs.c.id).where(jobs.c.reused_from == job_id)
+                                        .order_by(jobs.c.seq)).scalars())
+            if dependents or reusers:
+                raise JobInUse(job, dependents, reusers)
+            # Every table with a job_id column, named here so that deleting never relies on the
+            # database's ON DELETE CASCADE (SQLite enforces it only with foreign_keys on).
+            for child in (job_events, metrics, webhook_deliveries):
+                conn.execute(delete(child).where(child.c.job_id == job_id))
+            conn.execute(delete(jobs).where(jobs.c.id == job_id))
+            return job
+
+    @staticmethod
+    def _continuations_of(conn: Connection, job_id: str) -> list[str]:
+        """Queued and running jobs whose spec continues from ``job_id``'s model."""
+        return list(conn.execute(select(jobs.c.id).where(
+            jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            jobs.c.spec[("model", "job")].as_string() == job_id).order_by(jobs.c.seq)).scalars())
+
+    def expired_job_ids(self, finished_before: datetime, *, limit: int = 500) -> list[str]:
+        """Finished jobs that finished before ``finished_before``, jobs that reused another's files first.
+
+        Reusers come first so that a pass that deletes them can then delete their source too.
+        """
+        with self._read() as conn:
+            rows = conn.execute(select(jobs.c.id).where(
+                jobs.c.state.in_(sorted(state.value for state in TERMINAL_STATES)),
+                jobs.c.finished_at < finished_before)
+                .order_by(jobs.c.reused_from.is_(None), jobs.c.finished_at, jobs.c.seq).limit(limit))
+            return list(rows.scalars())
+
+    def existing_job_ids(self, job_ids: Collection[str]) -> set[str]:
+        """Those of ``job_ids`` that have a row."""
+        wanted = sorted(set(job_ids))
+        found: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(wanted), 500):
+                found.update(conn.execute(select(jobs.c.id).where(jobs.c.id.in_(wanted[start:start + 500]))).scalars())
+        return found
+
+    def jobs_reading_upload(self, dataset_id: str) -> list[str]:
+        """Every job, in any state, whose spec reads the uploaded dataset (training or validation data)."""
+        with self._read() as conn:
+            return list(conn.execute(select(jobs.c.id).where(or_(
+                jobs.c.spec[("data", "train", "upload")].as_string() == dataset_id,
+                jobs.c.spec[("data", "validation", "upload")].as_string() == dataset_id)).order_by(jobs.c.seq))
+                .scalars())
+
+    @contextmanager
+    def pruning_lock(self) -> Iterator[bool]:
+        """Yield whether this process holds the retention lock, held until the block ends.
+
+        On PostgreSQL a session-level advisory lock taken with pg_try_advisory_lock on a
+        connection of its own, so supervisors of several nodes never prune at once and none
+        waits for another; it goes with the connection if the process dies. SQLite serves one
+        node, whose one supervisor prunes.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.engine.connect() as conn:
+            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": PRUNING_LOCK_KEY}).scalar())
+            conn.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PRUNING_LOCK_KEY})
+                    conn.commit()
+
     # -- workers ------------------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, hostname: str, gpus: int, slots: int,
@@ -561,6 +703,14 @@ class JobStore:
     # -- internals ----------------------------------------------------------------------------
 
     @staticmethod
+    def _lock_job(conn: Connection, job_id: str) -> Job:
+        """The job, its row locked until the transaction ends; JobNotFound when there is none."""
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    @staticmethod
     def _get(conn: Connection, job_id: str) -> Job:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
@@ -579,8 +729,15 @@ class JobStore:
         row = conn.execute(insert(jobs).values(state=state.value, **values).returning(*jobs.c)).one()
         for kind, event_message, event_data in preceded_by:
             self._append_event(conn, values["id"], kind, event_message, data=event_data)
-        self._append_event(conn, values["id"], "state", message, state=state, data=data)
-        return _job_from_row(row)
+        job = _job_from_row(row)
+        event_id = self._append_event(conn, values["id"], "state", message, state=state, data=data)
+        self._announce_state(conn, job, event_id, message)
+        if job.reused_from is not None:
+            # Its evaluation report is its source's, served from the moment it exists.
+            self._announce(conn, job.id, webhook_url(job.spec), EVALUATION_READY,
+                           self._webhook_data(job, event_id, f"The evaluation report of job {job.reused_from} "
+                                                             "is this job's."))
+        return job
 
     def _move(self, conn: Connection, job_id: str, target: JobState, message: str, *,
               sources: frozenset[JobState] | set[JobState] | None = None, attempt: int | None = None,
@@ -613,12 +770,32 @@ class JobStore:
         row = conn.execute(update(jobs).where(*condition).values(**changes).returning(*jobs.c)).first()
         if row is None:
             return None
-        self._append_event(conn, job_id, "state", message, state=target, data=data)
-        return _job_from_row(row)
+        job = _job_from_row(row)
+        event_id = self._append_event(conn, job_id, "state", message, state=target, data=data)
+        self._announce_state(conn, job, event_id, message)
+        return job
 
     @staticmethod
     def _append_event(conn: Connection, job_id: str, kind: str, message: str, *,
-                      state: JobState | None = None, data: dict[str, Any] | None = None) -> None:
-        conn.execute(insert(job_events).values(
+                      state: JobState | None = None, data: dict[str, Any] | None = None) -> int:
+        """Log an event in the caller's transaction; returns its id."""
+        return int(conn.execute(insert(job_events).values(
             job_id=job_id, created_at=utcnow(), kind=kind, message=message,
-            state=state.value if state else None, data=data))
+            state=state.value if state else None, data=data).returning(job_events.c.id)).scalar_one())
+
+    @staticmethod
+    def _webhook_data(job: Job, event_id: int, message: str) -> dict[str, Any]:
+        """What a webhook event says about the job it announces."""
+        return {"job_id": job.id, "state": job.state.value, "attempt": job.attempt, "event_id": event_id,
+                "message": message, "error": asdict(job.error) if job.error is not None else None}
+
+    def _announce_state(self, conn: Connection, job: Job, event_id: int, message: str) -> None:
+        """Queue the `job.<state>` webhook event of a job that just entered its state, if it has a webhook."""
+        self._announce(conn, job.id, webhook_url(job.spec), f"job.{job.state.value}",
+                       self._webhook_data(job, event_id, message))
+
+    @staticmethod
+    def _announce(conn: Connection, job_id: str, url: str | None, event_type: str, data: dict[str, Any]) -> None:
+        # In the transaction of the event: the delivery exists exactly when the event does.
+        if url is not None:
+            queue_delivery(conn, job_id, url, event_type, data, utcnow())

@@ -125,3 +125,28 @@ rate_limit_counters = Table(
     # Unix time at which the window ends and the count starts again.
     Column("expires_at", Float, nullable=False),
 )
+
+# Signed webhook deliveries (service.webhooks): one row per event sent to a job's webhook URL,
+# retried with backoff until accepted or given up. Written with the event it announces.
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    # The `webhook-id` header: the same on every attempt, so receivers can drop repeats.
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    # The exact bytes that are signed and sent, on every attempt.
+    Column("body", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # When a sender may next try it; while an attempt is in flight, when that attempt's claim lapses.
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    Index("ix_webhook_deliveries_job_id_seq", "job_id", "seq"),
+)

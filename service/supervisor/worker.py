@@ -21,16 +21,22 @@ from service.artifacts import read_artifact
 from service.config import Settings
 from service.jobs import FailureCode, Job, JobError, JobState
 from service.store import InvalidTransition, JobStore
+from service.store.webhook_store import WebhookStore
 from service.supervisor.child import StopReason, TrainerProcess, spawn_trainer
 from service.supervisor.ending import DRAIN_STARTED, AttemptEnd, error_of, lost_attempt_end, move_for
 from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.logs import LogCopier
+from service.supervisor.retention import RetentionPass
 from service.supervisor.warm import WarmPool, WarmTrainerGone
+from service.supervisor.webhooks import WebhookSender
 from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
 log = logging.getLogger(__name__)
+
+# Longest a stopping supervisor spends sending the webhooks due when it stops.
+FINAL_WEBHOOKS_SECONDS = 10.0
 
 
 class Supervisor:
@@ -67,9 +73,13 @@ class Supervisor:
                                    health_seconds=settings.worker_health_seconds,
                                    seconds_since_loop_beat=self.loop_heartbeat.seconds_since_beat,
                                    leases=self.running_attempts)
+        self.webhooks = WebhookSender(settings, WebhookStore(store.engine), interval=max(settings.poll_interval, 0.2))
         self._stop = threading.Event()
         self._last_reap = 0.0
         self.logs = LogCopier(settings) if not settings.storage_is_home else None
+        # A worker sized to one job lives for that job only; long-running supervisors (or
+        # `fitjobs prune`) keep the retention passes going.
+        self.retention = RetentionPass(settings, store) if once_wait is None else None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -92,6 +102,7 @@ class Supervisor:
                  ",".join(self.gpus.ids) or "none")
         self._register()
         self.leases.start()
+        self.webhooks.start()
         deadline = None if self.once_wait is None else time.monotonic() + self.once_wait
         while not self._stop.is_set():
             self.tick()
@@ -101,6 +112,10 @@ class Supervisor:
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
         self.leases.stop()
+        self.webhooks.stop()
+        # A worker of one job exits right after its job ends: the events of that end go out now, one
+        # attempt each. What still fails waits in the database for the next supervisor.
+        self.webhooks.send_remaining(min(self.settings.shutdown_grace, FINAL_WEBHOOKS_SECONDS))
         try:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:
@@ -150,6 +165,8 @@ class Supervisor:
             self._finish_exited()
             self._enforce_cancellations()
             self._reap_stale_jobs()
+            if self.retention is not None:
+                self.retention.maybe_start()
             if self.logs is not None:
                 self.logs.copy_running(list(self.children.values()))
             if not self._stop.is_set() and not (self.once_wait is not None and self.claimed):

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from service.artifacts import TENSORBOARD_FOLDER
+from service.locations import CHECKPOINTS
 from service.storage import Storage
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 STATE = "state"  # Keras' BackupAndRestore files and the per-epoch history
 BEST = "best"  # the best epoch's weights and their record
 BEST_FOLDER = "best"  # as service.trainer.selection names it (not imported: that module imports TensorFlow)

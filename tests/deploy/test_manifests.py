@@ -163,7 +163,7 @@ def test_config_map_holds_only_real_settings(rendered: Rendered) -> None:
     assert set(config) <= known, set(config) - known
     secret_keys = {key for doc in secret_templates() if doc["metadata"]["name"] == "fitjobs-secrets"
                    for key in doc["stringData"]}
-    assert secret_keys == {"FITJOBS_DATABASE_URL"} | EXTRA_SECRET_SETTINGS
+    assert secret_keys == {"FITJOBS_DATABASE_URL", "FITJOBS_WEBHOOK_SECRET"} | EXTRA_SECRET_SETTINGS
     assert secret_keys - EXTRA_SECRET_SETTINGS <= known
     assert not set(config) & secret_keys, "a key in both would be decided by envFrom order"
     settings = Settings.from_env(config)  # raises ConfigError on a value the service refuses

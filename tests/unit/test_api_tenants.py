@@ -28,7 +28,7 @@ from service.jobs import JobState, MetricPoint, Progress
 from service.locations import UPLOAD_STEM, upload_dir
 from service.store import JobStore
 from service.store.dataset_store import DatasetStore
-from service.store.tables import datasets, job_events, jobs, metrics
+from service.store.tables import datasets, job_events, jobs, metrics, webhook_deliveries
 from service.uploads import new_dataset_id
 
 TOKENS = {"alpha": "alpha-token-0123456789abcdef", "beta": "beta-token-0123456789abcdef",
@@ -39,6 +39,7 @@ SPEC: dict[str, Any] = {"model": "bert-base-uncased",
                                                        {"text": "bad", "label": "neg"}]}}}
 TRAINED_SPEC: dict[str, Any] = {**SPEC, "hyperparameters": {"epochs": 1}}
 PROBLEM = "application/problem+json"
+WEBHOOK_SECRET = "whsec_" + "A" * 43 + "="
 
 
 def auth(tenant: str, **headers: str) -> dict[str, str]:
@@ -71,12 +72,15 @@ def build_world(tmp_path: Path, database_url: str) -> World:
     (tmp_path / "tenants.yaml").write_text(tenants_yaml())
     settings = Settings.from_env({"FITJOBS_HOME": str(tmp_path / "home"), "FITJOBS_GPUS": "none",
                                   "FITJOBS_DATABASE_URL": database_url,
-                                  "FITJOBS_TENANTS_FILE": str(tmp_path / "tenants.yaml")})
+                                  "FITJOBS_TENANTS_FILE": str(tmp_path / "tenants.yaml"),
+                                  "FITJOBS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                                  "FITJOBS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"})
     app = create_app(settings, test_config={"TESTING": True})
     client = app.test_client()
     store: JobStore = app.extensions["fitjobs.store"]
     # Stands in for the supervisor and trainer (tested in tests/integration): claim, record, publish.
-    trained = client.post("/v1/jobs", json=TRAINED_SPEC, headers=auth("alpha")).get_json()["id"]
+    trained = client.post("/v1/jobs", json={**TRAINED_SPEC, "webhook": {"url": "http://127.0.0.1:9/hook"}},
+                          headers=auth("alpha")).get_json()["id"]
     assert store.claim_next_job("node") is not None
     store.record_progress(trained, 1, Progress(epoch=1, epochs=1), [MetricPoint("loss", 0.4, 1)])
     store.append_event(trained, "milestone", "Model loaded.", attempt=1)
@@ -117,10 +121,13 @@ def snapshot(w: World) -> dict[str, Any]:
                                                         .order_by(job_events.c.id))]
         points = [row._asdict() for row in conn.execute(select(metrics).where(metrics.c.job_id.in_(ids)))]
         uploads = [row._asdict() for row in conn.execute(select(datasets).where(datasets.c.tenant == "alpha"))]
+        hooks = [row._asdict() for row in conn.execute(select(webhook_deliveries)
+                                                       .where(webhook_deliveries.c.job_id.in_(ids)))]
     files = {str(path.relative_to(w.settings.home)): hashlib.sha256(path.read_bytes()).hexdigest()
              for path in sorted(w.settings.home.rglob("*"))
              if path.is_file() and not path.name.startswith("fitjobs.db")}
-    return {"jobs": own, "events": events, "metrics": points, "datasets": uploads, "files": files}
+    assert hooks, "alpha's trained job has webhook deliveries"
+    return {"jobs": own, "events": events, "metrics": points, "datasets": uploads, "webhooks": hooks, "files": files}
 
 
 def missing_job() -> str:
@@ -146,8 +153,11 @@ def object_requests(w: World) -> list[tuple[str, str, dict[str, str], str]]:
         ("GET", f"/v1/jobs/{t}/artifacts/model/config.json", {}, t),
         ("GET", f"/v1/jobs/{t}/model.tar.gz", {}, t),
         ("GET", f"/v1/jobs/{t}/evaluation", {}, t),
+        ("GET", f"/v1/jobs/{t}/webhook-deliveries", {}, t),
         ("GET", f"/v1/datasets/{d}", {}, d),
         ("DELETE", f"/v1/datasets/{d}", {}, d),
+        ("DELETE", f"/v1/jobs/{t}", {}, t),
+        ("DELETE", f"/v1/jobs/{q}", {}, q),
     ]
 
 
@@ -156,6 +166,7 @@ COVERED_ROUTES = {
     "/v1/jobs", "/v1/jobs:validate", "/v1/jobs/<job_id>", "/v1/jobs/<job_id>/cancel", "/v1/jobs/<job_id>/metrics",
     "/v1/jobs/<job_id>/events", "/v1/jobs/<job_id>/logs", "/v1/jobs/<job_id>/artifacts",
     "/v1/jobs/<job_id>/artifacts/<path:name>", "/v1/jobs/<job_id>/model.tar.gz", "/v1/jobs/<job_id>/evaluation",
+    "/v1/jobs/<job_id>/webhook-deliveries",
     "/v1/datasets", "/v1/datasets/<dataset_id>", "/v1/tenant",
 }
 
@@ -257,7 +268,8 @@ def test_roles_limit_what_a_tenant_may_do_with_403_naming_the_role(world: World)
     for method, path, body in (("POST", "/v1/jobs", SPEC), ("POST", "/v1/jobs:validate", SPEC),
                                ("POST", f"/v1/jobs/{w.queued}/cancel", None),
                                ("POST", "/v1/datasets?filename=a.csv", None),
-                               ("DELETE", f"/v1/datasets/{w.dataset}", None)):
+                               ("DELETE", f"/v1/datasets/{w.dataset}", None),
+                               ("DELETE", f"/v1/jobs/{w.trained}", None)):
         refused = w.client.open(path, method=method, json=body, headers=auth("viewer"))
         assert refused.status_code == 403 and refused.mimetype == PROBLEM, path
         assert refused.get_json()["role"] == "submit" and "'submit'" in refused.get_json()["detail"]
@@ -291,3 +303,15 @@ def test_the_owner_deletes_its_dataset_and_cancels_its_job(world: World) -> None
     assert not upload_dir(w.settings.uploads_dir, w.dataset).exists()
     cancelled = w.client.post(f"/v1/jobs/{w.queued}/cancel", headers=auth("alpha")).get_json()
     assert cancelled["state"] == "cancelled" and cancelled["tenant"] == "alpha"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_owner_deletes_its_finished_job_and_not_a_queued_one(world: World) -> None:
+    w = world
+    busy = w.client.delete(f"/v1/jobs/{w.queued}", headers=auth("alpha"))
+    assert busy.status_code == 409 and busy.mimetype == PROBLEM and busy.get_json()["state"] == "queued"
+    assert w.client.delete(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 204
+    assert w.client.get(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 404
+    assert not (w.settings.artifacts_dir / w.trained).exists() and not (w.settings.jobs_dir / w.trained).exists()
+    assert w.client.delete(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 404
+    assert w.store.get_job(w.queued).state is JobState.QUEUED
