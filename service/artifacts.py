@@ -27,6 +27,8 @@ MODEL_TARBALL = f"{MODEL_FOLDER}.tar.gz"
 TARBALL_CACHE = "cache"
 # The evaluation report of the published model, beside it (GET /v1/jobs/{id}/evaluation).
 EVALUATION_FILE = "evaluation.json"
+# TensorBoard event files (service.trainer.summaries): one folder per run, as in a TensorBoard logdir.
+TENSORBOARD_FOLDER = "tensorboard"
 
 
 @dataclass(frozen=True)

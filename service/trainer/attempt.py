@@ -93,6 +93,9 @@ PRELOADED_MODULES = (
     "service.trainer.evaluation",  # scikit-learn's metrics, for the evaluation report
     "service.trainer.fit",
     "service.trainer.modeling",
+    "service.trainer.summaries",
+    "tensorboard.summary.v2",  # tf.summary.image's implementation, otherwise imported by its first call
+    "matplotlib.backends.backend_agg",  # draws the confusion matrix for TensorBoard
 )
 
 

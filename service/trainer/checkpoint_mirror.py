@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from service.artifacts import TENSORBOARD_FOLDER
 from service.locations import CHECKPOINTS
 from service.storage import Storage
 
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 STATE = "state"  # Keras' BackupAndRestore files and the per-epoch history
 BEST = "best"  # the best epoch's weights and their record
 BEST_FOLDER = "best"  # as service.trainer.selection names it (not imported: that module imports TensorFlow)
-STATE_NAMES = ("chief", "epochs.json")  # what BackupAndRestore and StepCheckpoints write at the top
+# What BackupAndRestore and StepCheckpoints write at the top, and the event files flushed before each
+# checkpoint (service.trainer.summaries), so a resume on another node keeps the earlier steps' summaries.
+STATE_NAMES = ("chief", "epochs.json", TENSORBOARD_FOLDER)
 MARKER = ".mirrored.json"  # the stored versions the local folder holds
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import EVALUATION_FILE, artifacts_key, publish_artifacts
+from service.artifacts import EVALUATION_FILE, TENSORBOARD_FOLDER, artifacts_key, publish_artifacts
 from service.storage import Storage, open_storage
 from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.reporter import TrainingReporter
@@ -84,14 +84,20 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
         reporter.event("class_weights", "Class weights: " + ", ".join(
             f"{data.id2label[label]} {weight:.3g}" for label, weight in sorted(weights.items())) + ".",
                        {data.id2label[label]: weight for label, weight in weights.items()})
-    outcome = fit(model, tokenizer, train_tokens, validation_tokens, hyper, reporter, checkpoint_dir,
-                  checkpoint_steps, stop, jit_compile=plan.jit_compile, pad_to_multiple=plan.pad_to_multiple,
-                  class_weight=weights, mirror=mirror)
+    from service.trainer.summaries import SummaryReporter, TrainingSummaries
+
+    # Beside the checkpoint: a resumed attempt adds to the earlier attempts' event files.
+    summaries = TrainingSummaries(checkpoint_dir / TENSORBOARD_FOLDER)
+    outcome = fit(model, tokenizer, train_tokens, validation_tokens, hyper, SummaryReporter(reporter, summaries),
+                  checkpoint_dir, checkpoint_steps, stop, jit_compile=plan.jit_compile,
+                  pad_to_multiple=plan.pad_to_multiple, class_weight=weights, mirror=mirror)
     phases.record("fit", outcome.train_seconds)
     started = time.monotonic()
     report = evaluate(model, outcome, data, spec)
     # Validation during the fit and the final report of the selected epoch.
     phases.record("evaluate", outcome.evaluate_seconds + time.monotonic() - started)
+    summaries.confusion_matrix(report)
+    summaries.close()
     result: dict[str, Any] = {**outcome.final, **outcome.selection, **outcome.batching,
                               "precision": plan.precision, "jit_compile": plan.jit_compile,
                               "compute_reason": plan.reason, "examples_per_second": outcome.examples_per_second,
@@ -108,10 +114,10 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
         staging = staging_folder(work_dir, publish_dir, storage, job_id)
         summary = {name: value for name, value in result.items() if name != "evaluation"}
         write_artifacts(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
-                        evaluation=report)
+                        evaluation=report, summaries=summaries.folder)
         publish(staging, publish_dir, storage, job_id)
-    reporter.event("artifacts_published", "Model, tokenizer, evaluation.json, metrics.json and spec.json "
-                                          "published.")
+    reporter.event("artifacts_published", "Model, tokenizer, evaluation.json, metrics.json, spec.json and "
+                                          "TensorBoard event files published.")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if mirror is not None:
         mirror.remove()
@@ -362,8 +368,13 @@ def batching_figures(train: Any, validation: Any, epochs: int) -> dict[str, Any]
 
 
 def write_artifacts(model: Any, tokenizer: Any, spec: dict[str, Any], history: list[dict[str, float]],
-                    final: dict[str, Any], staging: Path, evaluation: dict[str, Any] | None = None) -> None:
-    """Write the model, tokenizer, metrics, evaluation and spec to ``staging``, ready to publish."""
+                    final: dict[str, Any], staging: Path, evaluation: dict[str, Any] | None = None,
+                    summaries: Path | None = None) -> None:
+    """Write the model, tokenizer, metrics, evaluation, spec and event files to ``staging``, ready to publish.
+
+    ``summaries`` is the folder of the attempts' TensorBoard event files; each run's files are
+    merged into one under tensorboard/ (service.trainer.summaries).
+    """
     if staging.exists():
         shutil.rmtree(staging)
     try:
@@ -374,6 +385,10 @@ def write_artifacts(model: Any, tokenizer: Any, spec: dict[str, Any], history: l
         if evaluation is not None:
             (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
         (staging / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+        if summaries is not None:
+            from service.trainer.summaries import publish_summaries
+
+            publish_summaries(summaries, staging / TENSORBOARD_FOLDER)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -22,12 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.storage import Storage
 from tests.support.s3 import S3Server, s3_server
 from tests.support.sentiment_data import sentiment_rows, write_table
 from tests.support.service import REPO_ROOT, RunningService, descendants, service_env, start_service, trainer_pids
+from tests.support.tensorboard_events import PUBLISHED, download_logdir, read_run
 
 LOAD_AND_PREDICT = (
     "import os, json, sys; os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
@@ -158,6 +160,8 @@ def test_a_killed_worker_is_resumed_from_the_bucket_by_another(cluster: Cluster,
     assert trainer_pids(home=scratch_a) == []
     stored = cluster.storage.published(f"checkpoints/{job_id}/state")
     assert stored is not None and {"epochs.json", "chief/checkpoint"} & {f.name for f in stored.files}
+    # The steps trained before the checkpoint travel with it, as event files.
+    assert any(f.name.startswith("tensorboard/train/") for f in stored.files)
     assert cluster.api.get(f"/v1/jobs/{job_id}").json()["state"] == "running", "killed before it ended"
 
     second, scratch_b = cluster.start_worker("worker-b")
@@ -176,6 +180,11 @@ def test_a_killed_worker_is_resumed_from_the_bucket_by_another(cluster: Cluster,
     assert done % 3 == 0 or done == steps_per_epoch, "it resumed at a step the first worker checkpointed"
     metrics = cluster.api.get(f"/v1/jobs/{job_id}/metrics").json()
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2], "every epoch once, across both workers"
+    # The event files hold every step once, across both workers, as the metrics series does.
+    assert download_logdir(cluster.api, job_id, tmp_path / "logs") == PUBLISHED
+    train = read_run(tmp_path / "logs" / "tensorboard" / "train")
+    assert train.series("batch_loss") == {row["step"]: float(np.float32(row["loss"])) for row in metrics["steps"]}
+    assert sorted(train.series("batch_loss")) == list(range(1, 2 * steps_per_epoch + 1))
     assert not (scratch_b / "jobs" / job_id / "attempt-1").exists(), "the second worker never saw attempt 1"
     assert cluster.api.get(f"/v1/jobs/{job_id}/model.tar.gz").status_code == 200
     assert cluster.storage.list_files(f"checkpoints/{job_id}") == []

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.support.sentiment_data import sentiment_rows, write_table
 from tests.support.service import RunningService, alive, descendants, start_service, trainer_pids
+from tests.support.tensorboard_events import PUBLISHED, download_logdir, read_run
 
 EPOCH_SERIES = {"loss", "accuracy", "val_loss", "val_accuracy"}
 
@@ -76,6 +78,7 @@ def test_tiny_bert_trains_and_its_model_reloads(service: RunningService, tiny_mo
     assert all(size > 0 for size in artifacts.values())
     saved_spec = json.loads(service.get(f"/v1/jobs/{job['id']}/artifacts/spec.json").content)
     assert saved_spec["model"] == str(tiny_model_dir)
+    assert_tensorboard_logs_match_the_metrics(service, job["id"], metrics, best["epoch"], tmp_path / "logs")
 
     tarball = service.get(f"/v1/jobs/{job['id']}/model.tar.gz")
     assert tarball.status_code == 200 and tarball.headers["Content-Type"] == "application/gzip"
@@ -102,6 +105,24 @@ def test_tiny_bert_trains_and_its_model_reloads(service: RunningService, tiny_mo
     states = [e["state"] for e in service.get(f"/v1/jobs/{job['id']}/events").json()["events"] if e["state"]]
     assert states == ["queued", "running", "succeeded"]
     assert "Epoch 3/3" in service.get(f"/v1/jobs/{job['id']}/logs").text
+
+
+def assert_tensorboard_logs_match_the_metrics(service: RunningService, job_id: str, metrics: dict[str, Any],
+                                              best_epoch: int, folder: Path) -> None:
+    """The job's tensorboard/ artifacts, downloaded as a logdir, hold the series GET .../metrics reports."""
+    assert download_logdir(service, job_id, folder) == PUBLISHED
+    train, validation = read_run(folder / "tensorboard" / "train"), read_run(folder / "tensorboard" / "validation")
+    # Event files hold float32 values; the metrics series keeps what the trainer measured.
+    assert train.series("batch_loss") == {row["step"]: float(np.float32(row["loss"])) for row in metrics["steps"]}
+    assert train.series("batch_learning_rate") == {row["step"]: float(np.float32(row["learning_rate"]))
+                                                   for row in metrics["steps"]}
+    assert sorted(train.series("batch_examples_per_second")) == [row["step"] for row in metrics["steps"]]
+    for name in ("loss", "accuracy", "macro_f1"):
+        assert train.series(f"epoch_{name}") == {row["epoch"]: float(np.float32(row[name]))
+                                                 for row in metrics["epochs"]}
+        assert validation.series(f"epoch_{name}") == {row["epoch"]: float(np.float32(row[f"val_{name}"]))
+                                                      for row in metrics["epochs"]}
+    assert [step for step, _ in validation.images["evaluation_confusion_matrix"]] == [best_epoch]
 
 
 def test_missing_column_fails_as_invalid_data(service: RunningService, tiny_model_dir: Path,
@@ -260,5 +281,5 @@ def test_a_model_below_its_acceptance_minimum_fails_and_keeps_its_evaluation(
     assert set(evaluation.json()["per_class"]) == {"negative", "positive"}
     # The model is kept for inspection.
     names = {a["name"] for a in service.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"]}
-    assert {"evaluation.json", "model/config.json", "model/tf_model.h5"} <= names
+    assert {"evaluation.json", "model/config.json", "model/tf_model.h5", *PUBLISHED} <= names
     assert service.get(f"/v1/jobs/{job['id']}/model.tar.gz").status_code == 200

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.jobs import FailureCode
 from service.trainer.failures import TrainingFailure
 from service.trainer.fit import run_training
 from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.tensorboard_events import read_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINAL = {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -157,6 +159,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     assert {name: metrics["final"][name] for name in FINAL} == {name: final[name] for name in FINAL}
     assert json.loads((publish_dir / "spec.json").read_text()) == spec
     assert [path.name for path in publish_dir.parent.iterdir()] == ["job-1"], "no staging folder is left"
+    assert_tensorboard_matches(publish_dir, reporter, steps_per_epoch, final["best_epoch"])
 
     # Clearly worded texts the model never saw, judged by a process that only has the published folder.
     fresh = sentiment_rows(40, seed=99)
@@ -171,6 +174,37 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     print(f"\ntiny BERT: run_training {fit_seconds:.1f} s, reload+predict {time.monotonic() - started:.1f} s, "
           f"val_accuracy {final['val_accuracy']:.3f}, accuracy on fresh texts {accuracy:.3f}")
     assert accuracy >= 0.8
+
+
+def f32(value: float) -> float:
+    """``value`` as the float32 an event file stores."""
+    return float(np.float32(value))
+
+
+def assert_tensorboard_matches(publish_dir: Path, reporter: RecordingReporter, steps_per_epoch: int,
+                               best_epoch: int) -> None:
+    """The published event files hold exactly what the reporter was told, per step and per epoch."""
+    folder = publish_dir / "tensorboard"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "train/events.out.tfevents.fitjobs.v2", "validation/events.out.tfevents.fitjobs.v2"]
+    train, validation = read_run(folder / "train"), read_run(folder / "validation")
+    steps = reporter.of("step_metrics")
+    assert train.series("batch_loss") == {call["step"]: f32(call["values"]["loss"]) for call in steps}
+    assert train.series("batch_learning_rate") == {call["step"]: f32(call["values"]["learning_rate"])
+                                                   for call in steps}
+    paced: dict[int, float] = {}
+    for call in reporter.of("progress"):
+        if call["examples_per_second"] is not None:
+            paced.setdefault((call["epoch"] - 1) * steps_per_epoch + call["step"], f32(call["examples_per_second"]))
+    assert train.series("batch_examples_per_second") == paced and len(paced) == len(steps)
+    epochs = reporter.of("epoch_metrics")
+    for name in ("loss", "accuracy", "macro_f1", "learning_rate"):
+        assert train.series(f"epoch_{name}") == {call["epoch"]: f32(call["values"][name]) for call in epochs}
+    for name in ("loss", "accuracy", "macro_f1"):
+        assert validation.series(f"epoch_{name}") == {call["epoch"]: f32(call["values"][f"val_{name}"])
+                                                      for call in epochs}
+    [(step, png)] = validation.images["evaluation_confusion_matrix"]
+    assert step == best_epoch and png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_invalid_data_fails_before_the_model_is_loaded(tmp_path: Path) -> None:

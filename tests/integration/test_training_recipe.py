@@ -23,6 +23,7 @@ from service.trainer.failures import TrainingFailure
 from service.trainer.fit import run_training
 from tests.integration.test_trainer_fit import RecordingReporter, make_spec
 from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.tensorboard_events import read_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -235,6 +236,12 @@ def test_a_trainer_killed_after_its_best_epoch_resumes_the_schedule_and_publishe
     loss, _ = reload_and_evaluate(tmp_path / "artifacts" / "job" / "model", validation)
     assert loss == pytest.approx(history[best]["val_loss"], abs=2e-3)
     assert json.loads((tmp_path / "artifacts" / "job" / "metrics.json").read_text())["final"]["best_epoch"] == best
+    # The event files hold every step once, the value of the attempt that trained it last (as the metrics series).
+    latest = {call["step"]: call["values"]["loss"] for call in first + second if call["kind"] == "step"}
+    train = read_run(tmp_path / "artifacts" / "job" / "tensorboard" / "train")
+    assert train.series("batch_loss") == {step: float(np.float32(loss)) for step, loss in latest.items()}
+    assert sorted(latest) == list(range(1, max(latest) + 1))
+    assert train.series("epoch_loss") == {epoch: float(np.float32(values["loss"])) for epoch, values in history.items()}
 
 
 def test_a_model_below_the_acceptance_minimum_fails_with_its_report_kept(tiny_model_dir: Path,
