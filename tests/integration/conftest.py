@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import temporary_database
+from tests.support.quick_supervisor import QuickCluster, quick_cluster
 from tests.support.service import REPO_ROOT, RunningService, start_service, trainer_pids
 
 
@@ -30,3 +32,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
     status = running.stop()
     assert status == 0, running.output()[-3000:]
     assert trainer_pids(home=running.home) == [], "stopping the service must leave no trainer behind"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QuickCluster]:
+    """Quick supervisors (service.supervisor with a stand-in trainer) on SQLite, then on PostgreSQL."""
+    if request.param == "sqlite":
+        with quick_cluster(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'fitjobs.db'}") as running:
+            yield running
+    else:
+        with temporary_database() as url, quick_cluster(tmp_path / "home", url) as running:
+            yield running

@@ -16,26 +16,19 @@ from typing import Any
 import pytest
 
 from service.cli import tensorboard_command
-from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.sentiment_data import tiny_job_spec, write_sentiment_files
 from tests.support.service import REPO_ROOT, RunningService
 
 FITJOBS = str(Path(sys.executable).with_name("fitjobs"))
 
 
 def tiny_spec(model_dir: Path, **hyper: Any) -> dict[str, Any]:
-    hyperparameters = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "max_length": 32, "seed": 1}
-    hyperparameters.update(hyper)
-    return {"model": str(model_dir),
-            "data": {"train": {"path": "cli/train.csv"}, "validation": {"path": "cli/val.csv"}},
-            "hyperparameters": hyperparameters}
+    return tiny_job_spec(model_dir, "cli", **{"epochs": 1, **hyper})
 
 
 @pytest.fixture(scope="module")
 def spec_file(service: RunningService, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = service.data_root / "cli"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_table(sentiment_rows(96, seed=3), folder / "train.csv")
-    write_table(sentiment_rows(32, seed=4), folder / "val.csv")
+    write_sentiment_files(service.data_root / "cli", 96, 32)
     path = tmp_path_factory.mktemp("specs") / "tiny.json"
     path.write_text(json.dumps(tiny_spec(tiny_model_dir)))
     return path

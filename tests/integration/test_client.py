@@ -27,7 +27,7 @@ from service.client import (
     sha256_of_repr_digest,
 )
 from tests.support.postgres import ADMIN_URL, temporary_database
-from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.sentiment_data import sentiment_rows, tiny_job_spec, write_sentiment_files, write_table
 from tests.support.service import RunningService, start_service
 from tests.support.tcp_proxy import TcpProxy
 
@@ -35,20 +35,12 @@ FAST_RETRY = RetryPolicy(attempts=8, backoff=0.1, max_backoff=1.0)
 
 
 def tiny_spec(model_dir: Path, **hyper: Any) -> dict[str, Any]:
-    hyperparameters = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "max_length": 32, "seed": 1}
-    hyperparameters.update(hyper)
-    return {"model": str(model_dir),
-            "data": {"train": {"path": "client/train.csv"}, "validation": {"path": "client/val.csv"}},
-            "hyperparameters": hyperparameters}
+    return tiny_job_spec(model_dir, "client", **hyper)
 
 
 @pytest.fixture(scope="module")
 def data_files(service: RunningService) -> Path:
-    folder = service.data_root / "client"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_table(sentiment_rows(96, seed=3), folder / "train.csv")
-    write_table(sentiment_rows(32, seed=4), folder / "val.csv")
-    return folder
+    return write_sentiment_files(service.data_root / "client", 96, 32)
 
 
 @pytest.fixture

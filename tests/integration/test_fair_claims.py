@@ -8,34 +8,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from flask.testing import FlaskClient
 
 from service.api import create_app
 from service.config import Settings
 from service.jobs import JobState
 from service.store import JobStore
-from tests.support.postgres import temporary_database
-from tests.support.quick_supervisor import QuickCluster, quick_cluster, read_marks
+from tests.support.quick_supervisor import QuickCluster, read_marks
 
 SMALL_SECONDS = 1.0  # the runtime of each 1-GPU job
 BIG_SECONDS = 0.5
 KEEP_QUEUED = 4  # 1-GPU jobs waiting at every moment: there is always one that fits a free GPU
 # A pass of the supervisor (0.05 s), a claim and a trainer's start, on a busy 2-core machine.
 SLACK_SECONDS = 0.75
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QuickCluster]:
-    if request.param == "sqlite":
-        with quick_cluster(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'fitjobs.db'}") as running:
-            yield running
-    else:
-        with temporary_database() as url, quick_cluster(tmp_path / "home", url) as running:
-            yield running
 
 
 def api_client(cluster: QuickCluster) -> FlaskClient:

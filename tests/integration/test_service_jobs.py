@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.sentiment_data import sentiment_rows, write_table
+from tests.support.sentiment_data import sentiment_rows, tiny_job_spec, write_sentiment_files, write_table
 from tests.support.service import RunningService, alive, descendants, start_service, trainer_pids
 from tests.support.tensorboard_events import PUBLISHED, download_logdir, read_run
 
@@ -24,20 +24,12 @@ EPOCH_SERIES = {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
 def tiny_spec(model_dir: Path, **hyper: Any) -> dict[str, Any]:
-    hyperparameters = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "max_length": 32, "seed": 1}
-    hyperparameters.update(hyper)
-    return {"model": str(model_dir),
-            "data": {"train": {"path": "sentiment/train.csv"}, "validation": {"path": "sentiment/val.jsonl"}},
-            "hyperparameters": hyperparameters}
+    return tiny_job_spec(model_dir, "sentiment", "val.jsonl", **hyper)
 
 
 @pytest.fixture(scope="module")
 def data_files(service: RunningService) -> Path:
-    folder = service.data_root / "sentiment"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_table(sentiment_rows(240, seed=3), folder / "train.csv")
-    write_table(sentiment_rows(60, seed=4), folder / "val.jsonl")
-    return folder
+    return write_sentiment_files(service.data_root / "sentiment", 240, 60, "val.jsonl")
 
 
 def submit(service: RunningService, spec: dict[str, Any]) -> dict[str, Any]:

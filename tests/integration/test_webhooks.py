@@ -27,8 +27,7 @@ from service.supervisor.webhooks import WebhookSender
 from service.webhooks.delivery import post_signed
 from service.webhooks.destinations import DestinationPolicy, parse_networks
 from service.webhooks.signing import parse_secret, signed_headers
-from tests.support.postgres import temporary_database
-from tests.support.quick_supervisor import QuickCluster, quick_cluster
+from tests.support.quick_supervisor import QuickCluster
 from tests.support.sentiment_data import sentiment_rows, write_table
 from tests.support.service import free_port, start_service
 from tests.support.webhook_receiver import webhook_receiver
@@ -148,16 +147,6 @@ def test_an_address_that_resolves_to_a_refused_one_is_never_contacted(store: Job
     assert delivery.last_status_code is None and delivery.state is DeliveryState.PENDING
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QuickCluster]:
-    if request.param == "sqlite":
-        with quick_cluster(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'fitjobs.db'}") as running:
-            yield running
-    else:
-        with temporary_database() as url, quick_cluster(tmp_path / "home", url) as running:
-            yield running
-
-
 def test_supervisors_side_by_side_send_each_delivery_once(cluster: QuickCluster) -> None:
     with webhook_receiver() as receiver:
         job_ids = {cluster.store.create_job({**SPEC, "fake_seconds": 0.05, "webhook": {"url": receiver.url}})[0].id
@@ -213,6 +202,7 @@ def test_a_trained_jobs_events_survive_a_restart_and_reach_a_receiver_that_was_d
                 "hyperparameters": {"epochs": 1, "batch_size": 16, "max_length": 16, "seed": 1},
                 "webhook": {"url": f"http://127.0.0.1:{receiver_port}/hooks"}}
         created = service.post("/v1/jobs", json=spec)
+        down_since = time.monotonic()
         assert created.status_code == 201, created.text
         job_id = created.json()["id"]
         assert service.wait_for_state(job_id, {"succeeded", "failed"}, timeout=300)["state"] == "succeeded"
@@ -229,6 +219,8 @@ def test_a_trained_jobs_events_survive_a_restart_and_reach_a_receiver_that_was_d
         service.stop()
     service = start_service(home, extra_env=env)  # a new supervisor on the same database
     try:
+        # The receiver stays down for at least 30 s from the first event on.
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_since)))
         with webhook_receiver(receiver_port) as receiver:
             def delivered() -> list[dict[str, Any]] | None:
                 listed = service.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["deliveries"]

@@ -55,3 +55,20 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> Path:
     else:
         raise ValueError(f"unsupported table type {suffix!r}")
     return path
+
+
+def write_sentiment_files(folder: Path, train_rows: int, validation_rows: int,
+                          validation_name: str = "val.csv") -> Path:
+    """A training and a validation table of sentiment rows in ``folder`` (seeds 3 and 4); returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(sentiment_rows(train_rows, seed=3), folder / "train.csv")
+    write_table(sentiment_rows(validation_rows, seed=4), folder / validation_name)
+    return folder
+
+
+def tiny_job_spec(model_dir: Path, folder: str, validation_name: str = "val.csv", **hyper: Any) -> dict[str, Any]:
+    """A small job's spec: the tiny model on ``folder``'s sentiment files (under the data root), 2 epochs."""
+    hyperparameters = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "max_length": 32, "seed": 1, **hyper}
+    return {"model": str(model_dir),
+            "data": {"train": {"path": f"{folder}/train.csv"}, "validation": {"path": f"{folder}/{validation_name}"}},
+            "hyperparameters": hyperparameters}
