@@ -172,6 +172,10 @@ def _port(value: str) -> int:
     return number
 
 
+def _port_or_off(value: str) -> int:
+    return 0 if int(value) == 0 else _port(value)
+
+
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_HOME", "home", ".fitjobs", _path,
                 "Data folder of this node: SQLite database, job folders, artifacts."),
@@ -288,6 +292,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "`fitjobs worker --check` fails when the supervisor loop has not completed a pass for "
                 "this long; the supervisor then also stops renewing its jobs' leases, so a hung loop "
                 "loses its jobs to other supervisors."),
+    SettingSpec("FITJOBS_SUPERVISOR_METRICS_PORT", "supervisor_metrics_port", "0", _port_or_off,
+                "TCP port on which the supervisor serves Prometheus metrics of the jobs it runs "
+                "(examples/s, step time) at `/metrics`, on FITJOBS_HOST; 0 turns it off."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
     SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
@@ -408,6 +415,7 @@ class Settings:
     lease_seconds: float
     worker_heartbeat_file: Path
     worker_health_seconds: float
+    supervisor_metrics_port: int
     max_request_bytes: int
     max_upload_bytes: int
     model_roots: tuple[Path, ...]

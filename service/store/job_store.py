@@ -17,6 +17,17 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from service.jobs import INITIAL_STATES, Job, JobError, JobEvent, JobState, MetricPoint, Progress, Worker, sources_of
 from service.store.dataset_store import DatasetNotFound
+from service.store.job_statistics import (
+    DurationBuckets,
+    duration_buckets_query,
+    failures_by_code_query,
+    jobs_by_state_and_priority_query,
+    oldest_queued_query,
+    queue_wait_seconds,
+    rows_to_buckets,
+    run_seconds,
+    startup_seconds,
+)
 from service.store.queue_depth import queue_depth_sql
 from service.store.tables import datasets, job_events, jobs, metrics, workers
 from service.store.tenant_lock import lock_tenant
@@ -527,6 +538,31 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             return {state: count for state, count in rows}
+
+    def count_jobs_by_priority(self) -> dict[tuple[str, int], int]:
+        """Number of jobs per (state, priority)."""
+        with self._read() as conn:
+            return {(state, int(priority)): count
+                    for state, priority, count in conn.execute(jobs_by_state_and_priority_query())}
+
+    def count_failures_by_code(self) -> dict[str, int]:
+        """Number of failed jobs per error code."""
+        with self._read() as conn:
+            return {code or "": count for code, count in conn.execute(failures_by_code_query())}
+
+    def oldest_queued_since(self) -> datetime | None:
+        """When the longest-waiting queued job entered the queue; None when none waits."""
+        with self._read() as conn:
+            return _aware(conn.execute(oldest_queued_query()).scalar())
+
+    def finished_job_durations(self, bounds: dict[str, Sequence[float]]) -> dict[str, list[DurationBuckets]]:
+        """Finished jobs' queue wait, start-up and run seconds (service.store.job_statistics), in
+        cumulative buckets per outcome; ``bounds`` maps "queue_wait", "startup", "run" to bucket bounds."""
+        durations = {"queue_wait": queue_wait_seconds(), "startup": startup_seconds(), "run": run_seconds()}
+        with self._read() as conn:
+            return {name: rows_to_buckets(list(conn.execute(duration_buckets_query(durations[name], limits))),
+                                          limits)
+                    for name, limits in bounds.items()}
 
     # -- workers ------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.logs import LogCopier
+from service.supervisor.metrics import serve_metrics
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.trainer.outcome import Outcome, TrainerExit, outcome_of_exit_status, read_outcome
 
@@ -92,6 +93,10 @@ class Supervisor:
                  ",".join(self.gpus.ids) or "none")
         self._register()
         self.leases.start()
+        exporter = None
+        if self.settings.supervisor_metrics_port:
+            exporter = serve_metrics(self.store, self.owner, self.slots, self.settings.host,
+                                     self.settings.supervisor_metrics_port)
         deadline = None if self.once_wait is None else time.monotonic() + self.once_wait
         while not self._stop.is_set():
             self.tick()
@@ -101,6 +106,9 @@ class Supervisor:
             self._stop.wait(self.settings.poll_interval)
         self.shutdown()
         self.leases.stop()
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         try:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:
