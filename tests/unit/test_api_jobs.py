@@ -84,7 +84,7 @@ def test_metrics_are_grouped_per_epoch_and_step(app: Flask, client: FlaskClient)
     assert metrics["phases"] == {"data": 1.5, "tokenize": 0.25}
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["progress"] == {"epoch": 1, "epochs": 2, "step": 2, "steps_per_epoch": 2,
-                               "examples_per_second": None, "eta_seconds": None}
+                               "examples_per_second": None, "eta_seconds": None, "step_seconds": None}
 
 
 def test_unknown_job_is_404_everywhere(client: FlaskClient) -> None:
