@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
@@ -23,10 +23,7 @@ from service.store.job_statistics import (
     failures_by_code_query,
     jobs_by_state_and_priority_query,
     oldest_queued_query,
-    queue_wait_seconds,
     rows_to_buckets,
-    run_seconds,
-    startup_seconds,
 )
 from service.store.queue_depth import queue_depth_sql
 from service.store.tables import datasets, job_events, jobs, metrics, workers
@@ -555,14 +552,11 @@ class JobStore:
         with self._read() as conn:
             return _aware(conn.execute(oldest_queued_query()).scalar())
 
-    def finished_job_durations(self, bounds: dict[str, Sequence[float]]) -> dict[str, list[DurationBuckets]]:
-        """Finished jobs' queue wait, start-up and run seconds (service.store.job_statistics), in
-        cumulative buckets per outcome; ``bounds`` maps "queue_wait", "startup", "run" to bucket bounds."""
-        durations = {"queue_wait": queue_wait_seconds(), "startup": startup_seconds(), "run": run_seconds()}
+    def finished_job_durations(self, bounds: Mapping[str, Sequence[float]]) -> dict[str, list[DurationBuckets]]:
+        """Finished jobs' durations (service.store.job_statistics.DURATIONS: "queue_wait", "startup",
+        "run") in cumulative buckets per outcome, for the bucket bounds given for each name."""
         with self._read() as conn:
-            return {name: rows_to_buckets(list(conn.execute(duration_buckets_query(durations[name], limits))),
-                                          limits)
-                    for name, limits in bounds.items()}
+            return rows_to_buckets(list(conn.execute(duration_buckets_query(bounds))), bounds)
 
     # -- workers ------------------------------------------------------------------------------
 

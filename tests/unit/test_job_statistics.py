@@ -12,7 +12,7 @@ from service.store.job_store import utcnow
 from service.store.tables import job_events, jobs
 
 SPEC = {"model": "bert-base-uncased", "data": {"train": {"records": [{"text": "a", "label": "x"}]}}}
-BOUNDS = {"queue_wait": (10.0, 100.0), "startup": (1.0, 5.0), "run": (60.0, 600.0)}
+BOUNDS: dict[str, tuple[float, ...]] = {"queue_wait": (10.0, 100.0), "startup": (1.0, 5.0), "run": (60.0, 600.0)}
 
 
 def finished_job(store: JobStore, target: JobState, *, waited: float, ran: float, startup: float | None,
