@@ -45,7 +45,7 @@ blp = Blueprint("prometheus", __name__, description="Prometheus metrics.")
 
 
 class QueueCollector:
-    """Jobs per state, live workers and their GPUs."""
+    """Jobs per state and priority, the oldest queued job, queue depth, live workers and their GPUs."""
 
     def __init__(self, store: JobStore, lease_seconds: float, gpu_sizes: tuple[int, ...] = ()) -> None:
         self.store = store

@@ -1,13 +1,14 @@
 """Statements that sum up finished jobs for Prometheus: durations in buckets, failures by code.
 
-Each statement aggregates inside the database and returns one row per outcome, so a scrape
-moves a few numbers however many jobs there are; its cost is one pass over the finished jobs
-(and, for start-up, one indexed look-up of events per job). The durations are those of the
+Each statement aggregates inside the database and returns a row per outcome (or code, or
+state), so a scrape moves a few numbers however many jobs there are; the durations cost one
+pass over the finished jobs and, for start-up, one indexed look-up of events per job. The durations are those of the
 attempt that ended the job, as `result.phases` reports them:
 
 - queue wait: the job's creation to the claim of that attempt (the `queued` phase);
-- start-up: that claim to the trainer being ready (the `startup_seconds` of its
-  `trainer_started` event: process start or warm assignment to imports done);
+- start-up: that attempt's trainer getting ready, from its process start (or a warm trainer's
+  assignment) to the training libraries imported (`startup_seconds` of its `trainer_started`
+  event; the `startup` phase);
 - run: that claim to the job's end.
 
 A job that was never claimed (cancelled while queued, or reused from an identical job) has no
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, Select, and_, case, func, literal, select
+from sqlalchemy import Float, Select, case, func, literal, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -40,7 +41,7 @@ class seconds_between(FunctionElement[float]):
     name = "seconds_between"
 
 
-@compiles(seconds_between)
+@compiles(seconds_between)  # PostgreSQL's arithmetic, the only other dialect the store runs on
 def _seconds_between_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
     start, end = list(element.clauses)
     return f"EXTRACT(EPOCH FROM ({compiler.process(end, **kw)} - {compiler.process(start, **kw)}))"
@@ -138,4 +139,4 @@ def jobs_by_state_and_priority_query() -> Select[Any]:
 
 def oldest_queued_query() -> Select[Any]:
     """When the longest-waiting queued job entered the queue (its last move, to queued)."""
-    return select(func.min(jobs.c.updated_at)).where(and_(jobs.c.state == JobState.QUEUED.value))
+    return select(func.min(jobs.c.updated_at)).where(jobs.c.state == JobState.QUEUED.value)
