@@ -21,7 +21,7 @@ UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # No `_created` series: the multiprocess mode has none, so the exposition is the same in both modes.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Registered in no registry: GET /metrics collects them itself (or their files, under gunicorn).
 REQUEST_SECONDS = Histogram(
