@@ -7,6 +7,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import shlex
 import shutil
 import signal
@@ -35,6 +36,9 @@ LIMIT_REQUEST_FIELDS = 64
 LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
+# prometheus-client's own variable: where each gunicorn worker writes its metric files.
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -59,8 +63,11 @@ def anonymous_notice(settings: Settings) -> str | None:
             "anonymous tenant 'default'")
 
 
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """gunicorn's configuration of `fitjobs api`, from the FITJOBS_API_* settings."""
+def gunicorn_options(settings: Settings, metrics_dir: str | None = None) -> dict[str, Any]:
+    """gunicorn's configuration of `fitjobs api`, from the FITJOBS_API_* settings.
+
+    ``metrics_dir`` is the folder of the workers' metric files (PROMETHEUS_MULTIPROC_DIR).
+    """
     from service.api.gunicorn_workers import worker_class
 
     host = listen_host(settings)
@@ -85,6 +92,14 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
         "post_worker_init": check_cooperative_database,
     }
+    if metrics_dir:
+        def forget_worker_metrics(server: Any, worker: Any) -> None:
+            """Drop the live gauges (open streams) of a worker that exited; its counters stay."""
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, metrics_dir)
+
+        options["child_exit"] = forget_worker_metrics
     if settings.api_worker_class == "gevent":
         options["worker_connections"] = settings.api_worker_connections
     else:
@@ -110,7 +125,7 @@ def check_cooperative_database(worker: Any) -> None:
     log.debug("psycopg waits with %s under gevent", getattr(waiting.wait, "__name__", waiting.wait))
 
 
-def api_arbiter(settings: Settings) -> Any:
+def api_arbiter(settings: Settings, metrics_dir: str | None = None) -> Any:
     """The gunicorn master of `fitjobs api`: workers load the app, and SIGTERM drains first.
 
     This imports gunicorn but not the app: Flask, SQLAlchemy and psycopg are first imported by
@@ -123,13 +138,13 @@ def api_arbiter(settings: Settings) -> Any:
 
     class FitjobsGunicorn(BaseApplication):
         def load_config(self) -> None:
-            for key, value in gunicorn_options(settings).items():
+            for key, value in gunicorn_options(settings, metrics_dir).items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
             from service.api import create_app
 
-            return create_app(settings, migrate=False)
+            return create_app(settings, migrate=False, process_metrics_dir=metrics_dir)
 
     class DrainingArbiter(Arbiter):
         """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully."""
@@ -157,7 +172,16 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     notice = anonymous_notice(settings)
     if notice:
         print(f"fitjobs api: {notice}", file=sys.stderr, flush=True)
-    api_arbiter(settings).run()
+    # A fresh folder per start for the workers' metric files: files of an earlier start would
+    # add its counts (and its dead workers' open streams) to this one's. prometheus-client reads
+    # the variable when a worker first imports it, after the fork; this process never imports it
+    # before this line.
+    folder = tempfile.mkdtemp(prefix="fitjobs-api-metrics-")
+    os.environ[PROMETHEUS_MULTIPROC_DIR] = folder
+    try:
+        api_arbiter(settings, folder).run()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

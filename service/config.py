@@ -196,6 +196,10 @@ def _port(value: str) -> int:
     return number
 
 
+def _port_or_off(value: str) -> int:
+    return 0 if int(value) == 0 else _port(value)
+
+
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_HOME", "home", ".fitjobs", _path,
                 "Data folder of this node: SQLite database, job folders, artifacts."),
@@ -320,6 +324,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_RETENTION_INTERVAL_SECONDS", "retention_interval_seconds", "3600", _positive_float,
                 "Seconds between two retention passes of a supervisor (with FITJOBS_RETENTION_DAYS set); the "
                 "first runs when it starts. Supervisors of several nodes take turns (a PostgreSQL advisory lock)."),
+    SettingSpec("FITJOBS_SUPERVISOR_METRICS_PORT", "supervisor_metrics_port", "0", _port_or_off,
+                "TCP port on which the supervisor serves Prometheus metrics of the jobs it runs "
+                "(examples/s, step time) at `/metrics`, on FITJOBS_HOST; 0 turns it off."),
     SettingSpec("FITJOBS_MAX_REQUEST_BYTES", "max_request_bytes", str(32 * 1024 * 1024), _positive_int,
                 "Largest request body the API accepts (inline records included)."),
     SettingSpec("FITJOBS_MAX_UPLOAD_BYTES", "max_upload_bytes", str(1024 * 1024 * 1024), _positive_int,
@@ -461,6 +468,7 @@ class Settings:
     worker_health_seconds: float
     retention_days: float
     retention_interval_seconds: float
+    supervisor_metrics_port: int
     max_request_bytes: int
     max_upload_bytes: int
     model_roots: tuple[Path, ...]

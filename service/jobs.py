@@ -96,6 +96,7 @@ class Progress:
     steps_per_epoch: int | None = None
     examples_per_second: float | None = None
     eta_seconds: float | None = None
+    step_seconds: float | None = None  # mean seconds per training step of this attempt so far
 
 
 @dataclass(frozen=True)

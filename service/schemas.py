@@ -490,6 +490,8 @@ class ProgressSchema(Schema):
         "description": "Training examples per second over this attempt's fit so far."})
     eta_seconds = fields.Float(allow_none=True, metadata={
         "description": "Estimated seconds until the fit ends, validation included."})
+    step_seconds = fields.Float(allow_none=True, metadata={
+        "description": "Mean seconds per training step over this attempt's fit so far."})
 
 
 class JobErrorSchema(Schema):

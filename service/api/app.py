@@ -19,6 +19,7 @@ from service.api.openapi import (
     plain_string_pattern,
 )
 from service.api.rate_limits import install_rate_limits
+from service.api.request_metrics import install_request_metrics
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.logconfig import configure_logging
@@ -59,8 +60,14 @@ def build_api(app: Flask) -> Api:
 
 
 def create_app(settings: Settings | None = None, *, store: JobStore | None = None,
-               migrate: bool = True, test_config: dict[str, Any] | None = None) -> Flask:
-    """The Flask application: settings, store, blueprints and the problem+json handler."""
+               migrate: bool = True, test_config: dict[str, Any] | None = None,
+               process_metrics_dir: str | None = None) -> Flask:
+    """The Flask application: settings, store, blueprints and the problem+json handler.
+
+    ``process_metrics_dir`` is the folder where the API processes of this start keep their
+    request metrics (prometheus-client's multiprocess mode, under gunicorn); None keeps them
+    in this process.
+    """
     settings = settings or Settings.from_env()
     settings.ensure_dirs()
     app = Flask(__name__)
@@ -75,7 +82,10 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.extensions["fitjobs.event_streams"] = EventStreams(
         app.extensions["fitjobs.store"], poll_seconds=settings.api_stream_poll_seconds,
         max_streams=settings.api_max_streams)
+    app.extensions["fitjobs.process_metrics_dir"] = process_metrics_dir
     app.extensions["fitjobs.api"] = build_api(app)
+    # First of the request hooks: requests that auth or the rate limiter refuse are timed too.
+    install_request_metrics(app)
     install_auth(app, settings)
     # After install_auth: the limiter counts per tenant, which auth finds out.
     install_rate_limits(app, settings, app.extensions["fitjobs.store"].engine)

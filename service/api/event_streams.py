@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.lifecycle import is_draining
+from service.api.request_metrics import OPEN_STREAMS
 from service.errors import TooManyStreams
 from service.jobs import Job, JobEvent
 from service.schemas import EventSchema
@@ -169,6 +170,7 @@ def open_stream(streams: EventStreams, job: Job, after: int) -> tuple[list[JobEv
 def stream_frames(streams: EventStreams, backlog: list[JobEvent], subscription: Subscription | None,
                   heartbeat_seconds: float) -> Iterator[str]:
     """The SSE body: the backlog, then live events, keep-alive comments while quiet; ends with the job."""
+    OPEN_STREAMS.inc()
     try:
         # An empty first chunk sends the response headers now, before any event exists.
         yield ""
@@ -192,5 +194,6 @@ def stream_frames(streams: EventStreams, backlog: list[JobEvent], subscription: 
             if ending is not None:
                 return
     finally:
+        OPEN_STREAMS.dec()
         if subscription is not None:
             streams.unsubscribe(subscription)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -29,6 +29,14 @@ from service.jobs import (
     sources_of,
 )
 from service.store.dataset_store import DatasetNotFound
+from service.store.job_statistics import (
+    DurationBuckets,
+    duration_buckets_query,
+    failures_by_code_query,
+    jobs_by_state_and_priority_query,
+    oldest_queued_query,
+    rows_to_buckets,
+)
 from service.store.queue_depth import queue_depth_sql
 from service.store.tables import datasets, job_events, jobs, metrics, webhook_deliveries, workers
 from service.store.tenant_lock import lock_tenant
@@ -669,6 +677,27 @@ class JobStore:
                 if held:
                     conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PRUNING_LOCK_KEY})
                     conn.commit()
+    def count_jobs_by_priority(self) -> dict[tuple[str, int], int]:
+        """Number of jobs per (state, priority)."""
+        with self._read() as conn:
+            return {(state, int(priority)): count
+                    for state, priority, count in conn.execute(jobs_by_state_and_priority_query())}
+
+    def count_failures_by_code(self) -> dict[str, int]:
+        """Number of failed jobs per error code."""
+        with self._read() as conn:
+            return {code or "": count for code, count in conn.execute(failures_by_code_query())}
+
+    def oldest_queued_since(self) -> datetime | None:
+        """When the longest-waiting queued job entered the queue; None when none waits."""
+        with self._read() as conn:
+            return _aware(conn.execute(oldest_queued_query()).scalar())
+
+    def finished_job_durations(self, bounds: Mapping[str, Sequence[float]]) -> dict[str, list[DurationBuckets]]:
+        """Finished jobs' durations (service.store.job_statistics.DURATIONS: "queue_wait", "startup",
+        "run") in cumulative buckets per outcome, for the bucket bounds given for each name."""
+        with self._read() as conn:
+            return rows_to_buckets(list(conn.execute(duration_buckets_query(bounds))), bounds)
 
     # -- workers ------------------------------------------------------------------------------
 

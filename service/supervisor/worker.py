@@ -28,6 +28,7 @@ from service.supervisor.gpus import GpuPool, discover_gpus
 from service.supervisor.health import LoopHeartbeat
 from service.supervisor.leases import Lease, LeaseRenewer
 from service.supervisor.logs import LogCopier
+from service.supervisor.metrics import serve_metrics
 from service.supervisor.retention import RetentionPass
 from service.supervisor.warm import WarmPool, WarmTrainerGone
 from service.supervisor.webhooks import WebhookSender
@@ -103,6 +104,10 @@ class Supervisor:
         self._register()
         self.leases.start()
         self.webhooks.start()
+        exporter = None
+        if self.settings.supervisor_metrics_port:
+            exporter = serve_metrics(self.store, self.owner, self.slots, self.settings.host,
+                                     self.settings.supervisor_metrics_port)
         deadline = None if self.once_wait is None else time.monotonic() + self.once_wait
         while not self._stop.is_set():
             self.tick()
@@ -116,6 +121,9 @@ class Supervisor:
         # A worker of one job exits right after its job ends: the events of that end go out now, one
         # attempt each. What still fails waits in the database for the next supervisor.
         self.webhooks.send_remaining(min(self.settings.shutdown_grace, FINAL_WEBHOOKS_SECONDS))
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         try:
             self.store.deregister_worker(self.owner)
         except SQLAlchemyError as exc:

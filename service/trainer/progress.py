@@ -99,15 +99,16 @@ class ReportProgress(tf_keras.callbacks.Callback):
         return learning_rate_of_update(optimizer, updates - 1) if updates > 0 else None
 
     def _pace(self, step: int, validation_pending: bool) -> dict[str, float | None]:
-        """examples/s so far and the ETA; ``validation_pending``: this epoch's validation is still to run."""
+        """examples/s, seconds per step so far and the ETA; ``validation_pending``: this epoch's validation
+        is still to run."""
         rate = self.examples_per_second
         if rate is None:
-            return {"examples_per_second": None, "eta_seconds": None}
+            return {"examples_per_second": None, "eta_seconds": None, "step_seconds": None}
         steps_left = self.epochs * self.steps_per_epoch - step
         seconds_per_step = self.train_seconds / self.steps_done
         validations_left = self.epochs - self.epoch + (1 if validation_pending else 0)
         eta = steps_left * seconds_per_step + validations_left * self.last_validation
-        return {"examples_per_second": rate, "eta_seconds": round(eta, 1)}
+        return {"examples_per_second": rate, "eta_seconds": round(eta, 1), "step_seconds": round(seconds_per_step, 4)}
 
     def validation_finished(self, seconds: float) -> None:
         """An epoch's validation took ``seconds`` (told by service.trainer.validation.ValidateEachEpoch)."""

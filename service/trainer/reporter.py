@@ -9,7 +9,8 @@ class TrainingReporter(Protocol):
     """Receives progress and metrics from a running fit; implementations must be cheap to call."""
 
     def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None,
-                 examples_per_second: float | None = None, eta_seconds: float | None = None) -> None:
+                 examples_per_second: float | None = None, eta_seconds: float | None = None,
+                 step_seconds: float | None = None) -> None:
         """Record that ``step`` batches of 1-based ``epoch`` out of ``epochs`` are done, and the pace."""
 
     def step_metrics(self, *, epoch: int, step: int, values: dict[str, float]) -> None:

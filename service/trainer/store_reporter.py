@@ -32,10 +32,12 @@ class StoreReporter:
         self._last_flush = time.monotonic()
 
     def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None,
-                 examples_per_second: float | None = None, eta_seconds: float | None = None) -> None:
+                 examples_per_second: float | None = None, eta_seconds: float | None = None,
+                 step_seconds: float | None = None) -> None:
         """Remember the latest progress; written with the next flush."""
         self._progress = Progress(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch,
-                                  examples_per_second=examples_per_second, eta_seconds=eta_seconds)
+                                  examples_per_second=examples_per_second, eta_seconds=eta_seconds,
+                                  step_seconds=step_seconds)
         self._maybe_flush()
 
     def phase_seconds(self, phase: str, seconds: float) -> None:

@@ -161,10 +161,12 @@ class SummaryReporter:
         self._paced_step = 0  # the last global step whose examples/s was kept
 
     def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None,
-                 examples_per_second: float | None = None, eta_seconds: float | None = None) -> None:
+                 examples_per_second: float | None = None, eta_seconds: float | None = None,
+                 step_seconds: float | None = None) -> None:
         """Pass the progress on; keep the step's examples/s."""
         self.inner.progress(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch,
-                            examples_per_second=examples_per_second, eta_seconds=eta_seconds)
+                            examples_per_second=examples_per_second, eta_seconds=eta_seconds,
+                            step_seconds=step_seconds)
         if examples_per_second is not None and steps_per_epoch:
             global_step = (epoch - 1) * steps_per_epoch + step
             # The epoch end repeats its last step's progress.

@@ -290,8 +290,8 @@ def test_http_pods_are_probed_and_others_have_no_http_probes(rendered: Rendered)
                 if component(workload) == "api":
                     assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
             elif component(workload) == "worker":
-                # No HTTP server: no readiness, and exec probes only (the next test).
-                assert not ports and probes["readinessProbe"] is None
+                # No API: only the supervisor's metrics port, no readiness, exec probes only (the next test).
+                assert set(ports) <= {"metrics"} and probes["readinessProbe"] is None
                 assert all("httpGet" not in probe for probe in filter(None, probes.values()))
             else:
                 for probe in filter(None, probes.values()):
@@ -329,6 +329,18 @@ def test_supervisor_pods_are_probed_with_the_worker_check(rendered: Rendered) ->
             volume = next(v for v in spec["volumes"] if v["name"] == mounts[mount])
             assert "emptyDir" in volume, f"{name}: the heartbeat file {heartbeat} belongs to this pod alone"
     assert probed, "some container runs a supervisor"
+
+
+def test_supervisor_pods_name_the_port_of_their_metrics(rendered: Rendered) -> None:
+    """Every container running a supervisor serves its /metrics on the `metrics` port, which k8s/monitoring
+    scrapes; the setting and the port agree."""
+    port = Settings.from_env(rendered.config()).supervisor_metrics_port
+    supervisors = [container for workload in fitjobs_workloads(rendered) for container in containers(pod_spec(workload))
+                   if container["command"][1] in ("serve", "worker")]
+    assert supervisors and port, "the supervisors' metrics are on"
+    for container in supervisors:
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        assert ports.get("metrics") == port, container["name"]
 
 
 def test_every_container_requests_cpu_and_memory(rendered: Rendered) -> None:

@@ -31,11 +31,13 @@ class RecordingReporter:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def progress(self, *, epoch: int, epochs: int, step: int, steps_per_epoch: int | None,
-                 examples_per_second: float | None = None, eta_seconds: float | None = None) -> None:
+                 examples_per_second: float | None = None, eta_seconds: float | None = None,
+                 step_seconds: float | None = None) -> None:
         """Record a progress call."""
         self.calls.append(("progress", {"epoch": epoch, "epochs": epochs, "step": step,
                                         "steps_per_epoch": steps_per_epoch,
-                                        "examples_per_second": examples_per_second, "eta_seconds": eta_seconds}))
+                                        "examples_per_second": examples_per_second, "eta_seconds": eta_seconds,
+                                        "step_seconds": step_seconds}))
 
     def phase_seconds(self, phase: str, seconds: float) -> None:
         """Record a phase's duration."""
@@ -137,6 +139,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     assert {key: last[key] for key in ("epoch", "epochs", "step", "steps_per_epoch")} == {
         "epoch": 2, "epochs": 2, "step": steps_per_epoch, "steps_per_epoch": steps_per_epoch}
     assert last["examples_per_second"] > 0 and last["eta_seconds"] == 0
+    assert last["step_seconds"] > 0, "the mean time of a training step is reported with the pace"
     midway = reporter.of("progress")[steps_per_epoch // 2]
     assert midway["eta_seconds"] > 0, "an ETA is given while steps remain"
     events = [event for event in reporter.of("event") if event["kind"] != "phase_finished"]

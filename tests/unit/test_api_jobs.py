@@ -84,7 +84,7 @@ def test_metrics_are_grouped_per_epoch_and_step(app: Flask, client: FlaskClient)
     assert metrics["phases"] == {"data": 1.5, "tokenize": 0.25}
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["progress"] == {"epoch": 1, "epochs": 2, "step": 2, "steps_per_epoch": 2,
-                               "examples_per_second": None, "eta_seconds": None}
+                               "examples_per_second": None, "eta_seconds": None, "step_seconds": None}
 
 
 def test_unknown_job_is_404_everywhere(client: FlaskClient) -> None:
@@ -199,9 +199,9 @@ def test_prometheus_metrics_count_jobs_by_state_and_workers(app: Flask, client: 
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     text = response.get_data(as_text=True)
-    assert 'fitjobs_jobs{state="queued"} 2.0' in text
-    assert 'fitjobs_jobs{state="running"} 1.0' in text
-    assert 'fitjobs_jobs{state="failed"} 0.0' in text
+    assert 'fitjobs_jobs{priority="0",state="queued"} 2.0' in text
+    assert 'fitjobs_jobs{priority="0",state="running"} 1.0' in text
+    assert 'fitjobs_jobs{priority="0",state="failed"} 0.0' in text
     assert "fitjobs_workers 1.0" in text and "fitjobs_worker_gpus 2.0" in text
     # Two queued jobs without a GPU request count as one GPU each.
     assert 'fitjobs_queue_depth{gpu_type="",gpus="1"} 2.0' in text

@@ -34,6 +34,37 @@ def test_gthread_workers_take_the_thread_count(tmp_path: Path) -> None:
     assert "worker_connections" not in options
 
 
+def test_an_exited_workers_open_streams_stop_counting_but_its_requests_stay(tmp_path: Path) -> None:
+    """gunicorn's child_exit hook drops a dead worker's live gauge files, not its histogram files."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    worker = subprocess.run(
+        [sys.executable, "-c",
+         "import os\n"
+         "from service.api.request_metrics import OPEN_STREAMS, REQUEST_SECONDS\n"
+         "OPEN_STREAMS.inc(); REQUEST_SECONDS.labels('GET', '/healthz', '200').observe(0.01)\n"
+         "print(os.getpid())\n"],
+        env={"PYTHONPATH": str(REPO_ROOT), "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        capture_output=True, text=True, check=True, timeout=60)
+    pid = int(worker.stdout.strip())
+
+    def exposition() -> str:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(folder))
+        return generate_latest(registry).decode()
+
+    assert "fitjobs_api_open_event_streams 1.0" in exposition()
+    assert "child_exit" not in gunicorn_options(Settings.from_env({"FITJOBS_HOME": str(tmp_path)}))
+    hook = gunicorn_options(Settings.from_env({"FITJOBS_HOME": str(tmp_path)}), str(folder))["child_exit"]
+    hook(None, type("Worker", (), {"pid": pid})())
+    text = exposition()
+    assert "fitjobs_api_open_event_streams 1.0" not in text
+    assert 'fitjobs_api_request_duration_seconds_count{method="GET",route="/healthz",status="200"} 1.0' in text
+
+
 @pytest.mark.parametrize("name,value,named", [
     ("FITJOBS_API_WORKER_CLASS", "sync", "FITJOBS_API_WORKER_CLASS"),
     ("FITJOBS_API_STREAM_HEARTBEAT_SECONDS", "0", "FITJOBS_API_STREAM_HEARTBEAT_SECONDS"),
