@@ -14,47 +14,34 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from service.store import JobStore
+from service.supervisor.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
 Lease = tuple[str, int]  # (job id, attempt)
 
 
-class LeaseRenewer:
+class LeaseRenewer(PeriodicTask):
     """Renews a supervisor's worker heartbeat and its running attempts' leases every ``interval`` s."""
+
+    name = "lease-renewer"
+    # The trainers keep running meanwhile.
+    outage = "lease renewal retries"
 
     def __init__(self, store: JobStore, owner: str, *, lease_seconds: float, interval: float,
                  health_seconds: float, seconds_since_loop_beat: Callable[[], float],
                  leases: Callable[[], list[Lease]]) -> None:
+        super().__init__(interval)
         self.store = store
         self.owner = owner
         self.lease_seconds = lease_seconds
-        self.interval = interval
         self.health_seconds = health_seconds
         self._seconds_since_loop_beat = seconds_since_loop_beat
         self._leases = leases
         self._lost: set[Lease] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._withholding = False
-        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
-
-    def start(self) -> None:
-        """Start renewing in the background."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop renewing and wait (at most ``timeout`` s) for a renewal in progress."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """Whether the renewing thread runs."""
-        return self._thread.is_alive()
 
     def take_lost(self) -> set[Lease]:
         """Attempts whose lease could not be renewed (no longer current) since the last call."""
@@ -62,7 +49,7 @@ class LeaseRenewer:
             lost, self._lost = self._lost, set()
         return lost
 
-    def renew_once(self) -> bool:
+    def run_once(self) -> bool:
         """One renewal; False (nothing written) while the loop is overdue."""
         overdue = self._seconds_since_loop_beat()
         if overdue > self.health_seconds:
@@ -83,10 +70,3 @@ class LeaseRenewer:
                     self._lost.add((job_id, attempt))
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew_once()
-            except SQLAlchemyError as exc:
-                # The trainers keep running; the next renewal retries once the database is back.
-                log.warning("database unavailable, lease renewal retries in %.1f s: %s", self.interval, exc)

@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.store.webhook_store import RetryPolicy, WebhookDelivery, WebhookStore
+from service.supervisor.periodic import PeriodicTask
 from service.webhooks.delivery import MAX_ADDRESSES, AttemptResult, post_signed
 from service.webhooks.signing import parse_secret, signed_headers
 
 log = logging.getLogger(__name__)
 
 
-class WebhookSender:
+class WebhookSender(PeriodicTask):
     """Claims due deliveries one at a time and POSTs them, every ``interval`` seconds while any are due."""
+
+    name = "webhook-sender"
+    # Deliveries wait in the database meanwhile.
+    outage = "webhooks wait for the next pass"
 
     def __init__(self, settings: Settings, store: WebhookStore, *, interval: float,
                  ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(interval)
         self.store = store
-        self.interval = interval
         self.policy = settings.webhook_policy
         self.timeout = settings.webhook_timeout_seconds
         self.retry = RetryPolicy(first_seconds=settings.webhook_retry_seconds,
@@ -39,18 +43,10 @@ class WebhookSender:
         # A claim outlasts the longest attempt (a connect and an answer per address tried), so
         # no other sender takes a delivery over while it is still being tried.
         self.claim_seconds = self.timeout * 2 * MAX_ADDRESSES + 30
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
 
-    def start(self) -> None:
-        """Start sending in the background."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop sending; wait (at most ``timeout`` s) for an attempt in flight, which is recorded."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+    def run_once(self) -> int:
+        """Send what is due now (stop() ends it early; an attempt in flight is recorded)."""
+        return self.send_due()
 
     def send_due(self, seconds: float | None = None) -> int:
         """Send every delivery due now, one attempt each, for at most ``seconds`` (None: until none is due,
@@ -98,10 +94,3 @@ class WebhookSender:
             log.warning("webhook %s (%s of job %s) attempt %d failed (%s): %s", delivery.id, delivery.event_type,
                         delivery.job_id, delivery.attempts, state, result.error)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.send_due()
-            except SQLAlchemyError as exc:
-                # Deliveries wait in the database; the next pass retries once it is back.
-                log.warning("database unavailable, webhooks wait for the next pass: %s", exc)
