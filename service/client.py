@@ -172,6 +172,21 @@ class Artifact(TypedDict):
     size: int
 
 
+class WebhookDelivery(TypedDict):
+    """One event sent, or being sent, to a job's webhook, with its attempts so far."""
+
+    id: str
+    event_type: str
+    state: str
+    attempts: int
+    created_at: str
+    last_attempt_at: str | None
+    next_attempt_at: str | None
+    delivered_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+
+
 @dataclass(frozen=True)
 class Download:
     """A file written by `download`: where, how many bytes, their SHA-256, and whether the API vouched for it."""
@@ -490,6 +505,11 @@ class FitjobsClient:
     def artifact(self, job_id: str, name: str) -> bytes:
         """One published file's content, in memory (use `download` for large files)."""
         return self._call("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{quote(name)}").content
+
+    def webhook_deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        """The events sent, or being sent, to the job's webhook; empty for a job without one."""
+        return cast(list[WebhookDelivery],
+                    self._json("GET", f"/v1/jobs/{_segment(job_id)}/webhook-deliveries")["deliveries"])
 
     def evaluation(self, job_id: str) -> dict[str, Any]:
         """The evaluation report of the job's published model."""

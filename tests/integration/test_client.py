@@ -109,6 +109,7 @@ def test_a_job_through_every_job_method(client: FitjobsClient, finished_job: dic
     assert {"spec.json", "metrics.json", "model/config.json"} <= set(artifacts)
     assert len(client.artifact(job_id, "spec.json")) == artifacts["spec.json"]
     assert client.evaluation(job_id) == job["result"]["evaluation"]
+    assert client.webhook_deliveries(job_id) == []  # its spec names no webhook
 
     model = client.download(job_id, tmp_path / "out" / "model.tar.gz")
     assert model.digest_checked and model.path.is_file()
