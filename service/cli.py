@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import itertools
 import json
 import logging
@@ -21,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from service.artifacts import TENSORBOARD_FOLDER
 from service.config import ConfigError, Settings
 from service.logconfig import configure_logging
 
@@ -521,7 +523,7 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-TENSORBOARD_PREFIX = "tensorboard/"
+TENSORBOARD_PREFIX = f"{TENSORBOARD_FOLDER}/"  # the published artifacts of the trainer's TensorBoard files
 
 
 def download_tensorboard_logs(client: Any, job_ids: list[str], folder: Path) -> dict[str, Path]:
@@ -537,9 +539,10 @@ def download_tensorboard_logs(client: Any, job_ids: list[str], folder: Path) -> 
 
 
 def tensorboard_command(logdirs: dict[str, Path], extra: list[str]) -> list[str]:
-    """`tensorboard --logdir_spec id1:dir1,id2:dir2 ...`: each run named by its job id."""
+    """TensorBoard of this Python (a dependency of fitjobs) with ``--logdir_spec id1:dir1,id2:dir2``: each run
+    named by its job id."""
     spec = ",".join(f"{job_id}:{folder}" for job_id, folder in logdirs.items())
-    return ["tensorboard", "--logdir_spec", spec, *extra]
+    return [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec, *extra]
 
 
 def cmd_tensorboard(args: argparse.Namespace, settings: Settings) -> int:
@@ -556,7 +559,7 @@ def cmd_tensorboard(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"command": command, "logdirs": {k: str(v) for k, v in logdirs.items()}}) if args.json \
             else print(shlex.join(command))
         return 0
-    if shutil.which(command[0]) is None:
+    if importlib.util.find_spec("tensorboard") is None:
         print("fitjobs: tensorboard is not installed (pip install tensorboard); the logs are in "
               f"{folder}", file=sys.stderr)
         return 1

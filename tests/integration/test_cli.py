@@ -6,10 +6,12 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 
 from service.cli import tensorboard_command
 from tests.support.sentiment_data import tiny_job_spec, write_sentiment_files
-from tests.support.service import REPO_ROOT, RunningService
+from tests.support.service import REPO_ROOT, RunningService, free_port
 
 FITJOBS = str(Path(sys.executable).with_name("fitjobs"))
 
@@ -183,33 +185,44 @@ def test_errors_exit_1_with_the_problem(service: RunningService) -> None:
     assert problem["status"] == 404 and problem["request_id"]
 
 
-def test_tensorboard_downloads_each_jobs_logs_and_names_the_runs(service: RunningService, spec_file: Path,
-                                                                  tmp_path: Path) -> None:
-    jobs = [fitjobs_json(service, "submit", str(spec_file), "--wait") for _ in range(2)]
-    events = {}
-    for index, job in enumerate(jobs):
-        # Event files the trainer would publish, placed beside the job's published artifacts.
-        folder = service.home / "artifacts" / job["id"] / "tensorboard" / "train"
-        folder.mkdir(parents=True)
-        events[job["id"]] = f"event file {index}".encode()
-        (folder / "events.out.tfevents.1.host").write_bytes(events[job["id"]])
-    board = tmp_path / "board"
-    printed = fitjobs_json(service, "tensorboard", *[job["id"] for job in jobs], "--dir", str(board),
-                           "--print-command", "--port", "6123")
-    spec = ",".join(f"{job['id']}:{board / job['id']}" for job in jobs)
-    assert printed["command"] == ["tensorboard", "--logdir_spec", spec, "--port", "6123"]
-    for job_id, content in events.items():
-        assert (board / job_id / "train" / "events.out.tfevents.1.host").read_bytes() == content
-    human = fitjobs(service, "tensorboard", jobs[0]["id"], "--dir", str(tmp_path / "again"), "--print-command")
-    assert human.returncode == 0 and human.stdout.strip() == (
-        f"tensorboard --logdir_spec {jobs[0]['id']}:{tmp_path / 'again' / jobs[0]['id']}")
+def test_tensorboard_opens_each_jobs_published_logs(service: RunningService, spec_file: Path,
+                                                    finished: dict[str, Any], tmp_path: Path) -> None:
+    jobs = [finished, fitjobs_json(service, "submit", str(spec_file), "--wait")]
+    ids = [job["id"] for job in jobs]
+    board, port = tmp_path / "board", free_port()
+    printed = fitjobs_json(service, "tensorboard", *ids, "--dir", str(board), "--print-command", "--port", str(port))
+    spec = ",".join(f"{job_id}:{board / job_id}" for job_id in ids)
+    assert printed["command"][-4:] == ["--logdir_spec", spec, "--port", str(port)]
+    for job_id in ids:
+        assert sorted(path.parent.name for path in (board / job_id).rglob("events.out.tfevents.*")) == \
+            ["train", "validation"]
+    # The real TensorBoard, started by the command, serves every job's runs and their scalars.
+    viewer = subprocess.Popen([FITJOBS, "tensorboard", *ids, "--port", str(port)], env=cli_env(service),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        deadline, tags = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and len(tags) < 4:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as answer:
+                    tags = json.load(answer)
+            except OSError:
+                time.sleep(0.5)
+        assert viewer.poll() is None, viewer.stderr.read() if viewer.stderr else ""
+    finally:
+        viewer.send_signal(signal.SIGINT)
+        assert viewer.wait(timeout=30) == 0
+    assert sorted(tags) == sorted(f"{job_id}/{run}" for job_id in ids for run in ("train", "validation"))
+    for job_id in ids:
+        assert {"batch_loss", "epoch_loss"} <= set(tags[f"{job_id}/train"])
+        assert "epoch_accuracy" in tags[f"{job_id}/validation"]
     none = fitjobs(service, "tensorboard", "job_" + "1" * 32, "--print-command")
-    assert none.returncode == 1
+    assert none.returncode == 1 and "HTTP 404" in none.stderr
 
 
 def test_tensorboard_command_names_each_run() -> None:
     command = tensorboard_command({"job_a": Path("/t/job_a"), "job_b": Path("/t/job_b")}, ["--port", "1"])
-    assert command == ["tensorboard", "--logdir_spec", "job_a:/t/job_a,job_b:/t/job_b", "--port", "1"]
+    assert command == [sys.executable, "-m", "tensorboard.main", "--logdir_spec", "job_a:/t/job_a,job_b:/t/job_b",
+                       "--port", "1"]
 
 
 def test_delete(service: RunningService, finished: dict[str, Any]) -> None:
