@@ -200,7 +200,7 @@ def test_tensorboard_opens_each_jobs_published_logs(service: RunningService, spe
     viewer = subprocess.Popen([FITJOBS, "tensorboard", *ids, "--port", str(port)], env=cli_env(service),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
-        deadline, tags = time.monotonic() + 120, {}
+        deadline, tags = time.monotonic() + 120, dict[str, Any]()
         while time.monotonic() < deadline and len(tags) < 4:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as answer:
