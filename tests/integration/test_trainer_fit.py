@@ -278,6 +278,56 @@ def test_minilm_pytorch_safetensors_load_with_their_pretrained_encoder() -> None
     assert logits.shape == (1, 3)
 
 
+
+def test_loading_draws_only_the_weights_the_checkpoint_lacks(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Weights start as NaN while a model loads; the checkpoint's are copied in, the rest drawn, seeded."""
+    from service.trainer.tf_runtime import prepare_tensorflow
+
+    prepare_tensorflow(0)
+    import tf_keras
+    from tf_keras.src.engine.base_layer import Layer
+    from transformers import TFBertModel
+
+    from service.trainer.modeling import initialized_after_loading, load_classifier
+
+    labels = ["negative", "neutral", "positive"]
+    ids = {label: i for i, label in enumerate(labels)}
+    add_weight = Layer.add_weight
+
+    def load(seed: int, folder: Path = tiny_model_dir) -> dict[str, np.ndarray]:
+        tf_keras.utils.set_random_seed(seed)
+        model = load_classifier(str(folder), 3, dict(enumerate(labels)), ids)
+        return {weight.name.split("/", 1)[1]: weight.numpy() for weight in model.weights}
+
+    first, again, other_seed = load(1), load(1), load(2)
+    assert Layer.add_weight is add_weight, "the patched add_weight is put back"
+    encoder = TFBertModel.from_pretrained(str(tiny_model_dir))
+    stored = {weight.name.split("/", 1)[1]: weight.numpy() for weight in encoder.weights}
+    assert len(stored) > 30
+    for name, value in stored.items():
+        np.testing.assert_array_equal(first[name], value, err_msg=name)
+    assert all(not np.isnan(value).any() for value in first.values())
+    kernel = first["classifier/kernel:0"]
+    assert kernel.shape == (32, 3) and 0.01 < kernel.std() < 0.03  # the config's initializer_range 0.02
+    np.testing.assert_array_equal(kernel, again["classifier/kernel:0"])  # the seed fixes the new head
+    assert not np.array_equal(kernel, other_seed["classifier/kernel:0"])
+
+    # A checkpoint whose head has another size: its encoder is kept, the head drawn anew.
+    tf_keras.utils.set_random_seed(3)
+    two_labels = load_classifier(str(tiny_model_dir), 2, {0: "a", 1: "b"}, {"a": 0, "b": 1})
+    two_labels.save_pretrained(str(tmp_path / "two-labels"))
+    reloaded = load(4, tmp_path / "two-labels")
+    assert not np.isnan(reloaded["classifier/kernel:0"]).any()
+    np.testing.assert_array_equal(reloaded["bert/embeddings/word_embeddings/weight:0"],
+                                  stored["bert/embeddings/word_embeddings/weight:0"])
+
+    # Left by an error inside, the layer class gets its own add_weight back.
+    with pytest.raises(RuntimeError), initialized_after_loading():
+        assert Layer.add_weight is not add_weight
+        raise RuntimeError("load failed")
+    assert Layer.add_weight is add_weight
+
+
 MIRRORED_FIT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
