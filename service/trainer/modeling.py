@@ -274,8 +274,8 @@ def initialized_after_loading() -> Iterator[Any]:
                 variable.assign(initializer(variable.shape, variable.dtype))
         deferred.clear()
 
-    Layer.add_weight = add_weight  # type: ignore[method-assign]
+    Layer.add_weight = add_weight
     try:
         yield draw_unloaded
     finally:
-        Layer.add_weight = original  # type: ignore[method-assign]
+        Layer.add_weight = original
