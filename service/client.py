@@ -82,6 +82,12 @@ class Job(TypedDict, total=False):
     queue: dict[str, Any] | None
 
 
+class Prediction(Job, total=False):
+    """A batch prediction job (GET /v1/predictions/{id}); `output_url` names predictions.jsonl once succeeded."""
+
+    output_url: str | None
+
+
 class EpochMetrics(TypedDict, total=False):
     """One epoch's values: loss, accuracy, macro F1, their val_ twins and the learning rate."""
 
@@ -518,9 +524,13 @@ class FitjobsClient:
     def wait(self, job_id: str, timeout: float | None = None, *, interval: float = 1.0,
              on_update: Callable[[Job], None] | None = None) -> Job:
         """Poll until the job ends; returns it. WaitTimeout after ``timeout`` seconds (None: no limit)."""
+        return self._wait(self.get_job, job_id, timeout, interval, on_update)
+
+    def _wait(self, get: Callable[[str], Job], job_id: str, timeout: float | None, interval: float,
+              on_update: Callable[[Job], None] | None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self.get_job(job_id)
+            job = get(job_id)
             if on_update is not None:
                 on_update(job)
             if job["state"] in TERMINAL:
@@ -529,6 +539,30 @@ class FitjobsClient:
                 raise WaitTimeout(job, cast(float, timeout))
             pause = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
             self._sleep(pause)
+
+    # -- batch predictions ------------------------------------------------------------------------
+
+    def submit_prediction(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> Prediction:
+        """Queue a batch prediction (``{"job": id, "data": source, ...}``); retries make one job, as with submit."""
+        key = idempotency_key or f"fitjobs-client-{uuid.uuid4().hex}"
+        return cast(Prediction, self._json("POST", "/v1/predictions", json=spec, headers={"Idempotency-Key": key}))
+
+    def list_predictions(self, state: str | None = None, *, page_size: int = PAGE_SIZE) -> Iterator[Prediction]:
+        """Every batch prediction job, newest first (optionally of one state), a page at a time."""
+        return cast(Iterator[Prediction], self._pages("/v1/predictions", "predictions",
+                                                      {"state": state} if state else {}, page_size))
+
+    def get_prediction(self, job_id: str) -> Prediction:
+        """A batch prediction job's state, progress, error or result."""
+        return cast(Prediction, self._json("GET", f"/v1/predictions/{_segment(job_id)}"))
+
+    def cancel_prediction(self, job_id: str) -> Prediction:
+        """Cancel a batch prediction (idempotent)."""
+        return cast(Prediction, self._json("POST", f"/v1/predictions/{_segment(job_id)}/cancel"))
+
+    def wait_prediction(self, job_id: str, timeout: float | None = None, *, interval: float = 1.0) -> Prediction:
+        """Poll until the batch prediction ends; returns it (predictions.jsonl is then an artifact of it)."""
+        return cast(Prediction, self._wait(self.get_prediction, job_id, timeout, interval, None))
 
     def follow(self, job_id: str, after: int = 0) -> Iterator[Event]:
         """Every event after ``after`` as it happens, from the SSE stream, until the job's final one.

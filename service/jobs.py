@@ -131,6 +131,8 @@ class Job:
     reused_from: str | None = None
     # The tenant the job belongs to (service.tenants).
     tenant: str = "default"
+    # "train": its spec trains a model; "predict": its spec runs a trained job's model over data.
+    kind: str = "train"
 
     @property
     def attempts_spent(self) -> int:

@@ -274,18 +274,21 @@ def fetch_upload(storage: Storage, uploads_dir: Path, dataset_id: str) -> None:
 
 
 def fetch_inputs(spec: dict[str, Any], storage: Storage, locations: Locations) -> None:
-    """Copy the uploads and the job model a spec reads from an object store to this node's folders.
+    """Copy the uploads and the job model a spec (training or prediction) reads from an object store to this
+    node's folders.
 
     They land where local storage keeps them (``locations.uploads_dir``, ``.artifacts_dir``),
     so the data and model loaders read them as always; with local storage nothing is copied.
     """
     if storage.is_local:
         return
-    for role in ("train", "validation"):
-        dataset_id = ((spec.get("data") or {}).get(role) or {}).get("upload")
+    data = spec.get("data") or {}
+    # A training spec's train and validation sources, or a prediction spec's one source.
+    for source in (data.get("train"), data.get("validation"), data):
+        dataset_id = (source or {}).get("upload")
         if isinstance(dataset_id, str) and DATASET_ID.match(dataset_id):
             fetch_upload(storage, locations.uploads_dir, dataset_id)
-    model = spec.get("model")
+    model = spec.get("model") or ({"job": spec["job"]} if "job" in spec else None)
     if isinstance(model, dict) and isinstance(model.get("job"), str) and JOB_ID.match(model["job"]):
         local = job_artifacts_dir(locations.artifacts_dir, model["job"])
         if not local.is_dir():

@@ -901,3 +901,57 @@ class TenantSchema(Schema):
     name = fields.String()
     roles = fields.List(fields.String(), metadata={"description": "read, submit and/or admin."})
     quotas = fields.Nested(TenantQuotasSchema)
+
+
+class PredictionSpecSchema(StrictSchema):
+    """A batch prediction: a succeeded training job's model, run over every row of a data set."""
+
+    job = PlainString(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."),
+                      metadata={"description": "The succeeded training job whose model predicts."})
+    data = fields.Nested(TrainSourceSchema, required=True, metadata={
+        "description": "Where the rows come from: any source a training spec's `data.train` takes (`path`, "
+                       "`url`, `records`, `upload`, `dataset`). Labels, if the rows have them, are ignored."})
+    text_column = PlainString(load_default="text", validate=validate.Length(min=1, max=256))
+    text_pair_column = PlainString(load_default=None, allow_none=True, validate=validate.Length(min=1, max=256))
+    batch_size = fields.Integer(strict=True, load_default=64, validate=validate.Range(min=1, max=1024),
+                                metadata={"description": "Rows per forward pass; rows are grouped by length."})
+    max_length = fields.Integer(strict=True, load_default=None, allow_none=True,
+                                validate=validate.Range(min=8, max=MAX_MAX_LENGTH),
+                                metadata={"description": "Tokens per text after truncation; omitted or null: "
+                                                         "the training job's own max_length."})
+    priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=-100, max=100),
+                              metadata={"description": "Higher runs first; prediction and training jobs share "
+                                                       "one queue."})
+    max_attempts = fields.Integer(strict=True, load_default=3, validate=validate.Range(min=1, max=10),
+                                  metadata={"description": "Attempts allowed after infrastructure failures; "
+                                                           "a later attempt goes on after the last row written."})
+    max_runtime_seconds = fields.Integer(strict=True, load_default=86_400,
+                                         validate=validate.Range(min=1, max=30 * 86_400),
+                                         metadata={"description": "An attempt running longer fails as "
+                                                                  "`timeout`."})
+
+
+class PredictionSchema(JobStatusSchema):
+    """A batch prediction job as the API shows it; its events, logs and artifacts are under /v1/jobs/{id}/."""
+
+    max_attempts = fields.Integer()
+    spec = fields.Nested(PredictionSpecSchema)
+    result = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
+        "description": "Once succeeded: rows, output (the artifact `predictions.jsonl`: one JSON object a row, "
+                       "in the data's order, with row (from 0), label, probability and probabilities by label), "
+                       "model_job, labels, examples_per_second, resumed_from_row (the row a later attempt "
+                       "went on from; 0 when one attempt did it all), peak_rss_bytes of the process, and "
+                       "phases (seconds)."})
+    output_url = fields.String(allow_none=True, metadata={
+        "description": "Where to download predictions.jsonl once the job succeeded; null before."})
+
+
+class PredictionSummarySchema(JobStatusSchema):
+    """A prediction job as lists show it: where it stands, without its spec or result."""
+
+    output_url = fields.String(allow_none=True)
+
+
+class PredictionListSchema(Schema):
+    predictions = fields.List(fields.Nested(PredictionSummarySchema))
+    next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})

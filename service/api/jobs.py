@@ -292,7 +292,8 @@ class Jobs(MethodView):
         """
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
         page, next_seq = current_store().list_jobs(
-            state=query.get("state"), limit=query["limit"], before_seq=before, tenant=listed_tenant(), summary=True)
+            state=query.get("state"), limit=query["limit"], before_seq=before, tenant=listed_tenant(), summary=True,
+            kind="train")
         return {"jobs": [job_summary(job) for job in page],
                 "next": encode_cursor(CURSOR_KIND, next_seq) if next_seq is not None else None}
 
@@ -420,14 +421,17 @@ class JobResource(MethodView):
         returns the rows themselves.
         """
         job = load_job(job_id)
+        if job.kind != "train":
+            raise NotFound(f"No training job has the id {job_id!r}; it is a prediction job "
+                           f"(GET /v1/predictions/{job_id}).")
         return job_document(job, queue_place(job), include_records=query.get("include") == "records")
 
 
     @blp.response(204)
     @blp.alt_response(409, schema=ProblemSchema,
                       description="The job is queued or running (`state`; cancel it first), or other jobs still "
-                                  "need its files (`jobs`): queued or running jobs that continue from its model, "
-                                  "or jobs that reused its result.")
+                                  "need its files (`jobs`): queued or running jobs that continue from its model "
+                                  "or predict with it, or jobs that reused its result.")
     def delete(self, job_id: str) -> Response:
         """Delete a finished job and everything of it: record, events, metrics, artifacts, checkpoints, logs.
 
@@ -460,8 +464,8 @@ def delete_refused(exc: JobInUse) -> Conflict:
         return Conflict(f"Job {job.id} is {job.state.value}; cancel it and wait until it ends before deleting it.",
                         extra={"state": job.state.value})
     if exc.dependents:
-        return Conflict(f"Job {job.id} cannot be deleted while queued or running jobs continue from its model: "
-                        f"{', '.join(exc.dependents)}; cancel them or wait until they end.",
+        return Conflict(f"Job {job.id} cannot be deleted while queued or running jobs continue from its model "
+                        f"or predict with it: {', '.join(exc.dependents)}; cancel them or wait until they end.",
                         extra={"state": job.state.value, "jobs": exc.dependents})
     return Conflict(f"Job {job.id} cannot be deleted while jobs that reused its result remain: "
                     f"{', '.join(exc.reusers)}; delete them first.",

@@ -112,29 +112,32 @@ def model_errors(model: str | dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield field, f"{path!r} {exc}."
 
 
-def job_model_errors(job_id: str) -> Iterator[tuple[str, str]]:
-    """Why a job's model cannot be continued from, if it cannot."""
+def job_model_errors(job_id: str, field: str = "model.job", use: str = "continued from") -> Iterator[tuple[str, str]]:
+    """Why a job's model cannot be ``use``d (continued from, predicted with), if it cannot; keyed by ``field``."""
     try:
         job = current_store().get_job(job_id)
     except JobNotFound:
         job = None
-    # Only a job of the submitting tenant can be continued from, also by an admin.
+    # Only a job of the submitting tenant can be used, also by an admin.
     if job is None or job.tenant != current_tenant().name:
-        yield "model.job", f"No job has the id {job_id!r}."
+        yield field, f"No job has the id {job_id!r}."
         return
-    if job.state is not JobState.SUCCEEDED:
-        yield "model.job", f"Job {job_id} is {job.state.value}; only a succeeded job's model can be continued from."
+    if job.kind != "train":
+        yield field, f"Job {job_id} is a {job.kind} job; only a training job has a model."
+    elif job.state is not JobState.SUCCEEDED:
+        yield field, f"Job {job_id} is {job.state.value}; only a succeeded job's model can be {use}."
     elif job.reused_from is not None:
-        yield "model.job", (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; continue from "
-                            f"{{\"job\": \"{job.reused_from}\"}} instead.")
+        yield field, (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; use job "
+                      f"{job.reused_from} instead.")
     elif not has_model(current_settings().storage, job_id):
-        yield "model.job", f"Job {job_id} has no published model."
+        yield field, f"Job {job_id} has no published model."
 
 
 def uses_upload(spec: dict[str, Any], dataset_id: str) -> bool:
-    """Whether a spec reads the uploaded dataset, as training or validation data."""
+    """Whether a spec reads the uploaded dataset, as training or validation data, or as a prediction's data."""
     data = spec.get("data") or {}
-    return any((data.get(role) or {}).get("upload") == dataset_id for role in ("train", "validation"))
+    return data.get("upload") == dataset_id or \
+        any((data.get(role) or {}).get("upload") == dataset_id for role in ("train", "validation"))
 
 
 def active_jobs_using(dataset_id: str) -> list[Job]:

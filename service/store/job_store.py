@@ -68,7 +68,7 @@ class JobInUse(RuntimeError):
         if not job.state.is_terminal:
             reason = f"it is {job.state.value}"
         elif dependents:
-            reason = f"queued or running job(s) continue from its model: {', '.join(dependents)}"
+            reason = f"queued or running job(s) continue from its model or predict with it: {', '.join(dependents)}"
         else:
             reason = f"job(s) reused its files: {', '.join(reusers)}"
         super().__init__(f"job {job.id} cannot be deleted: {reason}")
@@ -154,7 +154,7 @@ def _job_from_row(row: Row[Any]) -> Job:
         priority=m["priority"], max_attempts=m["max_attempts"], free_attempts=m["free_attempts"],
         max_runtime_seconds=m["max_runtime_seconds"], gpus=m["gpus"], gpu_type=m["gpu_type"],
         lease_expires_at=_aware(m["lease_expires_at"]), fingerprint=m["fingerprint"],
-        reused_from=m["reused_from"], tenant=m["tenant"],
+        reused_from=m["reused_from"], tenant=m["tenant"], kind=m["kind"],
     )
 
 
@@ -190,8 +190,8 @@ class JobStore:
                    gpus: int | None = None, gpu_type: str | None = None, fingerprint: str | None = None,
                    reuse_of: Job | None = None, tenant: str = DEFAULT_TENANT,
                    quotas: Quotas | None = None, uploads: Sequence[str] = (),
-                   parent: str | None = None) -> tuple[Job, bool]:
-        """Queue a new job for ``spec`` in ``tenant``; returns (job, created).
+                   parent: str | None = None, kind: str = "train") -> tuple[Job, bool]:
+        """Queue a new job of ``kind`` for ``spec`` in ``tenant``; returns (job, created).
 
         With ``reuse_of`` (a job find_reusable_job gave for the same ``fingerprint``) the job is
         created succeeded instead, with that job's result and progress, and never trains.
@@ -215,7 +215,7 @@ class JobStore:
                       cancel_requested=False, priority=priority, max_attempts=max_attempts,
                       max_runtime_seconds=max_runtime_seconds, gpus=gpus, gpu_type=gpu_type,
                       idempotency_key=idempotency_key, spec_hash=digest, fingerprint=fingerprint,
-                      tenant=tenant)
+                      tenant=tenant, kind=kind)
         try:
             with self._write() as conn:
                 self._lock_uploads(conn, uploads)
@@ -323,9 +323,9 @@ class JobStore:
 
     def list_jobs(self, *, state: JobState | None = None, limit: int = 20,
                   before_seq: int | None = None, tenant: str | None = None,
-                  summary: bool = False) -> tuple[list[Job], int | None]:
-        """Newest first, of one tenant or (None) all; returns a page and the seq to continue before,
-        or None at the end.
+                  summary: bool = False, kind: str | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, of one tenant or (None) all, of one kind or (None) all; returns a page and
+        the seq to continue before, or None at the end.
 
         With ``summary`` the jobs carry only their model as spec, and no result: neither is read.
         """
@@ -335,6 +335,8 @@ class JobStore:
             query = query.where(jobs.c.tenant == tenant)
         if state is not None:
             query = query.where(jobs.c.state == state.value)
+        if kind is not None:
+            query = query.where(jobs.c.kind == kind)
         if before_seq is not None:
             query = query.where(jobs.c.seq < before_seq)
         with self._read() as conn:
@@ -622,10 +624,12 @@ class JobStore:
 
     @staticmethod
     def _continuations_of(conn: Connection, job_id: str) -> list[str]:
-        """Queued and running jobs whose spec continues from ``job_id``'s model."""
+        """Queued and running jobs whose spec continues from ``job_id``'s model or predicts with it."""
         return list(conn.execute(select(jobs.c.id).where(
             jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-            jobs.c.spec[("model", "job")].as_string() == job_id).order_by(jobs.c.seq)).scalars())
+            or_(jobs.c.spec[("model", "job")].as_string() == job_id,
+                and_(jobs.c.kind == "predict", jobs.c.spec["job"].as_string() == job_id)))
+            .order_by(jobs.c.seq)).scalars())
 
     def expired_job_ids(self, finished_before: datetime, *, limit: int = 500) -> list[str]:
         """Finished jobs that finished before ``finished_before``, jobs that reused another's files first.
@@ -649,12 +653,13 @@ class JobStore:
         return found
 
     def jobs_reading_upload(self, dataset_id: str) -> list[str]:
-        """Every job, in any state, whose spec reads the uploaded dataset (training or validation data)."""
+        """Every job, in any state, whose spec reads the uploaded dataset (training, validation or prediction data)."""
         with self._read() as conn:
             return list(conn.execute(select(jobs.c.id).where(or_(
                 jobs.c.spec[("data", "train", "upload")].as_string() == dataset_id,
-                jobs.c.spec[("data", "validation", "upload")].as_string() == dataset_id)).order_by(jobs.c.seq))
-                .scalars())
+                jobs.c.spec[("data", "validation", "upload")].as_string() == dataset_id,
+                and_(jobs.c.kind == "predict", jobs.c.spec[("data", "upload")].as_string() == dataset_id)))
+                .order_by(jobs.c.seq)).scalars())
 
     @contextmanager
     def pruning_lock(self) -> Iterator[bool]:

@@ -58,6 +58,8 @@ jobs = Table(
     Column("reused_from", String(64)),
     # The tenant the job belongs to (service.tenants); another tenant never sees it.
     Column("tenant", String(64), nullable=False, server_default="default"),
+    # What the job does: "train" (a training spec) or "predict" (a batch prediction spec).
+    Column("kind", String(16), nullable=False, server_default="train"),
     Index("ix_jobs_state_seq", "state", "seq"),
     Index("ix_jobs_state_priority_seq", "state", "priority", "seq"),
     Index("ix_jobs_fingerprint_state", "fingerprint", "state"),

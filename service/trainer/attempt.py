@@ -170,13 +170,22 @@ def run_attempt(job_id: str, attempt: int, start: TrainerStart) -> int:
                        f"{'Warm' if start.warm else 'Cold'} trainer pid {os.getpid()} ready "
                        f"{startup:.1f} s after its {'assignment' if start.warm else 'start'}.",
                        start.event_data(startup))
-        mirror = checkpoint_mirror(settings, job_id, reporter)
-        fetch_inputs(job.spec, settings.storage, Locations.from_settings(settings))
-        result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
-                              checkpoint_dir=settings.checkpoint_dir(job_id), storage=settings.storage,
-                              job_id=job_id, reporter=reporter, mirror=mirror,
-                              threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps,
-                              stop=stop, timings={"queued": queued_seconds(job), "startup": startup})
+        locations = Locations.from_settings(settings)
+        fetch_inputs(job.spec, settings.storage, locations)
+        timings = {"queued": queued_seconds(job), "startup": startup}
+        if job.kind == "predict":
+            from service.trainer.batch_predict import run_predictions
+
+            result = run_predictions(job.spec, locations=locations, checkpoint_dir=settings.checkpoint_dir(job_id),
+                                     work_dir=attempt_dir / "work", storage=settings.storage, job_id=job_id,
+                                     reporter=reporter, stop=stop, timings=timings)
+        else:
+            result = run_training(job.spec, data_root=settings.data_root, work_dir=attempt_dir / "work",
+                                  checkpoint_dir=settings.checkpoint_dir(job_id), storage=settings.storage,
+                                  job_id=job_id, reporter=reporter,
+                                  mirror=checkpoint_mirror(settings, job_id, reporter),
+                                  threads=settings.trainer_threads, checkpoint_steps=settings.checkpoint_steps,
+                                  stop=stop, timings=timings)
         reporter.close(FINAL_FLUSH_SECONDS)
     except DrainRequested as exc:
         # The supervisor asked for this and decides what it means (requeue, cancel, timeout).

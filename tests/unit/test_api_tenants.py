@@ -66,6 +66,7 @@ class World:
     queued: str
     trained: str
     dataset: str
+    prediction: str
 
 
 def build_world(tmp_path: Path, database_url: str) -> World:
@@ -101,7 +102,9 @@ def build_world(tmp_path: Path, database_url: str) -> World:
     (folder / f"{UPLOAD_STEM}.csv").write_text("text,label\ngood,pos\nbad,neg\n")
     DatasetStore(store.engine).add(dataset_id=dataset, filename="train.csv", format="csv", size_bytes=27,
                                    sha256="0" * 64, rows=2, columns=["text", "label"], tenant="alpha")
-    return World(app, client, settings, store, queued, trained, dataset)
+    prediction = client.post("/v1/predictions", json={"job": trained, "data": {"upload": dataset}},
+                             headers=auth("alpha")).get_json()["id"]
+    return World(app, client, settings, store, queued, trained, dataset, prediction)
 
 
 @pytest.fixture
@@ -136,9 +139,12 @@ def missing_job() -> str:
 
 def object_requests(w: World) -> list[tuple[str, str, dict[str, str], str]]:
     """(method, path, headers, the id in it) of every request on one of alpha's objects."""
-    t, q, d = w.trained, w.queued, w.dataset
+    t, q, d, p = w.trained, w.queued, w.dataset, w.prediction
     sse = {"Accept": "text/event-stream"}
     return [
+        ("GET", f"/v1/predictions/{p}", {}, p),
+        ("POST", f"/v1/predictions/{p}/cancel", {}, p),
+        ("GET", f"/v1/jobs/{p}/events", {}, p),
         ("GET", f"/v1/jobs/{t}", {}, t),
         ("GET", f"/v1/jobs/{q}", {}, q),
         ("POST", f"/v1/jobs/{q}/cancel", {}, q),
@@ -167,6 +173,7 @@ COVERED_ROUTES = {
     "/v1/jobs/<job_id>/events", "/v1/jobs/<job_id>/logs", "/v1/jobs/<job_id>/artifacts",
     "/v1/jobs/<job_id>/artifacts/<path:name>", "/v1/jobs/<job_id>/model.tar.gz", "/v1/jobs/<job_id>/evaluation",
     "/v1/jobs/<job_id>/webhook-deliveries",
+    "/v1/predictions", "/v1/predictions/<job_id>", "/v1/predictions/<job_id>/cancel",
     "/v1/datasets", "/v1/datasets/<dataset_id>", "/v1/tenant",
 }
 
@@ -210,6 +217,11 @@ def test_lists_leave_out_other_tenants_and_an_admin_sees_all(world: World) -> No
         listed = w.client.get(path, headers=auth("beta"))
         assert listed.status_code == 200 and listed.get_json() == {"jobs": [], "next": None}, path
     assert w.client.get("/v1/datasets", headers=auth("beta")).get_json() == {"datasets": [], "next": None}
+    assert w.client.get("/v1/predictions", headers=auth("beta")).get_json() == {"predictions": [], "next": None}
+    assert [p["id"] for p in w.client.get("/v1/predictions", headers=auth("alpha")).get_json()["predictions"]] == \
+        [w.prediction]
+    assert [p["id"] for p in w.client.get("/v1/predictions", headers=auth("ops")).get_json()["predictions"]] == \
+        [w.prediction]
     own = w.client.post("/v1/jobs", json=SPEC, headers=auth("beta")).get_json()
     assert own["tenant"] == "beta"
     assert [job["id"] for job in w.client.get("/v1/jobs", headers=auth("beta")).get_json()["jobs"]] == [own["id"]]
@@ -229,9 +241,15 @@ def test_a_spec_names_only_its_own_tenants_uploads_and_jobs(world: World) -> Non
     cases = [({**SPEC, "model": {"job": w.trained}}, {**SPEC, "model": {"job": missing}}, w.trained, missing),
              ({**SPEC, "data": {"train": {"upload": w.dataset}}}, {**SPEC, "data": {"train": {"upload": missing_ds}}},
               w.dataset, missing_ds)]
+    cases.append(({"job": w.trained, "data": {"records": [{"text": "fine"}]}},
+                  {"job": missing, "data": {"records": [{"text": "fine"}]}}, w.trained, missing))
+    cases.append(({"job": w.trained, "data": {"upload": w.dataset}},
+                  {"job": w.trained, "data": {"upload": missing_ds}}, w.dataset, missing_ds))
     for tenant in ("beta", "ops"):  # an admin reads every tenant's objects, but builds only on its own
-        for path in ("/v1/jobs", "/v1/jobs:validate"):
+        for path in ("/v1/jobs", "/v1/jobs:validate", "/v1/predictions"):
             for spec, control_spec, object_id, missing_id in cases:
+                if ("job" in spec) != (path == "/v1/predictions"):
+                    continue  # a prediction spec names its job at the top; a training spec, its model
                 answer = w.client.post(path, json=spec, headers=auth(tenant))
                 control = w.client.post(path, json=control_spec, headers=auth(tenant))
                 assert answer.status_code == 422 == control.status_code, (tenant, path, answer.get_json())
@@ -266,6 +284,8 @@ def test_roles_limit_what_a_tenant_may_do_with_403_naming_the_role(world: World)
     w = world
     before = snapshot(w)
     for method, path, body in (("POST", "/v1/jobs", SPEC), ("POST", "/v1/jobs:validate", SPEC),
+                               ("POST", "/v1/predictions", {"job": w.trained, "data": {"upload": w.dataset}}),
+                               ("POST", f"/v1/predictions/{w.prediction}/cancel", None),
                                ("POST", f"/v1/jobs/{w.queued}/cancel", None),
                                ("POST", "/v1/datasets?filename=a.csv", None),
                                ("DELETE", f"/v1/datasets/{w.dataset}", None),
@@ -299,6 +319,9 @@ def test_without_a_known_token_nothing_is_answered_but_401(world: World) -> None
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_owner_deletes_its_dataset_and_cancels_its_job(world: World) -> None:
     w = world
+    in_use = w.client.delete(f"/v1/datasets/{w.dataset}", headers=auth("alpha"))
+    assert in_use.status_code == 409 and w.prediction in in_use.get_json()["detail"], "the queued prediction reads it"
+    assert w.client.post(f"/v1/predictions/{w.prediction}/cancel", headers=auth("alpha")).status_code == 200
     assert w.client.delete(f"/v1/datasets/{w.dataset}", headers=auth("alpha")).status_code == 204
     assert not upload_dir(w.settings.uploads_dir, w.dataset).exists()
     cancelled = w.client.post(f"/v1/jobs/{w.queued}/cancel", headers=auth("alpha")).get_json()
@@ -310,6 +333,9 @@ def test_the_owner_deletes_its_finished_job_and_not_a_queued_one(world: World) -
     w = world
     busy = w.client.delete(f"/v1/jobs/{w.queued}", headers=auth("alpha"))
     assert busy.status_code == 409 and busy.mimetype == PROBLEM and busy.get_json()["state"] == "queued"
+    needed = w.client.delete(f"/v1/jobs/{w.trained}", headers=auth("alpha"))
+    assert needed.status_code == 409 and needed.get_json()["jobs"] == [w.prediction], "its model predicts"
+    assert w.client.post(f"/v1/predictions/{w.prediction}/cancel", headers=auth("alpha")).status_code == 200
     assert w.client.delete(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 204
     assert w.client.get(f"/v1/jobs/{w.trained}", headers=auth("alpha")).status_code == 404
     assert not (w.settings.artifacts_dir / w.trained).exists() and not (w.settings.jobs_dir / w.trained).exists()
