@@ -478,12 +478,16 @@ class JobCancel(MethodView):
     def post(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a queued one never starts, a running one is stopped. Idempotent."""
         load_job(job_id)
-        try:
-            job = current_store().request_cancel(job_id)
-        except InvalidTransition as exc:
-            raise Conflict(f"Job {job_id} already {exc.job.state.value}; there is nothing to cancel.",
-                           extra={"state": exc.job.state.value}) from exc
-        return job_document(job)
+        return job_document(request_cancel(job_id))
+
+
+def request_cancel(job_id: str) -> Job:
+    """Ask for the job's end (see JobStore.request_cancel); 409 once it has ended."""
+    try:
+        return current_store().request_cancel(job_id)
+    except InvalidTransition as exc:
+        raise Conflict(f"Job {job_id} already {exc.job.state.value}; there is nothing to cancel.",
+                       extra={"state": exc.job.state.value}) from exc
 
 
 @blp.route("/jobs/<job_id>/metrics")

@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE
 
 from service.api.auth import current_tenant, listed_tenant
 from service.api.context import current_store
-from service.api.jobs import CURSOR_KIND, job_document, load_job, require_json_body
+from service.api.jobs import CURSOR_KIND, job_document, load_job, request_cancel, require_json_body
 from service.api.paging import decode_cursor, encode_cursor
 from service.api.sources import job_model_errors, source_errors
 from service.api.tenant import quota_exceeded
@@ -29,7 +29,7 @@ from service.schemas import (
     PredictionSpecSchema,
     ProblemSchema,
 )
-from service.store import InvalidTransition, JobNotFound
+from service.store import JobNotFound
 from service.store.dataset_store import DatasetNotFound
 from service.store.job_store import IdempotencyConflict
 from service.tenants import QuotaReached
@@ -135,9 +135,4 @@ class PredictionCancel(MethodView):
     def post(self, job_id: str) -> dict[str, Any]:
         """Cancel a prediction job: a queued one never starts, a running one stops after its current chunk."""
         load_prediction(job_id)
-        try:
-            job = current_store().request_cancel(job_id)
-        except InvalidTransition as exc:
-            raise Conflict(f"Job {job_id} already {exc.job.state.value}; there is nothing to cancel.",
-                           extra={"state": exc.job.state.value}) from exc
-        return prediction_document(job)
+        return prediction_document(request_cancel(job_id))
