@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Blueprint, Response, redirect, send_from_directory
+from werkzeug.wrappers import Response as BaseResponse
 
 UI_FOLDER = Path(__file__).with_name("ui")
 CONTENT_SECURITY_POLICY = ("default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'; "
@@ -24,7 +25,7 @@ blp = Blueprint("dashboard", __name__)
 
 
 @blp.get("/ui")
-def dashboard_root() -> Response:
+def dashboard_root() -> BaseResponse:
     """Send the browser to /ui/, so that the page's relative URLs resolve inside it."""
     # A relative Location: behind a proxy that serves the service under /prefix, /prefix/ui/.
     return redirect("ui/", code=308)
