@@ -155,8 +155,9 @@ def succeeded_job(service: RunningService, tiny_model_dir: Path, data_folder: st
 def test_form_dry_runs_then_submits_and_the_job_page_follows_the_fit_live(
         service: RunningService, tiny_model_dir: Path, data_folder: str, open_page: OpenPage,
         artifacts_dir: Path) -> None:
-    # 120 steps an epoch for 3 epochs: long enough (seconds) to watch the step curve grow.
-    spec = tiny_job_spec(tiny_model_dir, data_folder, "val.jsonl", epochs=3, batch_size=4)
+    # 240 steps an epoch for 3 epochs: seconds of fitting, long enough to watch the step curve grow.
+    spec = tiny_job_spec(tiny_model_dir, data_folder, "val.jsonl", epochs=3, batch_size=2)
+    steps = 480 // 2 * 3
     opened = open_page(service.url + "/ui/#/new")
     page = opened.page
     page.wait_for_selector("#spec")
@@ -173,7 +174,7 @@ def test_form_dry_runs_then_submits_and_the_job_page_follows_the_fit_live(
     page.wait_for_url("**/ui/#/jobs/*")
     job_id = page.inner_text(".job-id")
     job = service.get(f"/v1/jobs/{job_id}").json()
-    assert job["spec"]["hyperparameters"]["batch_size"] == 4 and job["spec"]["model"] == str(tiny_model_dir)
+    assert job["spec"]["hyperparameters"]["batch_size"] == 2 and job["spec"]["model"] == str(tiny_model_dir)
 
     # The step curve, sampled while the page says the job runs.
     counts_while_running: list[int] = []
@@ -191,14 +192,14 @@ def test_form_dry_runs_then_submits_and_the_job_page_follows_the_fit_live(
     grew = sorted(set(count for count in counts_while_running if count > 0))
     assert counts_while_running == sorted(counts_while_running), "the curve only grows"
     assert len(grew) >= 2, f"the curve should grow live; it showed {grew} points while running"
-    assert grew[0] < 360, "points were plotted before the fit ended"
+    assert grew[0] < steps, "points were plotted before the fit ended"
 
     # Once it succeeded the page shows everything the API has: all steps, the evaluation.
     page.wait_for_selector(".confusion-matrix", timeout=30_000)
     metrics = service.get(f"/v1/jobs/{job_id}/metrics").json()
     page.wait_for_function("n => document.querySelector(\"" + STEP_CHART + "\").dataset.points == n",
                            arg=str(len(metrics["steps"])))
-    assert len(metrics["steps"]) == 360
+    assert len(metrics["steps"]) == steps
     evaluation = service.get(f"/v1/jobs/{job_id}/evaluation").json()
     assert shown_matrix(page) == evaluation["confusion_matrix"]["matrix"]
     page.screenshot(path=artifacts_dir / "job-succeeded.png", full_page=True)
@@ -312,9 +313,14 @@ def test_the_cancel_button_stops_a_running_job(
 
 @pytest.fixture(scope="module")
 def guarded_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """`fitjobs api` (no supervisor: jobs stay queued) that needs a bearer token."""
+    """`fitjobs api` (no supervisor: jobs stay queued) that needs a bearer token.
+
+    One API process that follows at most one event stream, and notices within a second that a
+    client left one.
+    """
     api = start_service(tmp_path_factory.mktemp("dashboard-auth"), role="api",
-                        extra_env={"FITJOBS_API_TOKENS": TOKEN})
+                        extra_env={"FITJOBS_API_TOKENS": TOKEN, "FITJOBS_API_WORKERS": "1",
+                                   "FITJOBS_API_MAX_STREAMS": "1", "FITJOBS_API_STREAM_HEARTBEAT_SECONDS": "0.5"})
     yield api
     assert api.stop() == 0, api.output()[-3000:]
 
@@ -355,3 +361,32 @@ def test_the_token_prompt_and_a_path_prefix(guarded_api: RunningService, tiny_mo
         assert proxy.outside == [], "every URL of the page stays under the prefix"
         assert all(url.startswith(proxy.url + "/") for url in opened.requests), opened.requests
     assert guarded_api.get(f"/v1/jobs/{job_id}", headers=auth).json()["state"] == "cancelled"
+
+
+def test_without_a_free_event_stream_the_job_page_reads_the_event_list(guarded_api: RunningService,
+                                                                       tiny_model_dir: Path,
+                                                                       open_page: OpenPage) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    write_sentiment_files(guarded_api.data_root / "small", 20, 10)
+    job_id = submit(guarded_api, tiny_job_spec(tiny_model_dir, "small"), headers=auth)
+    # The API process's only stream (FITJOBS_API_MAX_STREAMS=1) is taken.
+    held = requests.get(f"{guarded_api.url}/v1/jobs/{job_id}/events", stream=True, timeout=30,
+                        headers={**auth, "Accept": "text/event-stream"})
+    assert held.status_code == 200
+    page = open_page(f"{guarded_api.url}/ui/#/jobs/{job_id}").page
+    try:
+        page.fill("#token", TOKEN)
+        page.click("#token-form button[type='submit']")
+        page.wait_for_selector(".stream-status:text('reconnecting')")
+        page.wait_for_selector(".timeline li[data-kind='state'] .badge[data-state='queued']")
+        assert page.locator(".timeline li").count() == 1
+    finally:
+        held.close()
+    # Once the stream is free the page follows it again, and a cancel made elsewhere shows.
+    page.wait_for_selector(".stream-status:text('(live)')", timeout=30_000)
+    assert guarded_api.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
+    page.wait_for_selector(".timeline li[data-kind='state'] .badge[data-state='cancelled']")
+    assert badge_state(page) == "cancelled"
+    events = guarded_api.get(f"/v1/jobs/{job_id}/events", headers=auth).json()["events"]
+    shown = page.eval_on_selector_all(".timeline li .message", "nodes => nodes.map(n => n.textContent)")
+    assert shown == [event["message"] for event in events], "each event once, in order"

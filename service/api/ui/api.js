@@ -82,7 +82,7 @@ export async function getJson(path, options) {
   return (await request(path, options)).json();
 }
 
-/** Download an API file: a plain link where no token is needed, else fetched with the token and saved. */
+/** Fetch an API file with the token and save it as ``filename`` (a plain link cannot send the token). */
 export async function download(path, filename) {
   const response = await request(path, { accept: "*/*" });
   const url = URL.createObjectURL(await response.blob());
@@ -98,14 +98,16 @@ export async function download(path, filename) {
 /**
  * Follow a job's Server-Sent Events with fetch (EventSource cannot send the Authorization header).
  *
- * Calls ``onEvent(event)`` for each event after id ``after``; resolves when the server ends the
+ * Calls ``onOpen()`` once the stream is open and ``onEvent(event)`` for each event after id
+ * ``after``; resolves when the server ends the
  * stream (the job ended, or the node is draining), rejects on network errors and non-2xx answers.
  */
-export async function followEvents(jobId, { after = 0, onEvent, signal }) {
+export async function followEvents(jobId, { after = 0, onOpen = () => {}, onEvent, signal }) {
   const headers = authHeaders({ Accept: "text/event-stream" });
   if (after > 0) headers.set("Last-Event-ID", String(after));
   const response = await checked(await fetch(apiUrl(jobPath(jobId, "/events")),
     { headers, signal, cache: "no-store" }));
+  onOpen();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {

@@ -4,7 +4,7 @@ import { h, s } from "./dom.js";
 
 const WIDTH = 520;
 const HEIGHT = 220;
-const MARGIN = { top: 12, right: 14, bottom: 34, left: 54 };
+const MARGIN = { top: 12, right: 14, bottom: 34, left: 66 };
 // Points are marked with dots up to this many per series; beyond, the line alone reads better.
 const MAX_DOTS = 60;
 
@@ -18,7 +18,8 @@ export function ticks(low, high, count = 5) {
   for (let value = Math.ceil(low / step) * step; value <= high + step * 1e-9; value += step) {
     values.push(Number(value.toPrecision(12)));
   }
-  return values;
+  // A range just past a round step can leave one tick: ask for finer ones.
+  return values.length < 3 && count < 40 ? ticks(low, high, count * 2) : values;
 }
 
 function extent(values) {

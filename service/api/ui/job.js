@@ -100,6 +100,12 @@ export function jobView(root, jobId) {
       h("span", { class: "message" }, event.message)));
   }
 
+  async function catchUp() {
+    // The events after the last one shown, as a list: where no stream is open.
+    const { events } = await getJson(path(`/events?after=${lastEventId}`), { signal: aborter.signal });
+    events.forEach(addEvent);
+  }
+
   async function refreshJob() {
     job = await getJson(path(), { signal: aborter.signal });
     renderHeader();
@@ -170,7 +176,8 @@ export function jobView(root, jobId) {
   async function finish() {
     // The job ended: read everything once more, then stop polling.
     finished = true;
-    await Promise.all([refreshJob(), refreshMetrics(), refreshLogs(), refreshEvaluation(), refreshArtifacts()]);
+    await Promise.all([refreshJob(), refreshMetrics(), refreshLogs(), refreshEvaluation(), refreshArtifacts(),
+      catchUp()]);
   }
 
   async function poll() {
@@ -195,15 +202,19 @@ export function jobView(root, jobId) {
 
   async function follow() {
     while (!aborter.signal.aborted) {
-      sections.streamStatus.textContent = "(live)";
       try {
-        await followEvents(jobId, { after: lastEventId, signal: aborter.signal, onEvent: (event) => {
+        await followEvents(jobId, { after: lastEventId, signal: aborter.signal, onOpen: () => {
+          sections.streamStatus.textContent = "(live)";
+        }, onEvent: (event) => {
           addEvent(event);
           if (event.state || event.kind === "evaluated") poll();
         } });
       } catch (error) {
         if (aborter.signal.aborted) return;
         sections.streamStatus.textContent = `(reconnecting: ${error.message})`;
+        // No stream for now (the API process may follow FITJOBS_API_MAX_STREAMS already): read the
+        // events so far as a list, and try the stream again shortly.
+        await catchUp().catch(showError);
       }
       // The stream ended: after the job's last event, or because the node is draining.
       if (job && TERMINAL_STATES.has(job.state)) break;
@@ -213,6 +224,7 @@ export function jobView(root, jobId) {
         showError(error);
       }
       if (job && TERMINAL_STATES.has(job.state)) break;
+      if (sections.streamStatus.textContent === "(live)") sections.streamStatus.textContent = "(reconnecting)";
       await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
     }
     sections.streamStatus.textContent = "";
