@@ -1,8 +1,9 @@
 """The dashboard at /ui/ in a real browser: Playwright drives Debian's Chromium against a real `fitjobs serve`.
 
-Jobs are real tiny-BERT fits. Screenshots of a job page mid-training and after success are saved
-under $FITJOBS_TEST_ARTIFACTS/dashboard (default: test-artifacts/dashboard in pytest's base
-temporary folder). Without Chromium or Playwright the tests skip, and fail under CI=true.
+Jobs are real tiny-BERT fits. Screenshots of a job page mid-training and after success, and of
+the form's dry-run reports, are saved under $FITJOBS_TEST_ARTIFACTS/dashboard (default:
+test-artifacts/dashboard in pytest's base temporary folder). Without Chromium or Playwright the
+tests skip, and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def test_form_dry_runs_then_submits_and_the_job_page_follows_the_fit_live(
     assert page.inner_text(".report tr[data-split='validation'] td.num >> nth=0") == "60"
     assert "negative, positive" in page.inner_text(".report .facts")
     assert page.is_enabled("#submit-job")
+    page.screenshot(path=artifacts_dir / "dry-run-report.png", full_page=True)
 
     page.click("#submit-job")
     page.wait_for_url("**/ui/#/jobs/*")
@@ -217,7 +219,8 @@ def shown_matrix(page: Page) -> list[list[int]]:
 
 
 def test_a_dry_run_problem_is_shown_and_nothing_is_submitted(
-        service: RunningService, tiny_model_dir: Path, data_folder: str, open_page: OpenPage) -> None:
+        service: RunningService, tiny_model_dir: Path, data_folder: str, open_page: OpenPage,
+        artifacts_dir: Path) -> None:
     jobs_before = service.get("/v1/jobs?limit=200").json()["jobs"]
     spec = tiny_job_spec(tiny_model_dir, data_folder, "val.jsonl")
     spec["data"]["label_column"] = "sentiment"  # the files have no such column
@@ -230,6 +233,7 @@ def test_a_dry_run_problem_is_shown_and_nothing_is_submitted(
     assert "sentiment" in problems.first.inner_text()
     assert "no column 'sentiment'" in page.inner_text(".problem p")
     assert page.is_disabled("#submit-job")
+    page.screenshot(path=artifacts_dir / "dry-run-problems.png", full_page=True)
 
     # A field the schema refuses is named, with its message.
     spec["hyperparameters"]["epochs"] = 0
