@@ -205,6 +205,7 @@ def test_form_dry_runs_then_submits_and_the_job_page_follows_the_fit_live(
     evaluation = service.get(f"/v1/jobs/{job_id}/evaluation").json()
     assert shown_matrix(page) == evaluation["confusion_matrix"]["matrix"]
     page.screenshot(path=artifacts_dir / "job-succeeded.png", full_page=True)
+    page.wait_for_function("() => document.querySelector('.logs').textContent.includes('Epoch 3/3')")
     kinds = page.eval_on_selector_all(".timeline li.state-event .badge", "nodes => nodes.map(n => n.dataset.state)")
     assert kinds == ["queued", "running", "succeeded"]
     assert (artifacts_dir / "job-mid-training.png").stat().st_size > 0
@@ -394,3 +395,25 @@ def test_without_a_free_event_stream_the_job_page_reads_the_event_list(guarded_a
     events = guarded_api.get(f"/v1/jobs/{job_id}/events", headers=auth).json()["events"]
     shown = page.eval_on_selector_all(".timeline li .message", "nodes => nodes.map(n => n.textContent)")
     assert shown == [event["message"] for event in events], "each event once, in order"
+
+
+def test_the_job_list_shows_a_page_at_a_time(guarded_api: RunningService, tiny_model_dir: Path,
+                                            open_page: OpenPage) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    write_sentiment_files(guarded_api.data_root / "small", 20, 10)
+    for _ in range(21):
+        submit(guarded_api, tiny_job_spec(tiny_model_dir, "small"), headers=auth)
+    total = len(guarded_api.get("/v1/jobs?limit=200", headers=auth).json()["jobs"])
+    page = open_page(f"{guarded_api.url}/ui/#/jobs?state=queued").page
+    page.fill("#token", TOKEN)
+    page.click("#token-form button[type='submit']")
+    page.wait_for_selector("table.jobs tbody tr")
+    assert page.locator("table.jobs tbody tr").count() == 20
+    assert page.input_value("#state-filter") == "queued"
+    queued = len(guarded_api.get("/v1/jobs?limit=200&state=queued", headers=auth).json()["jobs"])
+    assert queued >= 21 and total >= queued
+    page.click("text=More")
+    page.wait_for_function(f"() => document.querySelectorAll('table.jobs tbody tr').length === {queued}")
+    shown = page.eval_on_selector_all("table.jobs tbody tr", "rows => rows.map(r => r.dataset.job)")
+    listed = [job["id"] for job in guarded_api.get("/v1/jobs?limit=200&state=queued", headers=auth).json()["jobs"]]
+    assert shown == listed, "newest first, each job once"
