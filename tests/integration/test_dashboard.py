@@ -180,15 +180,17 @@ def test_form_dry_runs_then_submits_and_the_job_page_follows_the_fit_live(
 
     # The step curve, sampled while the page says the job runs.
     counts_while_running: list[int] = []
-    shot = False
+    # Shot at the first plotted point, and again, where the samples allow, with a quarter or more of them.
+    shots: set[str] = set()
     deadline = time.monotonic() + 300
     while (state := badge_state(page)) not in TERMINAL and time.monotonic() < deadline:
         if state == "running":
             count = plotted_steps(page)
             counts_while_running.append(count)
-            if count > 0 and not shot:
+            moment = "first" if 0 < count < steps // 4 else "quarter" if steps // 4 <= count < steps else None
+            if moment and moment not in shots and "quarter" not in shots:
                 page.screenshot(path=artifacts_dir / "job-mid-training.png", full_page=True)
-                shot = True
+                shots.add(moment)
         time.sleep(0.1)
     assert badge_state(page) == "succeeded", service.get(f"/v1/jobs/{job_id}/logs").text[-3000:]
     grew = sorted(set(count for count in counts_while_running if count > 0))
