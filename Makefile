@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # package-lock.json and installed outside the source tree.
 NODE_DIR := .cache/node
 NODE_STAMP := $(NODE_DIR)/.installed
+# Debian's Chromium, which the browser tests of the dashboard drive through Playwright
+# (tests/integration/test_dashboard.py); Playwright's own browser downloads are not used.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: serve test setup openapi clean
 
@@ -34,7 +37,18 @@ $(NODE_STAMP): tests/deploy/keda/package.json tests/deploy/keda/package-lock.jso
 		echo "npm not found: tests/deploy skips the KEDA schema checks (they fail under CI=true)"; \
 	fi
 
-setup: $(STAMP) $(NODE_STAMP)
+# apt-get as root, else through sudo. Where that fails the browser tests skip, visibly (under CI=true they fail).
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		{ $$sudo apt-get update -qq && \
+		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "could not install chromium: the browser tests skip (they fail under CI=true)"; \
+	else \
+		echo "apt-get not found: install Chromium as $(CHROMIUM) for the browser tests (they fail under CI=true)"; \
+	fi
+
+setup: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 serve: $(STAMP)
 	$(VENV)/bin/fitjobs serve

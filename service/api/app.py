@@ -39,6 +39,7 @@ class FitjobsApi(Api):
 def build_api(app: Flask) -> Api:
     """Register every blueprint on ``app`` and return the Api that documents them."""
     from service.api.artifacts import blp as artifacts_blp
+    from service.api.dashboard import blp as dashboard_blp
     from service.api.datasets import blp as datasets_blp
     from service.api.health import blp as health_blp
     from service.api.jobs import blp as jobs_blp
@@ -57,6 +58,8 @@ def build_api(app: Flask) -> Api:
     marshmallow_plugin.converter.add_attribute_function(plain_string_pattern)  # type: ignore[no-untyped-call]
     for blueprint in (jobs_blp, predictions_blp, datasets_blp, artifacts_blp, tenant_blp, health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
+    # On the app, not the Api: the dashboard's files are no API operations.
+    app.register_blueprint(dashboard_blp)
     return api
 
 

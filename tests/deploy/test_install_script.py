@@ -100,6 +100,8 @@ def test_install_script_builds_a_service_that_becomes_ready(dockerfile: list[Ins
             time.sleep(0.5)
         assert status == 200, f"/readyz never answered 200:\n{(tmp_path / 'serve.log').read_text()}"
         assert (home / "fitjobs.db").exists()
+        # The dashboard's files are package data: installed, not only in the source tree.
+        assert requests.get(f"http://127.0.0.1:{port}/ui/app.js", timeout=10).status_code == 200
 
         healthcheck = next(i for i in dockerfile if i.keyword == "HEALTHCHECK").exec_form()
         assert healthcheck is not None
