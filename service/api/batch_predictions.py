@@ -37,7 +37,7 @@ from service.tenants import QuotaReached
 KIND = "predict"
 OUTPUT = "predictions.jsonl"
 
-blp = Blueprint("predictions", __name__, url_prefix="/v1", description="Batch prediction jobs.")
+blp = Blueprint("batch_predictions", __name__, url_prefix="/v1", description="Batch prediction jobs.")
 
 
 def prediction_document(job: Job) -> dict[str, Any]:
