@@ -32,10 +32,15 @@ STOP_GRACE_SECONDS = 5.0
 STABLE_SECONDS = 30.0
 MAX_RESTART_DELAY_SECONDS = 60.0
 MAX_ANSWER_BYTES = 64 << 20
+DROPPED_REQUEST_RETRIES = 1
 
 
 class PredictUnavailable(RuntimeError):
     """The predict process did not answer in time, or died while answering; retrying may succeed."""
+
+
+class PredictDropped(PredictUnavailable):
+    """The predict process closed the connection without answering (it died, or is being replaced)."""
 
 
 class PredictRefused(RuntimeError):
@@ -54,21 +59,37 @@ class PredictClient:
         self.timeout = timeout
 
     def request(self, op: str, args: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """The result of one request; PredictUnavailable or PredictRefused otherwise."""
+        """The result of one request; PredictUnavailable or PredictRefused otherwise.
+
+        Requests change nothing, so one dropped by a server that died under it is sent once more
+        (to the server started in its place), within the same deadline.
+        """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        line = json.dumps({"op": op, "args": args}).encode() + b"\n"
+        for tries_left in reversed(range(1 + DROPPED_REQUEST_RETRIES)):
+            try:
+                answer = self._exchange(line, deadline)
+                break
+            except PredictDropped:
+                if tries_left == 0:
+                    raise
+                log.warning("the predict process dropped a request; sending it again")
+        if "error" in answer:
+            raise PredictRefused(str(answer.get("code", "internal")), str(answer["error"]))
+        return dict(answer["result"])
+
+    def _exchange(self, line: bytes, deadline: float) -> dict[str, Any]:
+        """Send one request line on a new connection and read its answer line."""
         connection = self._connect(deadline)
         with connection:
             try:
                 connection.settimeout(max(0.001, deadline - time.monotonic()))
-                connection.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
-                answer = self._read_line(connection, deadline)
+                connection.sendall(line)
+                return self._read_line(connection, deadline)
             except TimeoutError as exc:
                 raise PredictUnavailable(f"the predict process did not answer within {self.timeout:g} s") from exc
             except OSError as exc:
-                raise PredictUnavailable(f"the predict process dropped the request ({exc.strerror or exc})") from exc
-        if "error" in answer:
-            raise PredictRefused(str(answer.get("code", "internal")), str(answer["error"]))
-        return dict(answer["result"])
+                raise PredictDropped(f"the predict process dropped the request ({exc.strerror or exc})") from exc
 
     def _connect(self, deadline: float) -> socket.socket:
         """A connection to the server, waiting while its socket is missing or nobody listens on it."""
@@ -94,7 +115,7 @@ class PredictClient:
             connection.settimeout(max(0.001, deadline - time.monotonic()))
             chunk = connection.recv(1 << 16)
             if not chunk:
-                raise PredictUnavailable("the predict process stopped before it answered")
+                raise PredictDropped("the predict process stopped before it answered")
             buffer += chunk
             if len(buffer) > MAX_ANSWER_BYTES:
                 raise PredictUnavailable("the predict process's answer is too large")
