@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import requests
 
 from service.config import Settings
 from service.predict_client import PredictClient
+from tests.support.s3 import s3_server
 from tests.support.sentiment_data import sentiment_rows, tiny_job_spec, write_sentiment_files
 from tests.support.service import RunningService, descendants, start_service
 
@@ -190,3 +192,25 @@ def test_no_api_process_maps_tensorflow(service: RunningService, jobs: dict[str,
             api_processes.append("libtensorflow" in maps)
     assert predict_processes == [True]
     assert len(api_processes) >= 2 and not any(api_processes), "the gunicorn master and workers load no TensorFlow"
+
+
+def test_a_model_in_object_storage_is_fetched_to_the_node_and_predicts(tmp_path: Path, tiny_model_dir: Path) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+    with s3_server() as s3:
+        running = start_service(tmp_path / "home", extra_env={
+            "FITJOBS_STORAGE_URL": f"s3://{s3.new_bucket()}/fitjobs", "FITJOBS_PREDICT_MODELS": "1", **s3.environ})
+        try:
+            write_sentiment_files(running.data_root / "sentiment", 120, 30)
+            job = running.post("/v1/jobs", json=tiny_job_spec(tiny_model_dir, "sentiment", epochs=1)).json()
+            done = running.wait_for_state(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+            assert done["state"] == "succeeded", done
+            answer = predict(running, job["id"], PROBE_TEXTS[:4])
+            assert answer["model_load_ms"] > 0 and len(answer["predictions"]) == 4
+            fetched = running.home / "cache" / "predict" / job["id"] / "model"
+            assert (fetched / "config.json").is_file()
+            expected = reference(running, job["id"], tmp_path / "downloaded", PROBE_TEXTS[:4])
+            for given, probabilities in zip(answer["predictions"], expected["probabilities"], strict=True):
+                assert [given["probabilities"][name] for name in expected["labels"]] == \
+                    pytest.approx(probabilities, abs=1e-4)
+        finally:
+            assert running.stop() == 0, running.output()[-3000:]
