@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from service.check_runner import server_environ
+from service.supervisor.child import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +121,6 @@ class PredictClient:
             if len(buffer) > MAX_ANSWER_BYTES:
                 raise PredictUnavailable("the predict process's answer is too large")
         return dict(json.loads(buffer.partition(b"\n")[0]))
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent (the gunicorn master) dies."""
-    from service.supervisor.child import die_with_parent as prctl_pdeathsig
-
-    prctl_pdeathsig()
 
 
 class PredictServerKeeper:
