@@ -148,8 +148,31 @@ def api_arbiter(settings: Settings, metrics_dir: str | None = None) -> Any:
 
             return create_app(settings, migrate=False, process_metrics_dir=metrics_dir)
 
+    from service.predict_client import PredictServerKeeper
+
+    # The node's predict process, started with the workers and again whenever it dies (FITJOBS_PREDICT_MODELS=0: none).
+    predict = PredictServerKeeper(settings.child_environ()) if settings.predict_models > 0 else None
+
     class DrainingArbiter(Arbiter):
-        """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully."""
+        """SIGTERM: fail readiness and keep serving for the drain period, then stop gracefully.
+
+        It also keeps the node's predict process running (service.predict_client).
+        """
+
+        def start(self) -> None:
+            super().start()
+            if predict is not None:
+                predict.ensure()
+
+        def manage_workers(self) -> None:
+            super().manage_workers()
+            if predict is not None:
+                predict.ensure()
+
+        def stop(self, graceful: bool = True) -> None:
+            if predict is not None:
+                predict.stop()
+            super().stop(graceful)
 
         def handle_term(self) -> None:
             mark_draining()

@@ -7,11 +7,13 @@ reference in the documentation is checked against that table.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import socket
 import sysconfig
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,11 @@ from service.tenants import DEFAULT_ROLES, DEFAULT_TENANT, Quotas, Role, Tenant,
 if TYPE_CHECKING:
     from service.storage import Storage
     from service.webhooks.destinations import DestinationPolicy, IPNetwork
+
+
+PREDICT_SOCKET = "predict.sock"
+# A Unix socket's path must fit sockaddr_un (108 bytes with its NUL); room is left for a temporary name beside it.
+MAX_SOCKET_PATH_BYTES = 96
 
 
 @dataclass(frozen=True)
@@ -350,6 +357,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FITJOBS_CHECK_CPU_SECONDS", "check_cpu_seconds", "120", _positive_int,
                 "CPU seconds one dry run or upload check may use (RLIMIT_CPU of its check process); a check "
                 "that needs more is answered 422."),
+    SettingSpec("FITJOBS_PREDICT_MODELS", "predict_models", "2", _non_negative_int,
+                "Trained models the node's predict process keeps loaded for `POST /v1/jobs/{id}/predictions`, "
+                "the most recently used; 0 turns online predictions off (no predict process, 503)."),
+    SettingSpec("FITJOBS_PREDICT_MEMORY_BYTES", "predict_memory_bytes", str(2 * 1024 ** 3), _positive_int,
+                "Bytes of weights the predict process keeps loaded at most; the least recently used models "
+                "are dropped beyond it (a single larger model is still served, alone)."),
+    SettingSpec("FITJOBS_PREDICT_TIMEOUT", "predict_timeout", "120", _positive_float,
+                "Seconds a prediction request may take, a cold model's load and a restart of the predict "
+                "process included, before it is answered 503."),
     SettingSpec("FITJOBS_UPLOAD_MAX_ROWS", "upload_max_rows", "5000000", _positive_int,
                 "Rows an uploaded table may have; Parquet files are refused from their metadata, before "
                 "their data is read."),
@@ -477,6 +493,9 @@ class Settings:
     check_queue_seconds: float
     check_memory_bytes: int
     check_cpu_seconds: int
+    predict_models: int
+    predict_memory_bytes: int
+    predict_timeout: float
     upload_max_rows: int
     upload_max_columns: int
     upload_max_cell_bytes: int
@@ -592,6 +611,15 @@ class Settings:
     def cache_dir(self) -> Path:
         """Derived files that can be rebuilt, such as model tarballs."""
         return self.home / "cache"
+
+    @property
+    def predict_socket(self) -> Path:
+        """The Unix socket of this node's predict process: in FITJOBS_HOME, or in /tmp where that path is too long."""
+        path = self.home / PREDICT_SOCKET
+        if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"fitjobs-{digest}-{PREDICT_SOCKET}"
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
         """Working folder of one attempt of a job: trainer log, scratch space, outcome file."""

@@ -903,7 +903,64 @@ class TenantSchema(Schema):
     quotas = fields.Nested(TenantQuotasSchema)
 
 
-class PredictionSpecSchema(StrictSchema):
+MAX_PREDICTION_TEXTS = 64
+MAX_PREDICTION_TEXT_CHARS = 100_000
+PredictionText = fields.String(validate=validate.Length(max=MAX_PREDICTION_TEXT_CHARS))
+
+
+class PredictionRequestSchema(StrictSchema):
+    """Texts (or text pairs) to classify with a succeeded job's model: one of the two fields, 1 to 64 items."""
+
+    texts = fields.List(PredictionText, validate=validate.Length(min=1, max=MAX_PREDICTION_TEXTS), metadata={
+        "description": f"1 to {MAX_PREDICTION_TEXTS} texts, for a model trained without a text pair column."})
+    text_pairs = fields.List(
+        fields.List(PredictionText, validate=validate.Length(equal=2)),
+        validate=validate.Length(min=1, max=MAX_PREDICTION_TEXTS), metadata={
+            "description": f"1 to {MAX_PREDICTION_TEXTS} `[text, text_pair]` pairs, for a model trained with "
+                           "`data.text_pair_column`."})
+
+    @validates_schema
+    def one_of_texts_or_pairs(self, data: dict[str, Any], **_: Any) -> None:
+        """Exactly one of ``texts`` and ``text_pairs``."""
+        if ("texts" in data) == ("text_pairs" in data):
+            message = "Send either `texts` or `text_pairs`, not both." if "texts" in data else \
+                "Send `texts` (a list of strings) or `text_pairs` (a list of [text, text_pair])."
+            raise ValidationError({"texts": [message], "text_pairs": [message]})
+
+
+class PredictionSchema(Schema):
+    """The model's answer for one text."""
+
+    label = fields.String(metadata={"description": "The most probable label's name."})
+    probability = fields.Float(metadata={"description": "That label's probability."})
+    probabilities = fields.Dict(keys=fields.String(), values=fields.Float(),
+                                metadata={"description": "Every label's probability (softmax of the logits, float32), "
+                                                         "by label name."})
+
+
+class PredictionTimingSchema(Schema):
+    """Where a prediction request's time went, in milliseconds."""
+
+    load_wait_ms = fields.Float(metadata={"description": "Finding the model: its load when cold, or waiting for "
+                                                         "another request's load of it."})
+    tokenize_ms = fields.Float()
+    inference_ms = fields.Float()
+    server_ms = fields.Float(metadata={"description": "Everything the predict process did."})
+    total_ms = fields.Float(metadata={"description": "The whole request in the API worker, the above included."})
+
+
+class PredictionListSchema(Schema):
+    """Predictions for every text of a request, in order, and what they cost."""
+
+    job_id = fields.String()
+    labels = fields.List(fields.String(), metadata={"description": "The model's label names, by label id."})
+    predictions = fields.List(fields.Nested(PredictionSchema))
+    model_load_ms = fields.Float(metadata={
+        "description": "0 when the model was already loaded; otherwise the time this request spent loading it."})
+    timing = fields.Nested(PredictionTimingSchema)
+
+
+class BatchPredictionSpecSchema(StrictSchema):
     """A batch prediction: a succeeded training job's model, run over every row of a data set."""
 
     job = PlainString(required=True, validate=validate.Regexp(JOB_ID, error="Must be a job id (job_...)."),
@@ -931,11 +988,11 @@ class PredictionSpecSchema(StrictSchema):
                                                                   "`timeout`."})
 
 
-class PredictionSchema(JobStatusSchema):
+class BatchPredictionSchema(JobStatusSchema):
     """A batch prediction job as the API shows it; its events, logs and artifacts are under /v1/jobs/{id}/."""
 
     max_attempts = fields.Integer()
-    spec = fields.Nested(PredictionSpecSchema)
+    spec = fields.Nested(BatchPredictionSpecSchema)
     result = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
         "description": "Once succeeded: rows, output (the artifact `predictions.jsonl`: one JSON object a row, "
                        "in the data's order, with row (from 0), label, probability and probabilities by label), "
@@ -946,12 +1003,12 @@ class PredictionSchema(JobStatusSchema):
         "description": "Where to download predictions.jsonl once the job succeeded; null before."})
 
 
-class PredictionSummarySchema(JobStatusSchema):
+class BatchPredictionSummarySchema(JobStatusSchema):
     """A prediction job as lists show it: where it stands, without its spec or result."""
 
     output_url = fields.String(allow_none=True)
 
 
-class PredictionListSchema(Schema):
-    predictions = fields.List(fields.Nested(PredictionSummarySchema))
+class BatchPredictionListSchema(Schema):
+    predictions = fields.List(fields.Nested(BatchPredictionSummarySchema))
     next = fields.String(allow_none=True, metadata={"description": "Cursor of the next page; null at the end."})

@@ -44,6 +44,7 @@ def build_api(app: Flask) -> Api:
     from service.api.datasets import blp as datasets_blp
     from service.api.health import blp as health_blp
     from service.api.jobs import blp as jobs_blp
+    from service.api.predictions import blp as predictions_blp
     from service.api.prometheus import blp as prometheus_blp
     from service.api.tenant import blp as tenant_blp
 
@@ -56,8 +57,8 @@ def build_api(app: Flask) -> Api:
     assert marshmallow_plugin.converter is not None, "the Api initialised its spec"
     marshmallow_plugin.converter.add_attribute_function(exclusive_bounds)  # type: ignore[no-untyped-call]
     marshmallow_plugin.converter.add_attribute_function(plain_string_pattern)  # type: ignore[no-untyped-call]
-    for blueprint in (jobs_blp, batch_predictions_blp, datasets_blp, artifacts_blp, tenant_blp, health_blp,
-                      prometheus_blp):
+    for blueprint in (jobs_blp, batch_predictions_blp, datasets_blp, artifacts_blp, predictions_blp, tenant_blp,
+                      health_blp, prometheus_blp):
         api.register_blueprint(blueprint)
     # On the app, not the Api: the dashboard's files are no API operations.
     app.register_blueprint(dashboard_blp)

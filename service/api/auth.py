@@ -11,6 +11,8 @@ scrapers carry no tokens.
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask, g, request
 
 from service.config import Settings
@@ -24,6 +26,8 @@ INVALID_TOKEN_CHALLENGE = 'Bearer realm="fitjobs", error="invalid_token"'
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Paths any authenticated caller may read, whatever its roles: who it is.
 ROLE_FREE_PATHS = frozenset({"/v1/tenant"})
+# POSTs that change nothing, so the read role may send them: online predictions.
+READ_ONLY_POSTS = re.compile(r"^/v1/jobs/[^/]+/predictions$")
 
 
 def install_auth(app: Flask, settings: Settings) -> None:
@@ -39,7 +43,8 @@ def install_auth(app: Flask, settings: Settings) -> None:
         g.fitjobs_tenant = tenant
         if request.path in ROLE_FREE_PATHS:
             return
-        needed = Role.READ if request.method in READ_METHODS else Role.SUBMIT
+        reads = request.method in READ_METHODS or (request.method == "POST" and READ_ONLY_POSTS.match(request.path))
+        needed = Role.READ if reads else Role.SUBMIT
         if not tenant.may(needed):
             raise Forbidden(f"Tenant {tenant.name!r} lacks the {needed.value!r} role that "
                             f"{request.method} requests need.", extra={"role": needed.value})

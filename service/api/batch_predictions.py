@@ -22,11 +22,11 @@ from service.api.tenant import quota_exceeded
 from service.errors import Conflict, NotFound, ValidationFailed, summarize_errors
 from service.jobs import Job, JobState
 from service.schemas import (
+    BatchPredictionListSchema,
+    BatchPredictionSchema,
+    BatchPredictionSpecSchema,
     IdempotencyHeaderSchema,
     JobListQuerySchema,
-    PredictionListSchema,
-    PredictionSchema,
-    PredictionSpecSchema,
     ProblemSchema,
 )
 from service.store import JobNotFound
@@ -41,7 +41,7 @@ blp = Blueprint("batch_predictions", __name__, url_prefix="/v1", description="Ba
 
 
 def prediction_document(job: Job) -> dict[str, Any]:
-    """The API representation of a prediction job, ready for PredictionSchema."""
+    """The API representation of a prediction job, ready for BatchPredictionSchema."""
     document = job_document(job)
     document["output_url"] = (f"/v1/jobs/{job.id}/artifacts/{OUTPUT}"
                               if job.state is JobState.SUCCEEDED else None)
@@ -70,7 +70,7 @@ def check_prediction_spec(spec: dict[str, Any]) -> None:
 @blp.route("/predictions")
 class Predictions(MethodView):
     @blp.arguments(JobListQuerySchema, location="query")
-    @blp.response(200, PredictionListSchema)
+    @blp.response(200, BatchPredictionListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List prediction jobs, newest first, optionally of one state; follow `next` for more."""
         before = decode_cursor(CURSOR_KIND, query["cursor"]) if "cursor" in query else None
@@ -81,9 +81,9 @@ class Predictions(MethodView):
 
     @require_json_body
     @blp.arguments(IdempotencyHeaderSchema, location="headers", unknown=EXCLUDE)
-    @blp.arguments(PredictionSpecSchema)
-    @blp.response(201, PredictionSchema)
-    @blp.alt_response(200, schema=PredictionSchema, description="An earlier submission with the same "
+    @blp.arguments(BatchPredictionSpecSchema)
+    @blp.response(201, BatchPredictionSchema)
+    @blp.alt_response(200, schema=BatchPredictionSchema, description="An earlier submission with the same "
                                                                 "Idempotency-Key.")
     @blp.alt_response(409, schema=ProblemSchema, description="Idempotency-Key reused with another spec.")
     @blp.alt_response(429, schema=ProblemSchema, description="The tenant is at its active_jobs quota.")
@@ -123,7 +123,7 @@ class Predictions(MethodView):
 
 @blp.route("/predictions/<job_id>")
 class PredictionResource(MethodView):
-    @blp.response(200, PredictionSchema)
+    @blp.response(200, BatchPredictionSchema)
     def get(self, job_id: str) -> dict[str, Any]:
         """A prediction job's state, progress (rows done as steps of 2,048 rows), error or result."""
         return prediction_document(load_prediction(job_id))
@@ -131,7 +131,7 @@ class PredictionResource(MethodView):
 
 @blp.route("/predictions/<job_id>/cancel")
 class PredictionCancel(MethodView):
-    @blp.response(200, PredictionSchema)
+    @blp.response(200, BatchPredictionSchema)
     def post(self, job_id: str) -> dict[str, Any]:
         """Cancel a prediction job: a queued one never starts, a running one stops after its current chunk."""
         load_prediction(job_id)

@@ -136,6 +136,8 @@ def service_env(home: Path, port: int | None, extra_env: dict[str, str] | None =
         "FITJOBS_POLL_INTERVAL": "0.2", "FITJOBS_METRICS_FLUSH_SECONDS": "0.5",
         "FITJOBS_SHUTDOWN_GRACE": "3", "FITJOBS_TRAINER_THREADS": "2", "FITJOBS_GPUS": "none",
         "FITJOBS_API_DRAIN_SECONDS": "0",
+        # No predict process (it imports TensorFlow) unless a test asks for one.
+        "FITJOBS_PREDICT_MODELS": "0",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
         "HF_HOME": str(home / "hf-cache"),
     })

@@ -172,7 +172,7 @@ COVERED_ROUTES = {
     "/v1/jobs", "/v1/jobs:validate", "/v1/jobs/<job_id>", "/v1/jobs/<job_id>/cancel", "/v1/jobs/<job_id>/metrics",
     "/v1/jobs/<job_id>/events", "/v1/jobs/<job_id>/logs", "/v1/jobs/<job_id>/artifacts",
     "/v1/jobs/<job_id>/artifacts/<path:name>", "/v1/jobs/<job_id>/model.tar.gz", "/v1/jobs/<job_id>/evaluation",
-    "/v1/jobs/<job_id>/webhook-deliveries",
+    "/v1/jobs/<job_id>/webhook-deliveries", "/v1/jobs/<job_id>/predictions",
     "/v1/predictions", "/v1/predictions/<job_id>", "/v1/predictions/<job_id>/cancel",
     "/v1/datasets", "/v1/datasets/<dataset_id>", "/v1/tenant",
 }
@@ -300,6 +300,25 @@ def test_roles_limit_what_a_tenant_may_do_with_403_naming_the_role(world: World)
     cancelled = w.client.post(f"/v1/jobs/{w.queued}/cancel", headers=auth("ops"))
     assert cancelled.status_code == 200 and cancelled.get_json()["state"] == "cancelled"
     assert snapshot(w)["datasets"] == before["datasets"]
+
+
+def test_predictions_see_only_the_callers_jobs_and_need_only_the_read_role(world: World) -> None:
+    w = world
+    before = snapshot(w)
+    body = {"texts": ["good"]}
+    for tenant in ("beta", "viewer"):  # viewer holds only the read role: refused as missing, not as forbidden
+        for job_id in (w.trained, w.queued):
+            missing = missing_job()
+            answer = w.client.post(f"/v1/jobs/{job_id}/predictions", json=body, headers=auth(tenant))
+            control = w.client.post(f"/v1/jobs/{missing}/predictions", json=body, headers=auth(tenant))
+            assert answer.status_code == 404 == control.status_code, (tenant, answer.get_json())
+            assert answer.mimetype == PROBLEM
+            assert {**json.loads(answer.get_data(as_text=True).replace(job_id, "ID")), "request_id": None} == \
+                {**json.loads(control.get_data(as_text=True).replace(missing, "ID")), "request_id": None}
+    for tenant in ("alpha", "ops"):  # the owner, and an admin, find the job: it has not succeeded
+        answer = w.client.post(f"/v1/jobs/{w.queued}/predictions", json=body, headers=auth(tenant))
+        assert answer.status_code == 409 and answer.get_json()["state"] == "queued", answer.get_json()
+    assert snapshot(w) == before
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
