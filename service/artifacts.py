@@ -29,6 +29,8 @@ TARBALL_CACHE = "cache"
 EVALUATION_FILE = "evaluation.json"
 # TensorBoard event files (service.trainer.summaries): one folder per run, as in a TensorBoard logdir.
 TENSORBOARD_FOLDER = "tensorboard"
+# The SavedModel for TF Serving (service.trainer.serving), in the version folder TF Serving reads: saved_model/1/.
+SAVED_MODEL_FOLDER = "saved_model"
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,7 @@ def build_serving_module(model: Any, graph_tokenizer: Any, labels: list[str], la
                 return module.classify(module.tokenizer.encode(text, text_pair))
         else:
             @tf.function(input_signature=[text_spec])
-            def serve_text(text: Any) -> dict[str, Any]:  # type: ignore[misc]
+            def serve_text(text: Any) -> dict[str, Any]:
                 return module.classify(module.tokenizer.encode(text))
 
         module.serve_text = serve_text
