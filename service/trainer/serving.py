@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SAVED_MODEL_VERSION = "1"
 LABELS_ASSET = "labels.txt"
@@ -267,13 +267,15 @@ def build_serving_module(model: Any, graph_tokenizer: Any, labels: list[str], la
 
         def __init__(self) -> None:
             super().__init__(name="fitjobs_classifier")
-            self.model = model
+            # The variables, not the Keras model: saving a Keras model also traces every layer's
+            # call for Keras' own loader, several times the cost of the two signatures.
+            self.model_variables = list(model.variables)
             self.tokenizer = graph_tokenizer
             self.labels_asset = tf.saved_model.Asset(str(labels_file))
             self.label_names = tf.constant(labels)
 
         def classify(self, inputs: dict[str, Any]) -> dict[str, Any]:
-            logits = tf.cast(self.model({name: inputs[name] for name in input_names}, training=False).logits,
+            logits = tf.cast(model({name: inputs[name] for name in input_names}, training=False).logits,
                              tf.float32)
             label_ids = tf.argmax(logits, axis=-1, output_type=tf.int32)
             return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "label_ids": label_ids,
@@ -281,22 +283,19 @@ def build_serving_module(model: Any, graph_tokenizer: Any, labels: list[str], la
 
     module = ServingModule()
     id_specs = [tf.TensorSpec([None, None], tf.int32, name=name) for name in input_names]
-
-    @tf.function(input_signature=id_specs)
-    def serve_ids(*tensors: Any) -> dict[str, Any]:
-        return module.classify(dict(zip(input_names, tensors, strict=True)))
-
-    module.serve_ids = serve_ids
+    # One traced function of the model that both signatures call: the model is traced once.
+    # No AutoGraph: the transformers model is written for graphs, and converting it costs seconds.
+    classify = tf.function(lambda *tensors: module.classify(dict(zip(input_names, tensors, strict=True))),
+                           input_signature=id_specs, autograph=False)
+    module.serve_ids = tf.function(lambda *tensors: classify(*tensors), input_signature=id_specs, autograph=False)
     if graph_tokenizer is not None:
-        text_spec = tf.TensorSpec([None], tf.string, name="text")
+        text_specs = [tf.TensorSpec([None], tf.string, name="text")]
         if pair:
-            @tf.function(input_signature=[text_spec, tf.TensorSpec([None], tf.string, name="text_pair")])
-            def serve_text(text: Any, text_pair: Any) -> dict[str, Any]:
-                return module.classify(module.tokenizer.encode(text, text_pair))
-        else:
-            @tf.function(input_signature=[text_spec])
-            def serve_text(text: Any) -> dict[str, Any]:
-                return module.classify(module.tokenizer.encode(text))
+            text_specs.append(tf.TensorSpec([None], tf.string, name="text_pair"))
 
-        module.serve_text = serve_text
+        def serve_text(*texts: Any) -> dict[str, Any]:
+            encoded = module.tokenizer.encode(*texts)
+            return cast(dict[str, Any], classify(*(encoded[name] for name in input_names)))
+
+        module.serve_text = tf.function(serve_text, input_signature=text_specs, autograph=False)
     return module
