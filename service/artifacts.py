@@ -31,9 +31,10 @@ EVALUATION_FILE = "evaluation.json"
 TENSORBOARD_FOLDER = "tensorboard"
 # The SavedModel for TF Serving (service.trainer.serving), in the version folder TF Serving reads: saved_model/1/.
 SAVED_MODEL_FOLDER = "saved_model"
-SAVED_MODEL_TARBALL = f"{SAVED_MODEL_FOLDER}.tar.gz"
-# The folders served as a tar.gz of their own (GET /v1/jobs/{id}/model.tar.gz, .../saved_model.tar.gz).
-TARBALL_FOLDERS = (MODEL_FOLDER, SAVED_MODEL_FOLDER)
+# The same model with serving_ids alone, for TensorFlow builds without tensorflow-text's ops.
+SAVED_MODEL_IDS_FOLDER = "saved_model_ids"
+# The folders served as a tar.gz of their own (GET /v1/jobs/{id}/<folder>.tar.gz).
+TARBALL_FOLDERS = (MODEL_FOLDER, SAVED_MODEL_FOLDER, SAVED_MODEL_IDS_FOLDER)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from service.artifacts import (
     EVALUATION_FILE,
     MODEL_FOLDER,
     SAVED_MODEL_FOLDER,
+    SAVED_MODEL_IDS_FOLDER,
     ArtifactNotFound,
     artifact_path,
     list_artifacts,
@@ -146,6 +147,20 @@ class JobSavedModelTarball(MethodView):
         The artifacts `saved_model/1/...` are the same files one by one.
         """
         return folder_tarball(job_id, SAVED_MODEL_FOLDER, "SavedModel")
+
+
+@blp.route("/<job_id>/saved_model_ids.tar.gz")
+class JobIdsSavedModelTarball(MethodView):
+    @blp.doc(responses={"200": {"description": "The SavedModel with serving_ids alone: its version folder `1/` at "
+                                               "the top.", "content": {"application/gzip": {}}, **DIGEST_HEADER}})
+    def get(self, job_id: str) -> Response:
+        """The SavedModel without tensorflow-text ops (signature serving_ids only) as a tar.gz.
+
+        For TF Serving builds without tensorflow-text's ops, which cannot load saved_model.tar.gz
+        when its serving_default tokenizes in the graph (docs/serving.md). Absent (404) when
+        that SavedModel has no tensorflow-text ops: it then serves the same purpose itself.
+        """
+        return folder_tarball(job_id, SAVED_MODEL_IDS_FOLDER, "SavedModel without tensorflow-text ops")
 
 
 @blp.route("/<job_id>/evaluation")

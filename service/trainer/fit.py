@@ -17,6 +17,7 @@ from service.artifacts import (
     EVALUATION_FILE,
     MODEL_FOLDER,
     SAVED_MODEL_FOLDER,
+    SAVED_MODEL_IDS_FOLDER,
     TENSORBOARD_FOLDER,
     artifacts_key,
     publish_artifacts,
@@ -418,16 +419,16 @@ def export_serving_model(staging: Path, spec: dict[str, Any], reporter: Training
     """
     import logging
 
-    from service.trainer.serving import SAVED_MODEL_VERSION, export_saved_model
+    from service.trainer.serving import export_saved_model
 
-    target = staging / SAVED_MODEL_FOLDER / SAVED_MODEL_VERSION
     try:
-        exported = export_saved_model(staging / MODEL_FOLDER, target,
+        exported = export_saved_model(staging / MODEL_FOLDER, staging,
                                       max_length=spec["hyperparameters"]["max_length"],
                                       pair=bool(spec["data"].get("text_pair_column")))
     except Exception as exc:  # a TensorFlow error of any type: the trained model stands
         logging.getLogger(__name__).exception("SavedModel export failed")
-        shutil.rmtree(staging / SAVED_MODEL_FOLDER, ignore_errors=True)
+        for folder in (SAVED_MODEL_FOLDER, SAVED_MODEL_IDS_FOLDER):
+            shutil.rmtree(staging / folder, ignore_errors=True)
         failed = {"signatures": [], "reason": f"The export failed: {type(exc).__name__}: {exc}"[:1000]}
         reporter.event("saved_model_failed", f"No SavedModel: {failed['reason']}", failed)
         return failed

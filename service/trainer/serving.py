@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from service.artifacts import SAVED_MODEL_FOLDER, SAVED_MODEL_IDS_FOLDER
+
 SAVED_MODEL_VERSION = "1"
 LABELS_ASSET = "labels.txt"
 TEXT_SIGNATURE = "serving_default"
@@ -70,11 +72,14 @@ class SavedModelExport:
     signatures: list[str]
     reason: str | None
     seconds: float
+    ids_only: bool = False  # whether saved_model_ids/1 (serving_ids without tensorflow-text ops) was written
 
     def as_result(self) -> dict[str, Any]:
         """The job result's ``saved_model`` field."""
-        result: dict[str, Any] = {"path": f"saved_model/{SAVED_MODEL_VERSION}", "signatures": self.signatures,
-                                  "seconds": round(self.seconds, 3)}
+        result: dict[str, Any] = {"path": f"{SAVED_MODEL_FOLDER}/{SAVED_MODEL_VERSION}",
+                                  "signatures": self.signatures, "seconds": round(self.seconds, 3)}
+        if self.ids_only:
+            result["ids_only_path"] = f"{SAVED_MODEL_IDS_FOLDER}/{SAVED_MODEL_VERSION}"
         if self.reason is not None:
             result["reason"] = self.reason
         return result
@@ -218,8 +223,13 @@ def probe_mismatch(graph_tokenizer: Any, tokenizer: Any, max_length: int, pair: 
     return None
 
 
-def export_saved_model(model_dir: Path, target: Path, *, max_length: int, pair: bool) -> SavedModelExport:
-    """Write the SavedModel of the model and tokenizer saved in ``model_dir`` to ``target`` (…/saved_model/1)."""
+def export_saved_model(model_dir: Path, staging: Path, *, max_length: int, pair: bool) -> SavedModelExport:
+    """Write the SavedModels of the model and tokenizer saved in ``model_dir`` into the artifacts folder ``staging``.
+
+    ``saved_model/1`` has both signatures; when its serving_default holds tensorflow-text ops,
+    ``saved_model_ids/1`` has serving_ids alone, for TensorFlow builds without those ops (which
+    cannot load a SavedModel that has them in any signature).
+    """
     started = time.monotonic()
     import tensorflow as tf
     import tf_keras
@@ -253,8 +263,16 @@ def export_saved_model(model_dir: Path, target: Path, *, max_length: int, pair: 
         signatures = {IDS_SIGNATURE: module.serve_ids}
         if graph_tokenizer is not None:
             signatures[TEXT_SIGNATURE] = module.serve_text
-        tf.saved_model.save(module, str(target), signatures=signatures)
-    return SavedModelExport(signatures=sorted(signatures), reason=reason, seconds=time.monotonic() - started)
+        tf.saved_model.save(module, str(staging / SAVED_MODEL_FOLDER / SAVED_MODEL_VERSION), signatures=signatures)
+        if graph_tokenizer is not None:
+            # The same traced function and variables, without the tokenizer's ops.
+            ids_only = tf.Module(name="fitjobs_classifier_ids")
+            ids_only.model_variables, ids_only.labels_asset = module.model_variables, module.labels_asset
+            ids_only.label_names, ids_only.serve_ids = module.label_names, module.serve_ids
+            tf.saved_model.save(ids_only, str(staging / SAVED_MODEL_IDS_FOLDER / SAVED_MODEL_VERSION),
+                                signatures={IDS_SIGNATURE: module.serve_ids})
+    return SavedModelExport(signatures=sorted(signatures), reason=reason, seconds=time.monotonic() - started,
+                            ids_only=graph_tokenizer is not None)
 
 
 def build_serving_module(model: Any, graph_tokenizer: Any, labels: list[str], labels_file: Path,

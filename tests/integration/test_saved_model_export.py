@@ -33,11 +33,17 @@ SERVE_AND_COMPARE = textwrap.dedent("""
     from service.trainer.tf_runtime import prepare_tensorflow
     prepare_tensorflow(0)
     import tensorflow as tf
-    import tensorflow_text  # registers the ops serving_default's tokenizer uses
+    folder, max_length, texts, pairs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    saved_model, with_text_ops = sys.argv[5], sys.argv[6] == "text"
+    if with_text_ops:
+        import tensorflow_text  # registers the ops serving_default's tokenizer uses
     from transformers import AutoTokenizer, TFAutoModelForSequenceClassification
 
-    folder, max_length, texts, pairs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    loaded = tf.saved_model.load(folder + "/saved_model/1")
+    try:
+        loaded = tf.saved_model.load(folder + "/" + saved_model)
+    except Exception as exc:
+        print(json.dumps({"load_error": str(exc)}))
+        sys.exit(0)
     tokenizer = AutoTokenizer.from_pretrained(folder + "/model")
     model = TFAutoModelForSequenceClassification.from_pretrained(folder + "/model")
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="np")
@@ -68,11 +74,14 @@ SERVE_AND_COMPARE = textwrap.dedent("""
 """)
 
 
-def serve_and_compare(publish_dir: Path, max_length: int, texts: list[str],
-                      pairs: list[str] | None = None) -> dict[str, Any]:
-    """Load the job's SavedModel and its transformers model in a fresh process; what each answered."""
+def serve_and_compare(publish_dir: Path, max_length: int, texts: list[str], pairs: list[str] | None = None,
+                      saved_model: str = "saved_model/1", text_ops: bool = True) -> dict[str, Any]:
+    """Load a SavedModel of the job and its transformers model in a fresh process; what each answered.
+
+    Without ``text_ops`` the process never imports tensorflow-text, as TensorFlow builds without its ops.
+    """
     done = subprocess.run([sys.executable, "-c", SERVE_AND_COMPARE, str(publish_dir), str(max_length),
-                           json.dumps(texts), json.dumps(pairs)],
+                           json.dumps(texts), json.dumps(pairs), saved_model, "text" if text_ops else "plain"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -144,6 +153,13 @@ def test_tiny_bert_pairs_serve_from_raw_strings_in_a_fresh_process(tiny_model_di
     assert set(answer["reference"]["labels"]) <= {"negative", "positive"}
     assert_agrees(answer["serving_default"], answer["reference"])
     assert_agrees(answer["serving_ids"], answer["reference"])
+    # Without tensorflow-text's ops the SavedModel with the tokenizer does not load at all; the ids-only one does.
+    assert saved["ids_only_path"] == "saved_model_ids/1"
+    plain = serve_and_compare(publish_dir, 24, texts, pairs, text_ops=False)
+    assert "Op type not registered" in plain["load_error"], plain
+    ids_only = serve_and_compare(publish_dir, 24, texts, pairs, saved_model="saved_model_ids/1", text_ops=False)
+    assert ids_only["signatures"] == ["serving_ids"] and ids_only["labels_asset"] == "negative\npositive\n"
+    assert_agrees(ids_only["serving_ids"], answer["reference"])
     print(f"\ntiny BERT (pairs): SavedModel export {saved['seconds']:.2f} s")
 
 
@@ -159,7 +175,10 @@ def test_tiny_bert_single_texts_and_saved_model_cli(tiny_model_dir: Path, tmp_pa
     shown = saved_model_cli(publish_dir / "saved_model" / "1")
     assert "signature_def['serving_default']" in shown and "signature_def['serving_ids']" in shown
     assert "inputs['text'] tensor_info" in shown and "inputs['input_ids'] tensor_info" in shown
-    assert "outputs['probabilities'] tensor_info" in shown
+    assert "outputs['probabilities'] tensor_info" in shown and "FastWordpieceTokenizeWithOffsets" in shown
+    ids_only = saved_model_cli(publish_dir / "saved_model_ids" / "1")
+    assert "signature_def['serving_ids']" in ids_only and "serving_default" not in ids_only
+    assert "FastWordpieceTokenizeWithOffsets" not in ids_only and "NormalizeUTF8" not in ids_only
     print(f"\ntiny BERT: SavedModel export {result['saved_model']['seconds']:.2f} s")
 
 
@@ -194,9 +213,12 @@ def test_a_tokenizer_the_graph_cannot_hold_leaves_serving_ids_and_says_why(tiny_
     assert "BPE vocabulary" in saved["reason"] and "WordPiece" in saved["reason"], saved
     exported = [event for event in reporter.of("event") if event["kind"] == "saved_model_exported"]
     assert len(exported) == 1 and "serving_default is left out" in exported[0]["message"]
+    assert "ids_only_path" not in saved and not (publish_dir / "saved_model_ids").exists()
     shown = saved_model_cli(publish_dir / "saved_model" / "1")
     assert "signature_def['serving_ids']" in shown and "serving_default" not in shown
-    answer = serve_and_compare(publish_dir, 16, [row["text"] for row in sentiment_rows(10, seed=78)])
+    # No tokenizer in the graph: the SavedModel loads where tensorflow-text's ops are missing.
+    answer = serve_and_compare(publish_dir, 16, [row["text"] for row in sentiment_rows(10, seed=78)],
+                               text_ops=False)
     assert answer["signatures"] == ["serving_ids"] and "serving_default" not in answer
     assert_agrees(answer["serving_ids"], answer["reference"])
 
