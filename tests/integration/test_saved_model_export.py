@@ -8,20 +8,23 @@ the graph leaves serving_ids only, and the job's result says why.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.client import FitjobsClient
 from service.trainer.fit import run_training
 from tests.integration.test_trainer_fit import RecordingReporter, make_spec
-from tests.support.sentiment_data import WORDS, sentiment_rows, write_table
-from tests.support.service import REPO_ROOT
+from tests.support.sentiment_data import WORDS, sentiment_rows, tiny_job_spec, write_sentiment_files, write_table
+from tests.support.service import REPO_ROOT, RunningService
 from tests.support.tiny_bert import SPECIAL_TOKENS
 
 TOLERANCE = 1e-4
@@ -239,3 +242,48 @@ def test_minilm_serves_raw_strings_like_its_tokenizer(tmp_path: Path) -> None:
     shown = saved_model_cli(publish_dir / "saved_model" / "1")
     assert "signature_def['serving_default']" in shown and "signature_def['serving_ids']" in shown
     print(f"\nMiniLM: SavedModel export {saved['seconds']:.2f} s, fit {result['phases']['fit']:.1f} s")
+
+
+def test_a_job_through_the_service_publishes_its_saved_models_for_download(
+        service: RunningService, tiny_model_dir: Path, tmp_path: Path) -> None:
+    write_sentiment_files(service.data_root / "serving", 160, 40)
+    response = service.post("/v1/jobs", json=tiny_job_spec(tiny_model_dir, "serving", max_length=24))
+    assert response.status_code == 201, response.text
+    job = service.wait_for_state(response.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert job["state"] == "succeeded", job
+    saved = job["result"]["saved_model"]
+    assert saved["signatures"] == ["serving_default", "serving_ids"] and saved["ids_only_path"] == "saved_model_ids/1"
+    assert job["result"]["phases"]["saved_model"] == pytest.approx(saved["seconds"], abs=0.01)
+    kinds = [event["kind"] for event in service.get(f"/v1/jobs/{job['id']}/events").json()["events"]]
+    assert kinds.index("saved_model_exported") < kinds.index("artifacts_published")
+    listed = {a["name"] for a in service.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"]}
+    assert {"saved_model/1/saved_model.pb", "saved_model/1/assets/labels.txt",
+            "saved_model_ids/1/saved_model.pb"} <= listed
+
+    # The tarball, unpacked as docs/serving.md unpacks it for TF Serving: the version folder at the top.
+    tarball = service.get(f"/v1/jobs/{job['id']}/saved_model.tar.gz")
+    assert tarball.status_code == 200 and tarball.headers["Content-Type"] == "application/gzip"
+    unpacked = tmp_path / "unpacked" / "serving" / "models" / "sentiment"
+    unpacked.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(tarball.content)) as tar:
+        assert {name for name in tar.getnames() if not name.endswith("/")} >= {
+            "1/saved_model.pb", "1/assets/labels.txt"}
+        tar.extractall(unpacked, filter="data")
+    # The files one by one with the Python client, as docs/serving.md shows.
+    client = FitjobsClient(service.url)
+    fetched = tmp_path / "fetched"
+    for artifact in client.artifacts(job["id"]):
+        if artifact["name"].startswith(("saved_model/", "model/")):
+            client.download(job["id"], fetched / artifact["name"], name=artifact["name"])
+    assert sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(fetched / "saved_model").as_posix() for p in (fetched / "saved_model").rglob("*")
+        if p.is_file())
+    # The downloaded SavedModel, beside the downloaded transformers model, in a fresh process.
+    texts = [row["text"] for row in sentiment_rows(8, seed=79)] + ["Wonderful, BRILLIANT!", "dull... tedious?"]
+    answer = serve_and_compare(fetched, 24, texts)
+    assert_agrees(answer["serving_default"], answer["reference"])
+    assert_agrees(answer["serving_ids"], answer["reference"])
+    ids_only = service.get(f"/v1/jobs/{job['id']}/saved_model_ids.tar.gz")
+    assert ids_only.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(ids_only.content)) as tar:
+        assert "1/saved_model.pb" in tar.getnames()
