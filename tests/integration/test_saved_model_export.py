@@ -99,8 +99,8 @@ def saved_model_cli(folder: Path) -> str:
     return shown.stdout
 
 
-def assert_agrees(served: dict[str, Any], reference: dict[str, Any]) -> None:
-    """Same labels, probabilities within TOLERANCE, float32 probabilities and int label ids."""
+def assert_agrees(served: dict[str, Any], reference: dict[str, Any]) -> float:
+    """Same labels, probabilities within TOLERANCE, float32 probabilities and int label ids; the largest difference."""
     assert served["label_ids"] == reference["label_ids"]
     assert served["labels"] == reference["labels"]
     assert len(served["probabilities"]) == len(reference["probabilities"])
@@ -108,6 +108,7 @@ def assert_agrees(served: dict[str, Any], reference: dict[str, Any]) -> None:
                 for a, b in zip(row, want, strict=True))
     assert worst <= TOLERANCE, worst
     assert served["dtypes"] == ["label_ids:int32", "labels:string", "logits:float32", "probabilities:float32"]
+    return float(worst)
 
 
 def fit(model: str, tmp_path: Path, rows: list[dict[str, Any]], **overrides: Any) -> tuple[dict[str, Any], Path,
@@ -154,8 +155,8 @@ def test_tiny_bert_pairs_serve_from_raw_strings_in_a_fresh_process(tiny_model_di
     assert answer["id_inputs"] == ["attention_mask", "input_ids", "token_type_ids"]
     assert answer["labels_asset"] == "negative\npositive\n"
     assert set(answer["reference"]["labels"]) <= {"negative", "positive"}
-    assert_agrees(answer["serving_default"], answer["reference"])
-    assert_agrees(answer["serving_ids"], answer["reference"])
+    by_text = assert_agrees(answer["serving_default"], answer["reference"])
+    by_ids = assert_agrees(answer["serving_ids"], answer["reference"])
     # Without tensorflow-text's ops the SavedModel with the tokenizer does not load at all; the ids-only one does.
     assert saved["ids_only_path"] == "saved_model_ids/1"
     plain = serve_and_compare(publish_dir, 24, texts, pairs, text_ops=False)
@@ -163,7 +164,8 @@ def test_tiny_bert_pairs_serve_from_raw_strings_in_a_fresh_process(tiny_model_di
     ids_only = serve_and_compare(publish_dir, 24, texts, pairs, saved_model="saved_model_ids/1", text_ops=False)
     assert ids_only["signatures"] == ["serving_ids"] and ids_only["labels_asset"] == "negative\npositive\n"
     assert_agrees(ids_only["serving_ids"], answer["reference"])
-    print(f"\ntiny BERT (pairs): SavedModel export {saved['seconds']:.2f} s")
+    print(f"\ntiny BERT (pairs): SavedModel export {saved['seconds']:.2f} s; largest probability difference "
+          f"{by_text:.2e} (serving_default), {by_ids:.2e} (serving_ids)")
 
 
 def test_tiny_bert_single_texts_and_saved_model_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -237,11 +239,12 @@ def test_minilm_serves_raw_strings_like_its_tokenizer(tmp_path: Path) -> None:
              "The acting was superb and the story was lovely. " * 20, "中文字符 mixed with English",
              "tabs\tand\nnew lines\r\n", "Unbelievably overlong anticlimactic denouement"]
     answer = serve_and_compare(publish_dir, 32, texts)
-    assert_agrees(answer["serving_default"], answer["reference"])
-    assert_agrees(answer["serving_ids"], answer["reference"])
+    by_text = assert_agrees(answer["serving_default"], answer["reference"])
+    by_ids = assert_agrees(answer["serving_ids"], answer["reference"])
     shown = saved_model_cli(publish_dir / "saved_model" / "1")
     assert "signature_def['serving_default']" in shown and "signature_def['serving_ids']" in shown
-    print(f"\nMiniLM: SavedModel export {saved['seconds']:.2f} s, fit {result['phases']['fit']:.1f} s")
+    print(f"\nMiniLM: SavedModel export {saved['seconds']:.2f} s, fit {result['phases']['fit']:.1f} s; largest "
+          f"probability difference {by_text:.2e} (serving_default), {by_ids:.2e} (serving_ids)")
 
 
 def test_a_job_through_the_service_publishes_its_saved_models_for_download(
