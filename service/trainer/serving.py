@@ -1,7 +1,8 @@
 """The SavedModel for TF Serving: the published model with its tokenizer in the graph.
 
 ``export_saved_model`` writes ``saved_model/1/`` (the version folder TF Serving expects) with
-two signatures:
+two signatures (and, when the first holds tensorflow-text ops, ``saved_model_ids/1/`` with the
+second alone, for builds without those ops):
 
 - ``serving_default`` takes raw strings (``text``, and ``text_pair`` for a job trained on
   pairs) and tokenizes them in the graph with tensorflow-text's FastBertTokenizer: the
@@ -22,6 +23,7 @@ fit used.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -92,8 +94,6 @@ def wordpiece_recipe(tokenizer: Any) -> WordPieceRecipe | str:
     if backend is None:
         return (f"{type(tokenizer).__name__} is a slow (Python) tokenizer; only fast WordPiece tokenizers are "
                 "put in the graph.")
-    import json
-
     state = json.loads(backend.to_str())
     model, normalizer, pre_tokenizer = state.get("model") or {}, state.get("normalizer"), state.get("pre_tokenizer")
     kind = model.get("type")
@@ -134,7 +134,7 @@ CJK_RANGES = ("\\x{4E00}-\\x{9FFF}", "\\x{3400}-\\x{4DBF}", "\\x{20000}-\\x{2A6D
               "\\x{2B740}-\\x{2B81F}", "\\x{2B920}-\\x{2CEAF}", "\\x{F900}-\\x{FAFF}", "\\x{2F800}-\\x{2FA1F}")
 
 
-def build_graph_tokenizer(recipe: WordPieceRecipe, max_length: int, pair: bool) -> Any:
+def build_graph_tokenizer(recipe: WordPieceRecipe, max_length: int) -> Any:
     """A tf.Module whose ``encode(text[, text_pair])`` gives padded int32 input_ids, attention_mask, token_type_ids."""
     import tensorflow as tf
     import tensorflow_text as tf_text
@@ -255,7 +255,7 @@ def export_saved_model(model_dir: Path, staging: Path, *, max_length: int, pair:
         except ImportError as exc:
             reason = f"tensorflow-text cannot be imported here ({exc})."
         else:
-            graph_tokenizer = build_graph_tokenizer(recipe, max_length, pair)
+            graph_tokenizer = build_graph_tokenizer(recipe, max_length)
             reason = probe_mismatch(graph_tokenizer, tokenizer, max_length, pair, input_names)
             if reason is not None:
                 graph_tokenizer = None

@@ -307,12 +307,12 @@ def test_the_probe_check_refuses_a_graph_tokenizer_that_disagrees() -> None:
     assert len(recipe.vocab) == len(tokenizer) and recipe.vocab[recipe.cls_id] == "[CLS]"
     names = ["input_ids", "attention_mask", "token_type_ids"]
     for pair in (False, True):
-        assert probe_mismatch(build_graph_tokenizer(recipe, 32, pair), tokenizer, 32, pair, names) is None
-    cased = probe_mismatch(build_graph_tokenizer(replace(recipe, lowercase=False), 32, False), tokenizer, 32,
+        assert probe_mismatch(build_graph_tokenizer(recipe, 32), tokenizer, 32, pair, names) is None
+    cased = probe_mismatch(build_graph_tokenizer(replace(recipe, lowercase=False), 32), tokenizer, 32,
                            False, names)
     assert cased is not None and "input_ids differ" in cased and "Hello, World!" in cased
     # Truncated one token short: every probe over max_length differs.
-    short = probe_mismatch(build_graph_tokenizer(recipe, 31, True), tokenizer, 32, True, names)
+    short = probe_mismatch(build_graph_tokenizer(recipe, 31), tokenizer, 32, True, names)
     assert short is not None
 
 
