@@ -29,6 +29,12 @@ TARBALL_CACHE = "cache"
 EVALUATION_FILE = "evaluation.json"
 # TensorBoard event files (service.trainer.summaries): one folder per run, as in a TensorBoard logdir.
 TENSORBOARD_FOLDER = "tensorboard"
+# The SavedModel for TF Serving (service.trainer.serving), in the version folder TF Serving reads: saved_model/1/.
+SAVED_MODEL_FOLDER = "saved_model"
+# The same model with serving_ids alone, for TensorFlow builds without tensorflow-text's ops.
+SAVED_MODEL_IDS_FOLDER = "saved_model_ids"
+# The folders served as a tar.gz of their own (GET /v1/jobs/{id}/<folder>.tar.gz).
+TARBALL_FOLDERS = (MODEL_FOLDER, SAVED_MODEL_FOLDER, SAVED_MODEL_IDS_FOLDER)
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,9 @@ def artifact_path(artifacts_root: Path, job_id: str, name: str) -> Path:
     return candidate
 
 
-def tarball_key(job_id: str, version: str) -> str:
-    """Where the model tar.gz of one published version of a job's artifacts is kept in an object store."""
-    return f"{TARBALL_CACHE}/{job_id}/{version}.{MODEL_TARBALL}"
+def tarball_key(job_id: str, version: str, folder: str = MODEL_FOLDER) -> str:
+    """Where the tar.gz of ``folder`` of one published version of a job's artifacts is kept in an object store."""
+    return f"{TARBALL_CACHE}/{job_id}/{version}.{folder}.tar.gz"
 
 
 def write_tarball(target: Path, files: list[tuple[str, Path]] | list[tuple[str, IO[bytes], int]]) -> None:
@@ -149,17 +155,19 @@ def write_tarball(target: Path, files: list[tuple[str, Path]] | list[tuple[str, 
                 tar.addfile(info, stream)
 
 
-def stored_model_tarball(storage: Storage, scratch: Path, job_id: str) -> tuple[str, int]:
-    """Key and size of the job's model tar.gz in an object store, built once from its published files.
+def stored_model_tarball(storage: Storage, scratch: Path, job_id: str,
+                         folder: str = MODEL_FOLDER) -> tuple[str, int]:
+    """Key and size of the job's model tar.gz (or ``folder``'s) in an object store, built once from its files.
 
-    The trainer builds it when it publishes; one built here (artifacts published without it)
-    is written to ``scratch`` from the streamed model files, then stored for every replica.
+    The trainer builds the model's when it publishes; one built here (artifacts published without
+    it, or another folder) is written to ``scratch`` from the streamed files, then stored for
+    every replica.
     """
     published = published_artifacts(storage, job_id)
-    model_files = [f for f in published.files if f.name.startswith(f"{MODEL_FOLDER}/")] if published else []
+    model_files = [f for f in published.files if f.name.startswith(f"{folder}/")] if published else []
     if published is None or not model_files:
-        raise ArtifactNotFound(MODEL_TARBALL)
-    key = tarball_key(job_id, published.version)
+        raise ArtifactNotFound(f"{folder}.tar.gz")
+    key = tarball_key(job_id, published.version, folder)
     try:
         return key, storage.size(key)
     except FileNotFoundError:
@@ -167,7 +175,7 @@ def stored_model_tarball(storage: Storage, scratch: Path, job_id: str) -> tuple[
     scratch.mkdir(parents=True, exist_ok=True)
     fd, staged = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".tmp", dir=scratch)
     os.close(fd)
-    streams = [(f.name[len(MODEL_FOLDER) + 1:], storage.open(f"{published.prefix}/{f.name}"), f.size)
+    streams = [(f.name[len(folder) + 1:], storage.open(f"{published.prefix}/{f.name}"), f.size)
                for f in model_files]
     try:
         write_tarball(Path(staged), streams)
@@ -179,17 +187,17 @@ def stored_model_tarball(storage: Storage, scratch: Path, job_id: str) -> tuple[
     return key, storage.size(key)
 
 
-def model_tarball(artifacts_root: Path, cache_root: Path, job_id: str) -> Path:
-    """A tar.gz of the job's model folder, built once and then served from the cache.
+def model_tarball(artifacts_root: Path, cache_root: Path, job_id: str, folder: str = MODEL_FOLDER) -> Path:
+    """A tar.gz of the job's model folder (or ``folder``), built once and then served from the cache.
 
     The files sit at the archive's top level, so ``from_pretrained`` loads the folder it is
-    unpacked into. The tarball is written under a temporary name and renamed, so a reader
-    never sees half of one.
+    unpacked into (and TF Serving the SavedModel's: its version folder ``1/`` at the top). The
+    tarball is written under a temporary name and renamed, so a reader never sees half of one.
     """
-    model_dir = job_artifacts_dir(artifacts_root, job_id) / MODEL_FOLDER
+    model_dir = job_artifacts_dir(artifacts_root, job_id) / folder
     if not model_dir.is_dir():
-        raise ArtifactNotFound(f"{MODEL_FOLDER}.tar.gz")
-    target = cache_root / f"{job_id}.model.tar.gz"
+        raise ArtifactNotFound(f"{folder}.tar.gz")
+    target = cache_root / f"{job_id}.{folder}.tar.gz"
     if target.is_file():
         return target
     cache_root.mkdir(parents=True, exist_ok=True)

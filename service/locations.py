@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import ARTIFACTS, MODEL_FOLDER, MODEL_TARBALL, TARBALL_CACHE, artifacts_key, job_artifacts_dir
+from service.artifacts import (
+    ARTIFACTS,
+    MODEL_FOLDER,
+    TARBALL_CACHE,
+    TARBALL_FOLDERS,
+    artifacts_key,
+    job_artifacts_dir,
+)
 from service.storage import Storage, open_storage
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{32}$")
@@ -216,7 +223,7 @@ CHECKPOINTS = "checkpoints"
 # Storage folders that hold one entry per job, named after it (a model tarball of local storage's
 # cache is a file named after it).
 JOB_STORAGE_FOLDERS = (ARTIFACTS, CHECKPOINTS, LOGS, TARBALL_CACHE)
-JOB_ENTRY = re.compile(rf"^(job_[0-9a-f]{{32}})(?:\.{re.escape(MODEL_TARBALL)})?$")
+JOB_ENTRY = re.compile(rf"^(job_[0-9a-f]{{32}})(?:\.(?:{'|'.join(map(re.escape, TARBALL_FOLDERS))})\.tar\.gz)?$")
 
 
 def trainer_log_key(job_id: str, attempt: int) -> str:
@@ -237,7 +244,8 @@ def remove_job_files(storage: Storage, job_id: str, *, jobs_dir: Path, artifacts
         raise PathRefused(f"{job_id!r} is not a job id")
     shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
     shutil.rmtree(job_artifacts_dir(artifacts_dir, job_id), ignore_errors=True)
-    (cache_dir / f"{job_id}.{MODEL_TARBALL}").unlink(missing_ok=True)
+    for folder in TARBALL_FOLDERS:
+        (cache_dir / f"{job_id}.{folder}.tar.gz").unlink(missing_ok=True)
     storage.remove_published(artifacts_key(job_id))
     for folder in (CHECKPOINTS, LOGS, TARBALL_CACHE):
         storage.remove(f"{folder}/{job_id}")

@@ -556,7 +556,11 @@ class JobSchema(JobStatusSchema):
                        "(distinct padded batch shapes), train_step_traces, train_step_autograph, precision, "
                        "jit_compile, compute_reason, "
                        "examples_per_second and phases (seconds per phase: queued, startup, data, tokenize, "
-                       "model_load, fit, evaluate, publish)."})
+                       "model_load, fit, evaluate, saved_model, publish); saved_model ({path, signatures, seconds, "
+                       "ids_only_path, reason}: the SavedModel artifact saved_model/1/ for TF Serving, its "
+                       "signatures (serving_default over raw strings, serving_ids over token ids), the SavedModel "
+                       "without tensorflow-text ops (saved_model_ids/1/, when serving_default has them) and, when "
+                       "serving_default is missing, why; see docs/serving.md)."})
     spec = fields.Nested(TrainingSpecSchema)
     queue = fields.Nested(QueueSchema, allow_none=True, metadata={
         "description": "A queued job's place in line and why it waits, in GET /v1/jobs/{job_id}; null once it "

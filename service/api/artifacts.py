@@ -26,6 +26,9 @@ from service.api.jobs import artifact_owner, load_job
 from service.artifacts import (
     ARTIFACTS,
     EVALUATION_FILE,
+    MODEL_FOLDER,
+    SAVED_MODEL_FOLDER,
+    SAVED_MODEL_IDS_FOLDER,
     ArtifactNotFound,
     artifact_path,
     list_artifacts,
@@ -105,27 +108,59 @@ class JobArtifact(MethodView):
         return streamed(stream, size, "application/octet-stream", name.rsplit("/", 1)[-1])
 
 
+def folder_tarball(job_id: str, folder: str, what: str) -> Response:
+    """The tar.gz of one published folder of the job (built once and cached), or 404 naming ``what`` it lacks."""
+    job = load_job(job_id)
+    settings = current_settings()
+    storage = settings.storage
+    name = f"{job_id}.{folder}.tar.gz"
+    try:
+        # Built and cached under the owner's id, so a reused model is archived once.
+        if storage.local_root is not None:
+            tarball = model_tarball(storage.local_root / ARTIFACTS, settings.cache_dir, artifact_owner(job), folder)
+            return with_digest(send_file(tarball, mimetype="application/gzip", as_attachment=True,
+                                         download_name=name, conditional=True), tarball)
+        with storage_errors():
+            key, size = stored_model_tarball(storage, settings.cache_dir, artifact_owner(job), folder)
+            stream = storage.open(key)
+    except ArtifactNotFound as exc:
+        raise NotFound(f"Job {job_id} is {job.state.value}; it has no {what} to download.") from exc
+    return streamed(stream, size, "application/gzip", name)
+
+
 @blp.route("/<job_id>/model.tar.gz")
 class JobModelTarball(MethodView):
     @blp.doc(responses={"200": {"description": "The model folder (weights, config, tokenizer).",
                                 "content": {"application/gzip": {}}, **DIGEST_HEADER}})
     def get(self, job_id: str) -> Response:
         """The trained model as a tar.gz whose top level `from_pretrained` loads."""
-        job = load_job(job_id)
-        settings = current_settings()
-        storage = settings.storage
-        try:
-            # Built and cached under the owner's id, so a reused model is archived once.
-            if storage.local_root is not None:
-                tarball = model_tarball(storage.local_root / ARTIFACTS, settings.cache_dir, artifact_owner(job))
-                return with_digest(send_file(tarball, mimetype="application/gzip", as_attachment=True,
-                                             download_name=f"{job_id}.model.tar.gz", conditional=True), tarball)
-            with storage_errors():
-                key, size = stored_model_tarball(storage, settings.cache_dir, artifact_owner(job))
-                stream = storage.open(key)
-        except ArtifactNotFound as exc:
-            raise NotFound(f"Job {job_id} is {job.state.value}; it has no model to download.") from exc
-        return streamed(stream, size, "application/gzip", f"{job_id}.model.tar.gz")
+        return folder_tarball(job_id, MODEL_FOLDER, "model")
+
+
+@blp.route("/<job_id>/saved_model.tar.gz")
+class JobSavedModelTarball(MethodView):
+    @blp.doc(responses={"200": {"description": "The SavedModel folder: its version folder `1/` at the top.",
+                                "content": {"application/gzip": {}}, **DIGEST_HEADER}})
+    def get(self, job_id: str) -> Response:
+        """The SavedModel for TF Serving as a tar.gz; unpack it into the model's base path (docs/serving.md).
+
+        The artifacts `saved_model/1/...` are the same files one by one.
+        """
+        return folder_tarball(job_id, SAVED_MODEL_FOLDER, "SavedModel")
+
+
+@blp.route("/<job_id>/saved_model_ids.tar.gz")
+class JobIdsSavedModelTarball(MethodView):
+    @blp.doc(responses={"200": {"description": "The SavedModel with serving_ids alone: its version folder `1/` at "
+                                               "the top.", "content": {"application/gzip": {}}, **DIGEST_HEADER}})
+    def get(self, job_id: str) -> Response:
+        """The SavedModel without tensorflow-text ops (signature serving_ids only) as a tar.gz.
+
+        For TF Serving builds without tensorflow-text's ops, which cannot load saved_model.tar.gz
+        when its serving_default tokenizes in the graph (docs/serving.md). Absent (404) when
+        that SavedModel has no tensorflow-text ops: it then serves the same purpose itself.
+        """
+        return folder_tarball(job_id, SAVED_MODEL_IDS_FOLDER, "SavedModel without tensorflow-text ops")
 
 
 @blp.route("/<job_id>/evaluation")

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import EVALUATION_FILE, TENSORBOARD_FOLDER, artifacts_key, publish_artifacts
+from service.artifacts import (
+    EVALUATION_FILE,
+    MODEL_FOLDER,
+    SAVED_MODEL_FOLDER,
+    SAVED_MODEL_IDS_FOLDER,
+    TENSORBOARD_FOLDER,
+    artifacts_key,
+    publish_artifacts,
+)
 from service.storage import Storage, open_storage
 from service.trainer.checkpoint_mirror import CheckpointMirror
 from service.trainer.reporter import TrainingReporter
@@ -110,14 +118,23 @@ def run_training(spec: dict[str, Any], *, data_root: Path, work_dir: Path, check
     reporter.event("evaluated", f"Epoch {report['epoch']} on {report['rows']} validation rows: accuracy "
                    f"{report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}.", report["metrics"])
     reporter.event("publishing", "Writing the model and its files.")
-    with phases.measure("publish"):
-        staging = staging_folder(work_dir, publish_dir, storage, job_id)
-        summary = {name: value for name, value in result.items() if name != "evaluation"}
-        write_artifacts(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
-                        evaluation=report, summaries=summaries.folder)
-        publish(staging, publish_dir, storage, job_id)
-    reporter.event("artifacts_published", "Model, tokenizer, evaluation.json, metrics.json, spec.json and "
-                                          "TensorBoard event files published.")
+    started = time.monotonic()
+    staging = staging_folder(work_dir, publish_dir, storage, job_id)
+    summary = {name: value for name, value in result.items() if name != "evaluation"}
+    write_artifacts(model, tokenizer, spec, outcome.history, {**summary, "phases": phases.seconds}, staging,
+                    evaluation=report, summaries=summaries.folder)
+    writing = time.monotonic() - started
+    try:
+        with phases.measure("saved_model"):
+            result["saved_model"] = export_serving_model(staging, spec, reporter)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    started = time.monotonic()
+    publish(staging, publish_dir, storage, job_id)
+    phases.record("publish", writing + time.monotonic() - started)
+    reporter.event("artifacts_published", "Model, tokenizer, SavedModel, evaluation.json, metrics.json, spec.json "
+                                          "and TensorBoard event files published.")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if mirror is not None:
         mirror.remove()
@@ -379,8 +396,8 @@ def write_artifacts(model: Any, tokenizer: Any, spec: dict[str, Any], history: l
         shutil.rmtree(staging)
     try:
         staging.mkdir(parents=True)
-        model.save_pretrained(str(staging / "model"))
-        tokenizer.save_pretrained(str(staging / "model"))
+        model.save_pretrained(str(staging / MODEL_FOLDER))
+        tokenizer.save_pretrained(str(staging / MODEL_FOLDER))
         (staging / "metrics.json").write_text(json.dumps({"epochs": history, "final": final}, indent=2))
         if evaluation is not None:
             (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
@@ -392,6 +409,34 @@ def write_artifacts(model: Any, tokenizer: Any, spec: dict[str, Any], history: l
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def export_serving_model(staging: Path, spec: dict[str, Any], reporter: TrainingReporter) -> dict[str, Any]:
+    """Export the staged model as its SavedModel beside it; the result's ``saved_model`` field.
+
+    A model that cannot be exported costs the job its SavedModel, not its success: the field
+    then has no signatures and says why.
+    """
+    import logging
+
+    from service.trainer.serving import export_saved_model
+
+    try:
+        exported = export_saved_model(staging / MODEL_FOLDER, staging,
+                                      max_length=spec["hyperparameters"]["max_length"],
+                                      pair=bool(spec["data"].get("text_pair_column")))
+    except Exception as exc:  # a TensorFlow error of any type: the trained model stands
+        logging.getLogger(__name__).exception("SavedModel export failed")
+        for folder in (SAVED_MODEL_FOLDER, SAVED_MODEL_IDS_FOLDER):
+            shutil.rmtree(staging / folder, ignore_errors=True)
+        failed = {"signatures": [], "reason": f"The export failed: {type(exc).__name__}: {exc}"[:1000]}
+        reporter.event("saved_model_failed", f"No SavedModel: {failed['reason']}", failed)
+        return failed
+    field = exported.as_result()
+    without = "" if exported.reason is None else f" only; serving_default is left out: {exported.reason}"
+    reporter.event("saved_model_exported", f"SavedModel with {', '.join(exported.signatures)}{without} "
+                                           f"({exported.seconds:.1f} s).", field)
+    return field
 
 
 def staging_folder(work_dir: Path, publish_dir: Path | None, storage: Storage | None, job_id: str | None) -> Path:

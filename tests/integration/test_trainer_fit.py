@@ -128,7 +128,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     # optimizer's and metrics' variables exist before it, so it is traced once, without AutoGraph.
     assert 0.8 < final["padding_efficiency"] <= 1.0 and 1 <= final["batch_shapes"] <= 12
     assert final["train_step_traces"] == 1 and final["train_step_autograph"] is False
-    assert set(final["phases"]) == {"data", "tokenize", "model_load", "fit", "evaluate", "publish"}
+    assert set(final["phases"]) == {"data", "tokenize", "model_load", "fit", "evaluate", "saved_model", "publish"}
     assert final["phases"]["fit"] > 0 and final["examples_per_second"] > 0
     steps_per_epoch = math.ceil(160 / 8)
     steps = reporter.of("step_metrics")
@@ -145,7 +145,7 @@ def test_fit_reports_publishes_and_the_model_reloads(tiny_model_dir: Path, tmp_p
     events = [event for event in reporter.of("event") if event["kind"] != "phase_finished"]
     kinds = [event["kind"] for event in events if event["kind"] != "best_epoch"]
     assert kinds == ["data_loaded", "compute_chosen", "model_loaded", "batching", "fit_started", "evaluated",
-                     "publishing", "artifacts_published"]
+                     "publishing", "saved_model_exported", "artifacts_published"]
     assert [event["data"]["epoch"] for event in events if event["kind"] == "best_epoch"][-1] == best["epoch"]
     assert events[0]["data"] == {"train_rows": 160, "validation_rows": 40, "labels": ["negative", "positive"]}
     assert events[3]["data"]["padding_efficiency"] == final["padding_efficiency"]

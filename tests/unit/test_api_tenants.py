@@ -93,6 +93,10 @@ def build_world(tmp_path: Path, database_url: str) -> World:
     (published / "model" / "config.json").write_text('{"model_type": "bert"}')
     (published / "metrics.json").write_text("{}")
     (published / "evaluation.json").write_text(json.dumps({"accuracy": 1.0}))
+    (published / "saved_model" / "1").mkdir(parents=True)
+    (published / "saved_model" / "1" / "saved_model.pb").write_bytes(b"graph")
+    (published / "saved_model_ids" / "1").mkdir(parents=True)
+    (published / "saved_model_ids" / "1" / "saved_model.pb").write_bytes(b"graph without text ops")
     store.transition(trained, JobState.SUCCEEDED, "Training finished.", attempt=1, result={"loss": 0.4})
     queued = client.post("/v1/jobs", json=SPEC, headers=auth("alpha", **{"Idempotency-Key": "nightly"})
                          ).get_json()["id"]
@@ -158,6 +162,8 @@ def object_requests(w: World) -> list[tuple[str, str, dict[str, str], str]]:
         ("GET", f"/v1/jobs/{t}/artifacts/metrics.json", {}, t),
         ("GET", f"/v1/jobs/{t}/artifacts/model/config.json", {}, t),
         ("GET", f"/v1/jobs/{t}/model.tar.gz", {}, t),
+        ("GET", f"/v1/jobs/{t}/saved_model.tar.gz", {}, t),
+        ("GET", f"/v1/jobs/{t}/saved_model_ids.tar.gz", {}, t),
         ("GET", f"/v1/jobs/{t}/evaluation", {}, t),
         ("GET", f"/v1/jobs/{t}/webhook-deliveries", {}, t),
         ("GET", f"/v1/datasets/{d}", {}, d),
@@ -174,6 +180,7 @@ COVERED_ROUTES = {
     "/v1/jobs/<job_id>/artifacts/<path:name>", "/v1/jobs/<job_id>/model.tar.gz", "/v1/jobs/<job_id>/evaluation",
     "/v1/jobs/<job_id>/webhook-deliveries", "/v1/jobs/<job_id>/predictions",
     "/v1/predictions", "/v1/predictions/<job_id>", "/v1/predictions/<job_id>/cancel",
+    "/v1/jobs/<job_id>/saved_model.tar.gz", "/v1/jobs/<job_id>/saved_model_ids.tar.gz",
     "/v1/datasets", "/v1/datasets/<dataset_id>", "/v1/tenant",
 }
 
