@@ -35,6 +35,18 @@ STOP_GRACE_SECONDS = 2.0
 MIB = 1024 * 1024
 
 
+def end_process(process: subprocess.Popen[Any], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM a child that is still running, then SIGKILL it if it lingers past ``grace`` seconds; reap it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class CheckFailed(RuntimeError):
     """A check could not be answered: it ran out of time, or the check server broke."""
 
@@ -172,13 +184,7 @@ class CheckProcess:
     def stop(self) -> None:
         """End the child: SIGTERM, then SIGKILL if it lingers."""
         process = self.process
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process)
         for stream in (process.stdin, process.stdout):
             if stream is not None and not stream.closed:
                 stream.close()

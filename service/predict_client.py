@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.check_runner import server_environ
+from service.check_runner import end_process, server_environ
 from service.supervisor.child import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -166,11 +166,5 @@ class PredictServerKeeper:
     def stop(self) -> None:
         """SIGTERM the server, then SIGKILL if it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            end_process(process, STOP_GRACE_SECONDS)
