@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,8 @@ NOT_FOUND_ERRORS = ("RepositoryNotFoundError", "RevisionNotFoundError", "LocalEn
                     "EntryNotFoundError", "GatedRepoError", "HFValidationError")
 NOT_FOUND_PHRASES = ("is not a local folder and is not a valid model identifier", "is not a valid git identifier",
                      "couldn't find them in the cached files", "does not appear to have a file named")
+# Held while a model loads with its weights' random draws put off (initialized_after_loading).
+LOADING = threading.Lock()
 UNSUPPORTED_PHRASES = ("does not recognize this architecture", "Unrecognized model", "trust_remote_code")
 
 ModelRef = str | dict[str, Any] | ModelSource
@@ -244,38 +247,42 @@ def initialized_after_loading() -> Iterator[Any]:
     checkpoint (the new classification head, a head of another size) and gets its own
     initializer's draw, from the same seeded generator as before. Weights with a constant
     initializer (zeros, ones: biases, layer norms) are made as usual.
+
+    The swap of ``Layer.add_weight`` is process-wide: loads through here take turns (a lock), and
+    no other thread should build Keras layers meanwhile.
     """
     import tensorflow as tf
     import tf_keras
     from tf_keras.src.engine.base_layer import Layer
 
-    original = Layer.add_weight
-    signature = inspect.signature(original)
-    constant = (tf_keras.initializers.Zeros, tf_keras.initializers.Ones, tf_keras.initializers.Constant)
-    deferred: list[tuple[Any, Any]] = []
+    with LOADING:
+        original = Layer.__dict__["add_weight"]
+        signature = inspect.signature(original)
+        constant = (tf_keras.initializers.Zeros, tf_keras.initializers.Ones, tf_keras.initializers.Constant)
+        deferred: list[tuple[Any, Any]] = []
 
-    def add_weight(self: Any, *args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(self, *args, **kwargs)
-        given = bound.arguments.get("initializer")
-        dtype = tf.as_dtype(bound.arguments.get("dtype") or self.dtype or tf_keras.backend.floatx())
-        if given is None or not dtype.is_floating:
-            return original(*bound.args, **bound.kwargs)
-        initializer = tf_keras.initializers.get(given)
-        if isinstance(initializer, constant):
-            return original(*bound.args, **bound.kwargs)
-        bound.arguments["initializer"] = tf_keras.initializers.Constant(float("nan"))
-        variable = original(*bound.args, **bound.kwargs)
-        deferred.append((variable, initializer))
-        return variable
+        def add_weight(self: Any, *args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(self, *args, **kwargs)
+            given = bound.arguments.get("initializer")
+            dtype = tf.as_dtype(bound.arguments.get("dtype") or self.dtype or tf_keras.backend.floatx())
+            if given is None or not dtype.is_floating:
+                return original(*bound.args, **bound.kwargs)
+            initializer = tf_keras.initializers.get(given)
+            if isinstance(initializer, constant):
+                return original(*bound.args, **bound.kwargs)
+            bound.arguments["initializer"] = tf_keras.initializers.Constant(float("nan"))
+            variable = original(*bound.args, **bound.kwargs)
+            deferred.append((variable, initializer))
+            return variable
 
-    def draw_unloaded() -> None:
-        for variable, initializer in deferred:
-            if bool(tf.reduce_all(tf.math.is_nan(variable))):
-                variable.assign(initializer(variable.shape, variable.dtype))
-        deferred.clear()
+        def draw_unloaded() -> None:
+            for variable, initializer in deferred:
+                if bool(tf.reduce_all(tf.math.is_nan(variable))):
+                    variable.assign(initializer(variable.shape, variable.dtype))
+            deferred.clear()
 
-    Layer.add_weight = add_weight
-    try:
-        yield draw_unloaded
-    finally:
-        Layer.add_weight = original
+        Layer.add_weight = add_weight
+        try:
+            yield draw_unloaded
+        finally:
+            Layer.add_weight = original
