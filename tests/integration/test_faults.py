@@ -179,6 +179,65 @@ def test_sigterm_drain_requeues_without_spending_an_attempt(cluster: Cluster, ti
     assert_resumed_cleanly(cluster, done)
 
 
+
+def wait_for_chunk(api: RunningService, job_id: str, chunk: int, timeout: float = 180) -> dict[str, Any]:
+    """Poll a batch prediction until it runs with at least ``chunk`` chunks written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        prediction = api.get(f"/v1/predictions/{job_id}").json()
+        if prediction["state"] == "running" and prediction["progress"]["step"] >= chunk:
+            assert prediction["progress"]["step"] < prediction["progress"]["steps_per_epoch"], "too fast to stop"
+            return dict(prediction)
+        assert prediction["state"] in {"queued", "running"}, prediction
+        time.sleep(0.1)
+    raise AssertionError(f"prediction {job_id} never reached chunk {chunk}")
+
+
+def test_a_batch_prediction_survives_a_killed_and_a_drained_supervisor(cluster: Cluster,
+                                                                       tiny_model_dir: Path) -> None:
+    rows = 30_000
+    first = cluster.start_worker()
+    trained = cluster.api.post("/v1/jobs", json=short_spec(tiny_model_dir, 5)).json()["id"]
+    assert cluster.api.wait_for_state(trained, {"succeeded", "failed"}, timeout=300)["state"] == "succeeded"
+    write_table(sentiment_rows(rows, seed=6), cluster.api.data_root / "predict.csv")
+    # max_attempts 2: the kill spends one, the drain none, so a third attempt may still finish it.
+    spec = {"job": trained, "data": {"path": "predict.csv"}, "batch_size": 8, "max_attempts": 2}
+    job = cluster.api.post("/v1/predictions", json=spec).json()
+    wait_for_chunk(cluster.api, job["id"], 2)
+    trainers = trainer_pids(job["id"])
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while alive(trainers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(trainers) == [], "the trainer dies with its supervisor"
+
+    second = cluster.start_worker()
+    resumed_at = wait_for_chunk(cluster.api, job["id"], 6, timeout=300)["attempt"]
+    assert resumed_at == 2
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+    store = cluster.store()
+    requeued = store.get_job(job["id"])
+    assert requeued.state.value == "queued" and requeued.attempts_spent == 1, "the drain spent no attempt"
+
+    cluster.start_worker()
+    done = cluster.api.get(f"/v1/predictions/{job['id']}").json()
+    deadline = time.monotonic() + 300
+    while done["state"] not in {"succeeded", "failed", "cancelled"} and time.monotonic() < deadline:
+        time.sleep(0.3)
+        done = cluster.api.get(f"/v1/predictions/{job['id']}").json()
+    assert done["state"] == "succeeded" and done["attempt"] == 3, done
+    assert store.get_job(job["id"]).attempts_spent == 2
+    store.engine.dispose()
+    resumes = [event["data"]["rows"] for event in events_of(cluster.api, job["id"], "predictions_resumed")]
+    assert len(resumes) == 2 and 2 * 2048 <= resumes[0] < resumes[1] < rows, resumes
+    assert done["result"]["resumed_from_row"] == resumes[1]
+    lines = cluster.api.get(done["output_url"]).text.splitlines()
+    assert [json.loads(line)["row"] for line in lines] == list(range(rows)), "every row once, in order"
+    print(f"\nbatch prediction: killed, then drained; went on from rows {resumes}")
+
+
 def test_two_supervisors_run_each_job_exactly_once(cluster: Cluster, tiny_model_dir: Path) -> None:
     cluster.start_worker()
     cluster.start_worker()
