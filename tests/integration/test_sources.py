@@ -504,7 +504,7 @@ def test_save_to_disk_folders_and_text_pairs_train(service: RunningService, tiny
     assert wrong["check"] == "unknown_split" and "'train', 'validation'" in wrong["message"]
 
     job = run_job(service, spec_of(str(tiny_model_dir), {"path": "saved/pairs"}, {"path": "saved/pairs"},
-                                   hyperparameters={"epochs": 2}, **columns))
+                                   hyperparameters={"epochs": 6}, **columns))
     assert job["state"] == "succeeded", job
     assert job["result"]["val_accuracy"] >= 0.8
 
