@@ -127,8 +127,9 @@ def job_model_errors(job_id: str, field: str = "model.job", use: str = "continue
     elif job.state is not JobState.SUCCEEDED:
         yield field, f"Job {job_id} is {job.state.value}; only a succeeded job's model can be {use}."
     elif job.reused_from is not None:
-        yield field, (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; use job "
-                      f"{job.reused_from} instead.")
+        verb = "continue from" if field == "model.job" else "predict with"
+        yield field, (f"Job {job_id} trained nothing: it reused job {job.reused_from}'s model; {verb} "
+                      f"{{\"job\": \"{job.reused_from}\"}} instead.")
     elif not has_model(current_settings().storage, job_id):
         yield field, f"Job {job_id} has no published model."
 
